@@ -1,0 +1,12 @@
+"""stformer-collate: turn tokenized cells into masked-language-model training batches.
+
+Depends on torch and numpy only; it imports no stformer package and none of transformers,
+lightning, ray, deepspeed or optuna. Vocabularies are described by the :class:`TokenSpec` protocol.
+"""
+
+from stformer_collate._mlm import IGNORE_INDEX, DataCollatorForMLM, pad_examples
+from stformer_collate._spec import SimpleTokenSpec, TokenSpec
+
+__version__ = "0.1.0"
+
+__all__ = ["IGNORE_INDEX", "DataCollatorForMLM", "SimpleTokenSpec", "TokenSpec", "pad_examples"]

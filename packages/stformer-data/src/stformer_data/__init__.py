@@ -1,0 +1,54 @@
+"""stformer-data: from AnnData files to token corpora.
+
+Gene vocabularies (token dictionaries), per-gene medians, Geneformer rank-value tokenization,
+corpora on disk (Hugging Face ``datasets`` Arrow), and a simulator of raw-count data.
+
+Depends on anndata, numpy, scipy, pandas, h5py, datasets/pyarrow and tqdm. It imports no other
+stformer package and none of transformers, lightning, ray, deepspeed or optuna.
+"""
+
+from stformer_data._corpus import Corpus, TokenizeConfig, is_complete_corpus, load_corpus, tokenize_files
+from stformer_data._errors import InputError
+from stformer_data._io import (
+    GeneMapping,
+    check_counts,
+    iter_row_chunks,
+    library_sizes,
+    map_genes,
+    open_h5ad,
+    resolve_gene_ids,
+)
+from stformer_data._medians import compute_medians_exact, load_medians, save_medians
+from stformer_data._rank import RankTokenizerConfig, RankValueTokenizer
+from stformer_data._synthetic import SimulationConfig, simulate_counts
+from stformer_data._vocab import CLS, EOS, MASK, PAD, GeneVocab
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CLS",
+    "EOS",
+    "MASK",
+    "PAD",
+    "Corpus",
+    "GeneMapping",
+    "GeneVocab",
+    "InputError",
+    "RankTokenizerConfig",
+    "RankValueTokenizer",
+    "SimulationConfig",
+    "TokenizeConfig",
+    "check_counts",
+    "compute_medians_exact",
+    "is_complete_corpus",
+    "iter_row_chunks",
+    "library_sizes",
+    "load_corpus",
+    "load_medians",
+    "map_genes",
+    "open_h5ad",
+    "resolve_gene_ids",
+    "save_medians",
+    "simulate_counts",
+    "tokenize_files",
+]

@@ -1,0 +1,148 @@
+"""Reading AnnData files in row chunks without loading or densifying the whole matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from stformer_data._errors import InputError
+
+
+def open_h5ad(path: str | PathLike[str], *, backed: bool = True) -> ad.AnnData:
+    """Open an ``.h5ad`` file (backed, read-only, by default) with a clear error when it is unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file", "does not exist", "check the path")
+    try:
+        return ad.io.read_h5ad(path, backed="r" if backed else None)
+    except Exception as exc:  # h5py/anndata raise many types for truncated or corrupt files
+        raise InputError(path, "file", f"cannot be read as h5ad ({type(exc).__name__}: {exc})",
+                         "re-export or re-download the file; it may be truncated or corrupt") from exc
+
+
+def _matrix(adata: ad.AnnData, layer: str | None, path: Path | None):
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        raise InputError(path, f"layers[{layer!r}]", "does not exist",
+                         f"choose one of {list(adata.layers.keys())} or omit --layer to use X")
+    return adata.layers[layer]
+
+
+def iter_row_chunks(
+    adata: ad.AnnData,
+    chunk_size: int = 2048,
+    *,
+    layer: str | None = None,
+    path: str | PathLike[str] | None = None,
+) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+    """Yield ``(start, stop, csr_chunk)`` over the rows of ``X`` (or a layer), as float32 CSR.
+
+    Dense, CSR and CSC storage are all read one row range at a time; nothing larger than a chunk
+    is ever densified or held.
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    path = None if path is None else Path(path)
+    X = _matrix(adata, layer, path)
+    n = adata.n_obs
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        try:
+            block = X[start:stop]
+        except Exception as exc:
+            raise InputError(path, f"rows {start}:{stop} of {'X' if layer is None else layer}",
+                             f"cannot be read ({type(exc).__name__}: {exc})",
+                             "the file may be truncated or corrupt; re-export it") from exc
+        if sp.issparse(block):
+            block = sp.csr_matrix(block, dtype=np.float32)
+        else:
+            block = sp.csr_matrix(np.asarray(block, dtype=np.float32))
+        block.sum_duplicates()
+        yield start, stop, block
+
+
+def check_counts(block: sp.csr_matrix, *, path: str | PathLike[str] | None, rows: tuple[int, int],
+                 allow_non_integer: bool = False) -> None:
+    """Raise :class:`InputError` for NaN/inf, negative or (unless allowed) non-integer values."""
+    data = block.data
+    where = f"X rows {rows[0]}:{rows[1]}"
+    if not np.all(np.isfinite(data)):
+        raise InputError(path, where, "contains NaN or infinite values", "clean the matrix before tokenizing")
+    if data.size and data.min() < 0:
+        raise InputError(path, where, "contains negative values; raw counts are expected",
+                         "pass raw counts (e.g. --layer counts) instead of scaled data")
+    if not allow_non_integer and data.size and not np.all(data == np.round(data)):
+        raise InputError(path, where, "contains non-integer values; raw counts are expected",
+                         "point --layer at raw counts, or pass --allow-non-integer for normalised input")
+
+
+@dataclass(frozen=True)
+class GeneMapping:
+    """How the columns of one file map to vocabulary tokens.
+
+    ``column_token[j]`` is the token id of column ``j`` or ``-1`` when the gene is not in the vocabulary.
+    """
+
+    column_token: np.ndarray
+    n_genes: int
+    n_in_vocab: int
+    gene_ids: np.ndarray
+
+    @property
+    def fraction_in_vocab(self) -> float:
+        return self.n_in_vocab / self.n_genes if self.n_genes else 0.0
+
+
+def resolve_gene_ids(
+    var: pd.DataFrame,
+    *,
+    gene_id_key: str | None = None,
+    name_to_id: Mapping[str, str] | None = None,
+    path: str | PathLike[str] | None = None,
+) -> np.ndarray:
+    """The gene id of each column: ``var[gene_id_key]`` or the var index, mapped through ``name_to_id``."""
+    if gene_id_key is None:
+        ids = np.asarray(var.index.astype(str))
+    else:
+        if gene_id_key not in var.columns:
+            raise InputError(path, f"var[{gene_id_key!r}]", "does not exist",
+                             f"choose one of {list(var.columns)} or omit the gene id key to use var_names")
+        ids = np.asarray(var[gene_id_key].astype(str))
+    if name_to_id is not None:
+        ids = np.asarray([name_to_id.get(g, g) for g in ids])
+    return ids
+
+
+def map_genes(gene_ids: np.ndarray, vocab: Mapping[str, int], special_ids: frozenset[int],
+              *, path: str | PathLike[str] | None = None) -> GeneMapping:
+    """Map gene ids to tokens; raise when none of them is in the vocabulary."""
+    tokens = np.fromiter((vocab.get(g, -1) for g in gene_ids), dtype=np.int64, count=len(gene_ids))
+    if special_ids:
+        tokens[np.isin(tokens, list(special_ids))] = -1
+    n_in = int((tokens >= 0).sum())
+    if n_in == 0:
+        example = ", ".join(map(str, gene_ids[:3]))
+        raise InputError(path, "var gene ids", f"match no gene of the vocabulary (first ids: {example})",
+                         "use the vocabulary's id type (e.g. Ensembl ids via --gene-id-key or a symbol->id "
+                         "dictionary), or build the vocabulary from this data")
+    return GeneMapping(column_token=tokens, n_genes=len(gene_ids), n_in_vocab=n_in, gene_ids=gene_ids)
+
+
+def library_sizes(adata: ad.AnnData, block: sp.csr_matrix, start: int, stop: int, *,
+                  n_counts_key: str | None, path: str | PathLike[str] | None) -> np.ndarray:
+    """``obs[n_counts_key]`` for rows ``start:stop`` when given and present, else the row sums."""
+    if n_counts_key is not None and n_counts_key in adata.obs.columns:
+        n = np.asarray(adata.obs[n_counts_key].iloc[start:stop], dtype=np.float64)
+        if not np.all(np.isfinite(n)) or np.any(n < 0):
+            raise InputError(path, f"obs[{n_counts_key!r}]", "has NaN, infinite or negative values",
+                             "fix the column, or pass --n-counts-key '' to compute library sizes from X")
+        return n
+    return np.asarray(block.sum(axis=1), dtype=np.float64).ravel()

@@ -1,0 +1,157 @@
+"""Gene vocabularies (token dictionaries) in Geneformer's format, saved as JSON or pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from collections.abc import Iterable, Mapping
+from os import PathLike
+from pathlib import Path
+
+from stformer_data._errors import InputError
+
+PAD = "<pad>"
+MASK = "<mask>"
+CLS = "<cls>"
+EOS = "<eos>"
+
+
+class GeneVocab(Mapping[str, int]):
+    """A token dictionary: special tokens first, then one token per gene id.
+
+    It is a read-only mapping ``token -> id`` (the layout of Geneformer's ``token_dictionary.pkl``:
+    ``<pad>`` = 0, ``<mask>`` = 1, then Ensembl ids) and satisfies ``stformer_collate.TokenSpec``.
+
+    Parameters
+    ----------
+    token_to_id
+        The mapping. Ids must be exactly ``0 .. len-1``; ``<pad>`` and ``<mask>`` must be present.
+    special_tokens
+        Which tokens are special (never genes). Defaults to the ``<...>`` tokens present.
+
+    >>> vocab = GeneVocab.from_genes(["ENSG01", "ENSG02"])
+    >>> vocab["ENSG02"], vocab.pad_id, vocab.mask_id, len(vocab)
+    (3, 0, 1, 4)
+    """
+
+    def __init__(self, token_to_id: Mapping[str, int], special_tokens: Iterable[str] | None = None):
+        mapping = {str(k): int(v) for k, v in token_to_id.items()}
+        for required in (PAD, MASK):
+            if required not in mapping:
+                raise InputError(None, f"token dictionary entry {required!r}", "is missing",
+                                 f"add {required!r} (Geneformer uses <pad>=0, <mask>=1)")
+        ids = sorted(mapping.values())
+        if ids != list(range(len(ids))):
+            raise InputError(None, "token dictionary ids", "are not exactly 0..N-1 without gaps or repeats",
+                             "renumber the tokens contiguously")
+        self._token_to_id = mapping
+        self._id_to_token = {v: k for k, v in mapping.items()}
+        if special_tokens is None:
+            special_tokens = [t for t in mapping if t.startswith("<") and t.endswith(">")]
+        self._special = tuple(t for t in special_tokens if t in mapping)
+
+    # --- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_genes(cls, genes: Iterable[str], *, cls_token: bool = False, eos_token: bool = False) -> GeneVocab:
+        """Build a vocabulary from gene ids, in the order given (duplicates dropped)."""
+        specials = [PAD, MASK] + ([CLS] if cls_token else []) + ([EOS] if eos_token else [])
+        mapping = {t: i for i, t in enumerate(specials)}
+        for g in genes:
+            g = str(g)
+            if g not in mapping:
+                mapping[g] = len(mapping)
+        return cls(mapping, specials)
+
+    @classmethod
+    def load(cls, path: str | PathLike[str], *, allow_pickle: bool = False) -> GeneVocab:
+        """Load a vocabulary from ``.json`` or, with ``allow_pickle=True``, Geneformer's ``.pkl``.
+
+        Unpickling runs code stored in the file: only load pickles you trust. JSON is the safe default.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise InputError(path, "token dictionary", "does not exist", "pass the path of a .json or .pkl vocabulary")
+        if path.suffix == ".json":
+            payload = json.loads(path.read_text())
+            if isinstance(payload, dict) and "token_to_id" in payload:
+                return cls(payload["token_to_id"], payload.get("special_tokens"))
+            return cls(payload)
+        if path.suffix in (".pkl", ".pickle"):
+            if not allow_pickle:
+                raise InputError(path, "token dictionary", "is a pickle, and loading a pickle runs code from the file",
+                                 "convert it to JSON, or pass allow_pickle=True (--allow-pickle) if you trust it")
+            with path.open("rb") as fh:
+                return cls(pickle.load(fh))
+        raise InputError(path, "token dictionary", f"has an unknown suffix {path.suffix!r}", "use .json or .pkl")
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save_json(self, path: str | PathLike[str]) -> Path:
+        path = Path(path)
+        payload = {"special_tokens": list(self._special), "token_to_id": self._token_to_id}
+        _atomic_write_bytes(path, json.dumps(payload, indent=1).encode())
+        return path
+
+    def save_pickle(self, path: str | PathLike[str]) -> Path:
+        """Write a plain ``dict`` pickle, the format stFormer and Geneformer read."""
+        path = Path(path)
+        _atomic_write_bytes(path, pickle.dumps(dict(self._token_to_id), protocol=4))
+        return path
+
+    # --- mapping + TokenSpec ----------------------------------------------------------------------
+    def __getitem__(self, token: str) -> int:
+        return self._token_to_id[token]
+
+    def __iter__(self):
+        return iter(self._token_to_id)
+
+    def __len__(self) -> int:
+        return len(self._token_to_id)
+
+    def __repr__(self) -> str:
+        return f"GeneVocab({len(self)} tokens, specials={list(self._special)})"
+
+    @property
+    def pad_id(self) -> int:
+        return self._token_to_id[PAD]
+
+    @property
+    def mask_id(self) -> int:
+        return self._token_to_id[MASK]
+
+    @property
+    def cls_id(self) -> int | None:
+        return self._token_to_id.get(CLS)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._token_to_id.get(EOS)
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        return self._special
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(self._token_to_id[t] for t in self._special)
+
+    @property
+    def genes(self) -> list[str]:
+        """Gene ids in token order (specials excluded)."""
+        special = set(self._special)
+        return [t for t, _ in sorted(self._token_to_id.items(), key=lambda kv: kv[1]) if t not in special]
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._id_to_token.get(int(token_id))
+
+    def content_hash(self) -> str:
+        """SHA-256 of the canonical JSON of the mapping: equal vocabularies hash equal."""
+        canon = json.dumps(sorted(self._token_to_id.items(), key=lambda kv: kv[1]), separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

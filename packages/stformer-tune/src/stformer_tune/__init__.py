@@ -1,0 +1,1 @@
+"""stformer_tune."""
