@@ -1,0 +1,101 @@
+"""Configs of the model and of a training run: frozen, keyword-only, validated at construction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+def _check_positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ValueError(f"{type(obj).__name__}.{name} must be > 0, got {value}")
+
+
+def _check_unit(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{type(obj).__name__}.{name} must be in [0, 1), got {value}")
+
+
+class _ConfigMixin:
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(_ConfigMixin):
+    """Shape of a BERT encoder (stFormer's documented defaults: relu, init 0.02, eps 1e-12, dropouts 0.02).
+
+    >>> ModelConfig(num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128).head_dim
+    16
+    """
+
+    num_layers: int = 6
+    hidden_size: int = 256
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 2048
+    hidden_act: str = "relu"
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.02
+    attention_probs_dropout_prob: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "num_layers", "hidden_size", "num_heads", "intermediate_size",
+                        "max_position_embeddings", "initializer_range", "layer_norm_eps")
+        _check_unit(self, "hidden_dropout_prob", "attention_probs_dropout_prob")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"ModelConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"num_heads ({self.num_heads})")
+        if self.hidden_act not in ("relu", "gelu", "gelu_new", "silu"):
+            raise ValueError(f"ModelConfig.hidden_act must be one of relu, gelu, gelu_new, silu; got {self.hidden_act!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(_ConfigMixin):
+    """A pretraining run: optimisation, masking and bookkeeping."""
+
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.001
+    warmup_steps: float = 0.1
+    lr_scheduler_type: str = "linear"
+    per_device_train_batch_size: int = 16
+    per_device_eval_batch_size: int = 32
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    mlm_probability: float = 0.15
+    group_by_length: bool = True
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int = 2
+    seed: int = 42
+    eval_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
+                        "num_train_epochs", "logging_steps", "save_steps", "save_total_limit")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be >= 0 (a fraction < 1 or a step count), got {self.warmup_steps}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"TrainConfig.mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        _check_unit(self, "eval_fraction")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"TrainConfig.max_steps must be -1 (use epochs) or > 0, got {self.max_steps}")

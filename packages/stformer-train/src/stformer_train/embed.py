@@ -1,0 +1,62 @@
+"""Cell embeddings from a pretrained encoder: mean-pooled or first-token (CLS), batched by length."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from stformer_collate import pad_examples
+
+Pooling = Literal["mean", "cls"]
+
+
+def _encoder(model: PreTrainedModel) -> torch.nn.Module:
+    base = getattr(model, "base_model", None)
+    return base if base is not None else model
+
+
+@torch.inference_mode()
+def embed_sequences(
+    model: PreTrainedModel,
+    sequences: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    pooling: Pooling = "mean",
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    desc: str = "embed",
+) -> np.ndarray:
+    """One vector per token sequence, from the encoder's last hidden layer.
+
+    ``mean`` averages the hidden states of the non-pad tokens; ``cls`` takes the first token (use it
+    with corpora tokenized with ``<cls>``). Sequences are batched in order of length so that little
+    padding is computed; the result is in the input order.
+    """
+    if pooling not in ("mean", "cls"):
+        raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    encoder = _encoder(model).to(device).eval()
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    order = np.argsort(-lengths, kind="stable")
+    out = np.zeros((len(sequences), model.config.hidden_size), dtype=np.float32)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
+        idx = order[start:start + batch_size]
+        batch = pad_examples([{"input_ids": sequences[i]} for i in idx], pad_id=pad_id)
+        ids = batch["input_ids"].to(device)
+        mask = batch["attention_mask"].to(device)
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        if pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        out[idx] = pooled.float().cpu().numpy()
+    return out
