@@ -4,7 +4,13 @@ Depends on torch and numpy only; it imports no stformer package and none of tran
 lightning, ray, deepspeed or optuna. Vocabularies are described by the :class:`TokenSpec` protocol.
 """
 
-from stformer_collate._layout import IGNORE_INDEX, BatchForm, FlatBatch, flatten_examples, pad_examples
+from stformer_collate._layout import (
+    IGNORE_INDEX,
+    BatchForm,
+    FlatBatch,
+    flatten_examples,
+    pad_examples,
+)
 from stformer_collate._mlm import DataCollatorForMLM
 from stformer_collate._phenotype import DataCollatorForPhenotypicMLM
 from stformer_collate._precollator import STFormerPreCollator

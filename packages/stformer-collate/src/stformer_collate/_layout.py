@@ -72,7 +72,9 @@ def _as_int64(values: Sequence[Any], total: int) -> np.ndarray:
     if isinstance(first, torch.Tensor):
         return torch.cat([torch.as_tensor(v).reshape(-1) for v in values]).numpy().astype(np.int64)
     if isinstance(first, np.ndarray):
-        return np.concatenate(values).astype(np.int64, copy=False) if total else np.zeros(0, np.int64)
+        return (
+            np.concatenate(values).astype(np.int64, copy=False) if total else np.zeros(0, np.int64)
+        )
     return np.fromiter(chain.from_iterable(values), dtype=np.int64, count=total)
 
 
@@ -191,7 +193,9 @@ def pad_examples(
     ([[5, 6, 7], [8, 0, 0]], [[1, 1, 1], [1, 0, 0]])
     """
     flat = flatten_examples(examples)
-    length = padded_length(flat.lengths, pad_to_multiple_of=pad_to_multiple_of, max_length=max_length)
+    length = padded_length(
+        flat.lengths, pad_to_multiple_of=pad_to_multiple_of, max_length=max_length
+    )
     arrays = {"input_ids": (flat.ids, pad_id)}
     arrays.update({name: (values, 0) for name, values in flat.fields.items()})
     batch, _ = layout_padded(flat, arrays, length=length)

@@ -122,7 +122,9 @@ class DataCollatorForMLM:
         vocab_size = len(self.spec)
         special = np.asarray(sorted(self.spec.special_ids), dtype=np.int64)
         if special.size and (special.min() < 0 or special.max() >= vocab_size):
-            raise ValueError(f"spec.special_ids must lie in [0, {vocab_size}), got {special.tolist()}")
+            raise ValueError(
+                f"spec.special_ids must lie in [0, {vocab_size}), got {special.tolist()}"
+            )
         is_special = np.zeros(vocab_size, dtype=bool)
         is_special[special] = True
         object.__setattr__(self, "_is_special", is_special)
@@ -159,7 +161,8 @@ class DataCollatorForMLM:
         fields = {name: (values, 0) for name, values in flat.fields.items()}
         if self.form is BatchForm.PACKED:
             batch = layout_packed(
-                flat, {"input_ids": masked, "labels": labels, **{k: v for k, (v, _) in fields.items()}}
+                flat,
+                {"input_ids": masked, "labels": labels, **{k: v for k, (v, _) in fields.items()}},
             )
             where = selected
         else:
@@ -172,7 +175,9 @@ class DataCollatorForMLM:
             batch, token_pos = layout_padded(flat, arrays, length=length)
             where = token_pos[selected]
         if self.return_masked_positions:
-            batch["masked_positions"] = torch.from_numpy(np.ascontiguousarray(where, dtype=np.int64))
+            batch["masked_positions"] = torch.from_numpy(
+                np.ascontiguousarray(where, dtype=np.int64)
+            )
             batch["masked_labels"] = torch.from_numpy(flat.ids[selected])
         return batch
 
@@ -204,7 +209,9 @@ class DataCollatorForMLM:
         Pad tokens are special, so they are never selected.
         """
         if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}"
+            )
         n, length = input_ids.shape
         ids = input_ids.detach().cpu().numpy().astype(np.int64).reshape(-1)
         self._check_ids(ids)

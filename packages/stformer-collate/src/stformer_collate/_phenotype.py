@@ -92,7 +92,9 @@ class DataCollatorForPhenotypicMLM(DataCollatorForMLM):
 
     def _token_plan(self, flat: FlatBatch) -> tuple[np.ndarray, np.ndarray]:
         phenotype = self.phenotype_mask(flat)
-        prob = np.where(phenotype, np.float32(self.phenotype_mlm_probability), self._gene_prob_table[flat.ids])
+        prob = np.where(
+            phenotype, np.float32(self.phenotype_mlm_probability), self._gene_prob_table[flat.ids]
+        )
         return prob, ~phenotype
 
     def phenotype_mask(self, flat: FlatBatch) -> np.ndarray:

@@ -199,7 +199,9 @@ class STFormerPreCollator:
                 },
                 return_tensors,
             )
-        out = self.pad(encoded, padding=padding, max_length=max_length, return_tensors=return_tensors)
+        out = self.pad(
+            encoded, padding=padding, max_length=max_length, return_tensors=return_tensors
+        )
         if single:
             out = {k: v[0] for k, v in out.items()}
         return out
