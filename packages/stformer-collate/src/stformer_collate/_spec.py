@@ -46,7 +46,9 @@ class SimpleTokenSpec:
         for name in ("pad_id", "mask_id"):
             value = getattr(self, name)
             if not 0 <= value < self.vocab_size:
-                raise ValueError(f"{name} must be in [0, vocab_size={self.vocab_size}), got {value}")
+                raise ValueError(
+                    f"{name} must be in [0, vocab_size={self.vocab_size}), got {value}"
+                )
 
     @property
     def special_ids(self) -> frozenset[int]:
