@@ -48,6 +48,12 @@ def demo(
     from stformer_train.hf import pretrain_mlm
 
     t0 = time.time()
+    user_adata = None
+    if h5ad is not None:  # validate the input before touching the output folder
+        user_adata = sd.open_h5ad(h5ad, backed=False)
+        if label_key not in user_adata.obs.columns:
+            raise sd.InputError(h5ad, f"obs[{label_key!r}]", "does not exist",
+                                f"pass --label-key with one of {list(user_adata.obs.columns)}")
     _prepare_out(out)
     steps = 5
 
@@ -61,10 +67,7 @@ def demo(
         console.print(f"  simulated {adata.n_obs} cells x {adata.n_vars} genes "
                       f"({adata.obs['cell_type'].nunique()} cell types) -> {h5ad}")
     else:
-        adata = sd.open_h5ad(h5ad, backed=False)
-        if label_key not in adata.obs.columns:
-            raise sd.InputError(h5ad, f"obs[{label_key!r}]", "does not exist",
-                                f"pass --label-key with one of {list(adata.obs.columns)}")
+        adata = user_adata
         console.print(f"  read {adata.n_obs} cells x {adata.n_vars} genes from {h5ad}")
 
     console.print(f"[bold cyan][2/{steps}] Tokenize[/] (rank-value, max {max_length} tokens)")

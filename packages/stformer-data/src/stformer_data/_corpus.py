@@ -172,9 +172,10 @@ def tokenize_files(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     total = sum(_n_obs(f) for f in files)
-    bar = tqdm(total=total, desc="tokenize", unit="cell", disable=not progress)
 
     def examples() -> Iterator[dict[str, Any]]:
+        # The bar is made here, not captured: datasets hashes the generator's closure.
+        bar = tqdm(total=total, desc="tokenize", unit="cell", disable=not progress)
         for file_index, (f, report) in enumerate(zip(files, reports, strict=True)):
             adata = open_h5ad(f)
             try:
@@ -200,6 +201,7 @@ def tokenize_files(
                     bar.update(stop - start)
             finally:
                 adata.file.close()
+        bar.close()
 
     features = datasets.Features({
         "input_ids": datasets.Sequence(datasets.Value("int32")),
@@ -215,7 +217,6 @@ def tokenize_files(
         ds.save_to_disk(str(tmp / "dataset"))
         del ds
     finally:
-        bar.close()
         datasets.enable_progress_bars()
     shutil.rmtree(tmp / ".cache", ignore_errors=True)
     written = datasets.load_from_disk(str(tmp / "dataset"))
