@@ -236,14 +236,7 @@ class H5adReader:
         if f in self._open:
             return self._open[f]
         info = self.source.files[f]
-        if not info.path.exists():
-            raise InputError(info.path, "file", "vanished after the dataset was created",
-                             "restore the file, or rebuild the dataset without it")
-        st = info.path.stat()
-        if st.st_size != info.size or st.st_mtime_ns != info.mtime_ns:
-            raise InputError(info.path, "file", f"changed after the dataset was created (size {info.size} -> "
-                             f"{st.st_size} bytes): truncated or rewritten",
-                             "restore the file, or rebuild the dataset")
+        self._check_unchanged(f)
         try:
             h5 = h5py.File(info.path, "r")
             key = "X" if self.source.layer is None else f"layers/{self.source.layer}"
@@ -264,6 +257,19 @@ class H5adReader:
             raise _read_error(info.path, "file", exc) from exc
         self._open[f] = handle
         return handle
+
+    def _check_unchanged(self, f: int) -> None:
+        """A vanished, truncated or rewritten file is an error naming it (checked before every buffer)."""
+        info = self.source.files[f]
+        try:
+            st = info.path.stat()
+        except FileNotFoundError:
+            raise InputError(info.path, "file", "vanished after the dataset was created",
+                             "restore the file, or rebuild the dataset without it") from None
+        if st.st_size != info.size or st.st_mtime_ns != info.mtime_ns:
+            raise InputError(info.path, "file", f"changed after the dataset was created (size {info.size} -> "
+                             f"{st.st_size} bytes): truncated or rewritten",
+                             "restore the file, or rebuild the dataset")
 
     def _read_range(self, f: int, a: int, b: int) -> sp.csr_matrix:
         handle = self._handle(f)
@@ -297,6 +303,8 @@ class H5adReader:
             sel = file_of == f
             rows = local[sel] if info.rows is None else info.rows[local[sel]]
             rows_all[sel] = rows
+            if f in self._open:
+                self._check_unchanged(int(f))
             pieces = []
             for a, b in _runs(rows, src.max_gap):
                 block = self._read_range(int(f), a, b)
