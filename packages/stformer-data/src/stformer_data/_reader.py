@@ -40,16 +40,42 @@ class BlockTokenizer(Protocol):
 class Buffer:
     """The cells of one shuffle buffer, in planned order.
 
-    ``matrix`` (raw expression, CSR) or ``tokens`` (one int array per cell) is set; ``lengths`` is
-    the token count or, for raw expression, the number of non-zeros of each cell.
+    Raw expression is kept as the slices read (``pieces`` of ``(data, indices)``) with each cell's
+    piece, start and length, so a batch is gathered with one copy (:meth:`csr_rows`); tokens are
+    one int array per cell. ``lengths`` is the token count or, for raw expression, the number of
+    stored values of each cell.
     """
 
     lengths: np.ndarray
     file_index: np.ndarray
     cell_index: np.ndarray
-    matrix: sp.csr_matrix | None = None
+    n_columns: int = 0
+    pieces: list[tuple[np.ndarray, np.ndarray]] | None = None
+    piece_of: np.ndarray | None = None
+    start: np.ndarray | None = None
     tokens: list[np.ndarray] | None = None
     obs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def csr_rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(indptr, indices, data)`` of the cells at ``positions`` (a CSR matrix, one copy of the values)."""
+        lengths = self.lengths[positions]
+        indptr = np.zeros(positions.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        data = np.empty(int(indptr[-1]), dtype=np.float32)
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        for k, (p, s, n) in enumerate(zip(self.piece_of[positions].tolist(), self.start[positions].tolist(),
+                                          lengths.tolist(), strict=True)):
+            piece_data, piece_indices = self.pieces[p]
+            o = indptr[k]
+            data[o: o + n] = piece_data[s: s + n]
+            indices[o: o + n] = piece_indices[s: s + n]
+        return indptr, indices, data
+
+    def matrix(self, positions: np.ndarray | None = None) -> sp.csr_matrix:
+        """The cells at ``positions`` (default: all, in planned order) as a scipy CSR matrix."""
+        positions = np.arange(self.lengths.size) if positions is None else positions
+        indptr, indices, data = self.csr_rows(positions)
+        return sp.csr_matrix((data, indices, indptr), shape=(positions.size, self.n_columns))
 
 
 def _locate(cells: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -245,7 +271,8 @@ class H5adReader:
             handle: dict[str, Any] = {"file": h5, "encoding": encoding, "node": node}
             if encoding == "csr_matrix":
                 handle["indptr"] = node["indptr"][:].astype(np.int64)
-                handle["data"], handle["indices"] = node["data"], node["indices"]
+                handle["data"] = _direct_view(info.path, node["data"])
+                handle["indices"] = _direct_view(info.path, node["indices"])
                 handle["n_vars"] = int(node.attrs["shape"][1])
             elif encoding != "array":
                 handle["adata"] = open_h5ad(info.path)
@@ -282,8 +309,9 @@ class H5adReader:
                 indices = handle["indices"][p0:p1]
                 if data.size != p1 - p0 or indices.size != p1 - p0:
                     raise OSError(f"read {data.size} of {p1 - p0} stored values")
-                return sp.csr_matrix((data.astype(np.float32, copy=False), indices, indptr[a: b + 1] - p0),
-                                     shape=(b - a, handle["n_vars"]))
+                m = sp.csr_matrix((b - a, handle["n_vars"]), dtype=np.float32)  # no index checks
+                m.data, m.indices, m.indptr = data.astype(np.float32, copy=False), indices, indptr[a: b + 1] - p0
+                return m
             if handle["encoding"] == "array":
                 return sp.csr_matrix(np.asarray(handle["node"][a:b], dtype=np.float32))
             block = handle["adata"].X[a:b] if self.source.layer is None else handle["adata"].layers[self.source.layer][a:b]
@@ -296,47 +324,112 @@ class H5adReader:
         src = self.source
         sorted_ids = np.unique(cells)
         file_of, local = _locate(sorted_ids, src.offsets)
-        parts, tokens, n_per = [], [], []
         rows_all = np.empty(sorted_ids.size, dtype=np.int64)
-        for f in np.unique(file_of):
+        tokens: list[np.ndarray] = []
+        pieces: list[tuple[np.ndarray, np.ndarray]] = []
+        piece_of = np.empty(sorted_ids.size, dtype=np.int64)
+        start = np.empty(sorted_ids.size, dtype=np.int64)
+        nnz = np.empty(sorted_ids.size, dtype=np.int64)
+        for f in np.unique(file_of).tolist():
             info = src.files[f]
-            sel = file_of == f
+            sel = np.flatnonzero(file_of == f)
             rows = local[sel] if info.rows is None else info.rows[local[sel]]
             rows_all[sel] = rows
             if f in self._open:
-                self._check_unchanged(int(f))
-            pieces = []
+                self._check_unchanged(f)
+            blocks, done = [], 0
             for a, b in _runs(rows, src.max_gap):
-                block = self._read_range(int(f), a, b)
-                wanted = rows[(rows >= a) & (rows < b)] - a
-                pieces.append(block if wanted.size == b - a else block[wanted])
-            block = _stack_csr(pieces, pieces[0].shape[1])
-            block.sum_duplicates()
-            if src.check_values:
-                check_counts(block, path=info.path, rows=(int(rows[0]), int(rows[-1]) + 1))
+                block = self._read_range(f, a, b)
+                wanted = rows[done: done + np.searchsorted(rows[done:], b)] - a
+                here = sel[done: done + wanted.size]
+                done += wanted.size
+                if src.check_values:
+                    check_counts(block, path=info.path, rows=(a, b))
+                if src.tokenizer is not None:
+                    blocks.append(block if wanted.size == b - a else block[wanted])
+                    continue
+                if info.column_map is not None:
+                    block = _align_columns(block, info.column_map, src.n_columns)
+                pieces.append((block.data, block.indices))
+                piece_of[here] = len(pieces) - 1
+                start[here] = block.indptr[wanted]
+                nnz[here] = block.indptr[wanted + 1] - block.indptr[wanted]
             if src.tokenizer is not None:
+                block = _stack_csr(blocks, blocks[0].shape[1])
                 n_counts = (info.n_counts[rows] if info.n_counts is not None
                             else np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
                 tokens.extend(src.tokenizer.tokenize_block(block, n_counts, info.mapping, info.factors))
-            else:
-                if info.column_map is not None:
-                    block = _align_columns(block, info.column_map, src.n_columns)
-                parts.append(block)
-            n_per.append(int(sel.sum()))
         order = np.searchsorted(sorted_ids, cells)
-        obs = {}
-        for k in src.obs_keys:
-            values = np.concatenate([src.files[f].obs[k][rows_all[file_of == f]] for f in np.unique(file_of)])
-            obs[k] = values[order]
-        buf = Buffer(lengths=np.zeros(0), file_index=file_of[order], cell_index=rows_all[order], obs=obs)
+        obs = {k: np.concatenate([src.files[f].obs[k][rows_all[file_of == f]] for f in np.unique(file_of)])[order]
+               for k in src.obs_keys}
+        buf = Buffer(lengths=np.zeros(0, dtype=np.int64), file_index=file_of[order], cell_index=rows_all[order],
+                     n_columns=int(src.n_columns or 0), obs=obs)
         if src.tokenizer is not None:
             buf.tokens = [tokens[i] for i in order]
             buf.lengths = np.fromiter((t.size for t in buf.tokens), dtype=np.int64, count=len(buf.tokens))
         else:
-            matrix = _stack_csr(parts, src.n_columns)
-            buf.matrix = matrix[order] if not np.array_equal(order, np.arange(order.size)) else matrix
-            buf.lengths = np.diff(buf.matrix.indptr).astype(np.int64)
+            buf.pieces, buf.piece_of, buf.start, buf.lengths = pieces, piece_of[order], start[order], nnz[order]
         return buf
+
+
+class _MappedSegments:
+    """Slices of a 1-D HDF5 dataset served from a memory map of its file, segment by segment."""
+
+    def __init__(self, path: Path, dtype: np.dtype, size: int, segments: list[tuple[int, int, int]]) -> None:
+        self._file = np.memmap(path, dtype=np.uint8, mode="r")
+        self.dtype, self.size = dtype, size
+        self._starts = np.array([s[0] for s in segments], dtype=np.int64)
+        self._segments = segments  # (first element, stop element, byte offset)
+
+    def _view(self, k: int, a: int, b: int) -> np.ndarray:
+        first, _, byte = self._segments[k]
+        lo = byte + (a - first) * self.dtype.itemsize
+        return self._file[lo: lo + (b - a) * self.dtype.itemsize].view(self.dtype)
+
+    def __getitem__(self, item: slice) -> np.ndarray:
+        a, b, _ = item.indices(self.size)
+        if b <= a:
+            return np.zeros(0, dtype=self.dtype)
+        k = int(np.searchsorted(self._starts, a, side="right")) - 1
+        parts = []
+        while a < b:
+            stop = min(b, self._segments[k][1])
+            parts.append(self._view(k, a, stop))
+            a, k = stop, k + 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _direct_view(path: Path, dataset: h5py.Dataset) -> _MappedSegments | h5py.Dataset:
+    """Serve an uncompressed 1-D dataset straight from the page cache (memory map), else use HDF5.
+
+    Contiguous datasets map in one piece; chunked ones (anndata writes them chunked) are mapped as
+    runs of back-to-back unfiltered chunks. Anything else (compression, filters) stays with h5py.
+    """
+    if dataset.ndim != 1 or dataset.size == 0 or dataset.compression is not None or dataset.dtype.hasobject:
+        return dataset
+    try:
+        offset = dataset.id.get_offset()
+        if offset is not None:
+            return _MappedSegments(path, dataset.dtype, dataset.size, [(0, dataset.size, offset)])
+        if dataset.chunks is None:
+            return dataset
+        infos: list[tuple[int, int, int, int]] = []
+        dataset.id.chunk_iter(lambda c: infos.append((c.chunk_offset[0], c.filter_mask, c.byte_offset, c.size)))
+        infos.sort()
+        chunk = dataset.chunks[0]
+        chunk_bytes = chunk * dataset.dtype.itemsize
+        if len(infos) != -(-dataset.size // chunk) or any(m != 0 or n != chunk_bytes for _, m, _, n in infos):
+            return dataset
+        segments: list[list[int]] = []
+        for first, _, byte, _ in infos:
+            prev = segments[-1] if segments else None
+            if prev is not None and byte == prev[2] + (first - prev[0]) * dataset.dtype.itemsize:
+                prev[1] = min(first + chunk, dataset.size)
+            else:
+                segments.append([first, min(first + chunk, dataset.size), byte])
+        return _MappedSegments(path, dataset.dtype, dataset.size, [tuple(s) for s in segments])
+    except (AttributeError, OSError, ValueError):  # h5py/HDF5 without chunk queries, odd layouts
+        return dataset
 
 
 def _read_error(path: Path, field: str, exc: Exception) -> InputError:

@@ -125,12 +125,15 @@ class _StreamDataset(IterableDataset):
 
     # --- conversion -----------------------------------------------------------------------------
     @staticmethod
-    def _csr(m: Any) -> torch.Tensor:
+    def _csr(buf: Buffer, positions: np.ndarray) -> torch.Tensor:
+        indptr, indices, data = buf.csr_rows(positions)
+        index_dtype = np.int32 if indptr[-1] < np.iinfo(np.int32).max else np.int64
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
-                                           torch.from_numpy(m.indices.astype(np.int64)),
-                                           torch.from_numpy(m.data), size=m.shape, check_invariants=False)
+            return torch.sparse_csr_tensor(torch.from_numpy(indptr.astype(index_dtype)),
+                                           torch.from_numpy(indices.astype(index_dtype, copy=False)),
+                                           torch.from_numpy(data), size=(positions.size, buf.n_columns),
+                                           check_invariants=False)
 
     def _meta(self, buf: Buffer, positions: np.ndarray) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -144,8 +147,7 @@ class _StreamDataset(IterableDataset):
 
     def _batch(self, buf: Buffer, positions: np.ndarray) -> Any:
         if buf.tokens is None:
-            sub = buf.matrix[positions]
-            out = {"X": self._csr(sub)}
+            out = {"X": self._csr(buf, positions)}
             out.update(self._meta(buf, positions))
             return out
         if self.collate_fn is not None:
@@ -165,8 +167,7 @@ class _StreamDataset(IterableDataset):
         out: dict[str, Any] = {"length": int(buf.lengths[i]), "file_index": int(buf.file_index[i]),
                                "cell_index": int(buf.cell_index[i])}
         if buf.tokens is None:
-            row = buf.matrix[i]
-            out["X"] = self._csr(row)
+            out["X"] = self._csr(buf, np.array([i]))
         else:
             out["input_ids"] = buf.tokens[i].astype(np.int64)
         for k, v in buf.obs.items():
