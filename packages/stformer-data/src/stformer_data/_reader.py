@@ -26,6 +26,8 @@ import scipy.sparse as sp
 from stformer_data._errors import InputError
 from stformer_data._io import GeneMapping, check_counts, map_genes, open_h5ad, resolve_gene_ids
 
+TOKENIZE_ROWS = 512  # rows handed to a tokenizer at once
+
 
 class BlockTokenizer(Protocol):
     """What on-the-fly tokenization needs: the interface of :class:`stformer_data.RankValueTokenizer`."""
@@ -358,7 +360,9 @@ class H5adReader:
                 block = _stack_csr(blocks, blocks[0].shape[1])
                 n_counts = (info.n_counts[rows] if info.n_counts is not None
                             else np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
-                tokens.extend(src.tokenizer.tokenize_block(block, n_counts, info.mapping, info.factors))
+                for c in range(0, block.shape[0], TOKENIZE_ROWS):  # bounded memory and sort sizes
+                    tokens.extend(src.tokenizer.tokenize_block(block[c: c + TOKENIZE_ROWS], n_counts[c: c + TOKENIZE_ROWS],
+                                                               info.mapping, info.factors))
         order = np.searchsorted(sorted_ids, cells)
         obs = {k: np.concatenate([src.files[f].obs[k][rows_all[file_of == f]] for f in np.unique(file_of)])[order]
                for k in src.obs_keys}

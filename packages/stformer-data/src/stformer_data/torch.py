@@ -142,7 +142,7 @@ class _StreamDataset(IterableDataset):
             "cell_index": torch.from_numpy(buf.cell_index[positions]),
         }
         for k, v in buf.obs.items():
-            out[k] = v[positions].tolist()
+            out[k] = v[positions].astype(str)  # a numpy string array passes DataLoader conversion untouched
         return out
 
     def _batch(self, buf: Buffer, positions: np.ndarray) -> Any:
