@@ -254,9 +254,11 @@ class IterableAnnDataset(DistributedAnnDataset):
     """:class:`DistributedAnnDataset` yielding one example per cell (Transformeromics' name).
 
     With a tokenizer each item is ``{"input_ids": int64 array, "length": int, ...}``, the form the
-    Hugging Face ``Trainer`` and ``DataCollatorForLanguageModeling``-style collators take; the
-    sharding across ranks is done here, so give the Trainer this dataset as it is (each process
-    streams its own share).
+    Hugging Face ``Trainer`` and ``DataCollatorForLanguageModeling``-style collators take (set
+    ``max_steps``; ``len()`` gives the cells per epoch). Under the Trainer, Accelerate already
+    splits an iterable dataset across processes (the main process reads and dispatches batches),
+    so build it with ``rank=0, world_size=1`` there; every cell is then still seen once per epoch.
+    With Lightning or plain DDP the dataset shards by rank itself.
 
     >>> ds = IterableAnnDataset(["a.h5ad"], tokenizer=tokenizer)  # doctest: +SKIP
     >>> next(iter(ds))["input_ids"][:5]  # doctest: +SKIP
