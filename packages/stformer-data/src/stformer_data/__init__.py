@@ -3,6 +3,9 @@
 Gene vocabularies (token dictionaries), per-gene medians, Geneformer rank-value tokenization,
 corpora on disk (Hugging Face ``datasets`` Arrow), and a simulator of raw-count data.
 
+Streaming into training: shuffle strategies, train/val/test splits and epoch planning are here;
+the torch datasets are in :mod:`stformer_data.torch` (``pip install "stformer-data[torch]"``).
+
 Depends on anndata, numpy, scipy, pandas, h5py, datasets/pyarrow and tqdm. It imports no other
 stformer package and none of transformers, lightning, ray, deepspeed or optuna.
 """
@@ -20,12 +23,39 @@ from stformer_data._io import (
 )
 from stformer_data._medians import compute_medians_exact, load_medians, save_medians
 from stformer_data._rank import RankTokenizerConfig, RankValueTokenizer
+from stformer_data._shuffle import (
+    BlockShuffleStrategy,
+    RandomShuffleStrategy,
+    SequentialShuffleStrategy,
+    ShuffleStrategy,
+)
+from stformer_data._split import SplitInfo, category_random_split
+from stformer_data._stream import (
+    BufferPlan,
+    batch_diversity,
+    batches_per_rank,
+    bucket_batches,
+    padding_fraction,
+    plan_epoch,
+)
 from stformer_data._synthetic import SimulationConfig, simulate_counts
 from stformer_data._vocab import CLS, EOS, MASK, PAD, GeneVocab
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockShuffleStrategy",
+    "BufferPlan",
+    "RandomShuffleStrategy",
+    "SequentialShuffleStrategy",
+    "ShuffleStrategy",
+    "SplitInfo",
+    "batch_diversity",
+    "batches_per_rank",
+    "bucket_batches",
+    "category_random_split",
+    "padding_fraction",
+    "plan_epoch",
     "CLS",
     "EOS",
     "MASK",

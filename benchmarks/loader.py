@@ -1,0 +1,257 @@
+"""Benchmark: streaming many h5ad files (and a tokenized corpus) into training batches.
+
+Generates a multi-file raw-count corpus (default 8 files x 25,000 cells x 2,000 genes, 1,000-2,000
+non-zeros per cell, obs "cell_type" in sorted runs inside each file, as real files often are), then
+reads one epoch with each loader, batch 256, no DataLoader workers unless stated:
+
+* stformer ``DistributedAnnDataset``: sequential, block shuffle (blocks of 256 rows, shuffle buffer
+  of 16,384 cells) and full random, as raw expression (sparse CSR tensors) and as rank-value tokens
+  made on the fly (with and without length bucketing); block shuffle also with 2 workers;
+* plain anndata backed access: slices of 256 rows in random block order;
+* annbatch / scDataset: only reported as "not installed" unless importable (they are not
+  dependencies of stformer);
+* a tokenized corpus: the Hugging Face ``datasets`` iterable with a shuffle buffer of 10,000 (what
+  most pretraining scripts use) vs stformer's ``CorpusStreamDataset`` (memory-mapped Arrow).
+
+For each: cells/s, padding fraction (tokens; for raw expression the share of padding if the
+non-zeros were padded per batch), and batch diversity (mean within-batch entropy of source file
+and of cell type, relative to the whole epoch; 1 = as mixed as the corpus). Slow loaders are
+stopped after ``--seconds`` and measured on what they read. Prints ONE JSON line.
+
+    uv run python benchmarks/loader.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from torch.utils.data import DataLoader
+
+from stformer_data import (
+    GeneVocab,
+    RandomShuffleStrategy,
+    RankValueTokenizer,
+    SequentialShuffleStrategy,
+    ShuffleStrategy,
+    TokenizeConfig,
+    batch_diversity,
+    is_complete_corpus,
+    load_corpus,
+    padding_fraction,
+    tokenize_files,
+)
+from stformer_data.torch import CorpusStreamDataset, DistributedAnnDataset
+
+BATCH = 256
+N_TYPES = 12
+
+
+def make_file(path: Path, n_cells: int, n_genes: int, seed: int) -> None:
+    """Raw counts with 1,000-2,000 non-zeros per cell (mean ~1,500 for 2,000 genes)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for start in range(0, n_cells, 4096):
+        m = min(4096, n_cells - start)
+        density = rng.uniform(0.5, 1.0, size=(m, 1)) * min(1.0, 1500 / (0.75 * n_genes))
+        keep = rng.random((m, n_genes)) < density
+        rows, cols = np.nonzero(keep)
+        vals = rng.geometric(0.3, size=rows.size).astype(np.float32)
+        parts.append(sp.csr_matrix((vals, (rows, cols)), shape=(m, n_genes)))
+    X = sp.vstack(parts, format="csr")
+    types = np.repeat(np.arange(N_TYPES), -(-n_cells // N_TYPES))[:n_cells]
+    obs = pd.DataFrame({"cell_type": [f"t{(t + seed) % N_TYPES}" for t in types],
+                        "n_counts": np.asarray(X.sum(axis=1)).ravel()},
+                       index=[f"f{seed}_c{i}" for i in range(n_cells)])
+    tmp = path.with_name(f".{path.name}.partial")
+    ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"G{k}" for k in range(n_genes)])).write_h5ad(tmp)
+    tmp.rename(path)
+
+
+def measure(batches, seconds: float, labels_of) -> dict:
+    """Consume batches; cells/s, padding and diversity over what was read (stopped after ``seconds``)."""
+    lengths, by_file, by_label = [], [], []
+    n = 0
+    start = time.perf_counter()
+    complete = True
+    for batch in batches:
+        length, files, labels = labels_of(batch)
+        lengths.append(length)
+        by_file.append(files)
+        by_label.append(labels)
+        n += len(files)
+        if time.perf_counter() - start > seconds:
+            complete = False
+            break
+    elapsed = time.perf_counter() - start
+    return {"cells_per_s": round(n / elapsed), "cells": n, "seconds": round(elapsed, 2), "full_epoch": complete,
+            "padding_fraction": round(padding_fraction(lengths), 4),
+            "diversity_file": round(batch_diversity(by_file), 4),
+            "diversity_cell_type": round(batch_diversity(by_label), 4)}
+
+
+def _stformer_labels(batch):
+    return batch["length"].numpy(), batch["file_index"].numpy(), np.asarray(batch["cell_type"])
+
+
+def run_stformer(files, tokenizer, seconds, strategy, *, workers=0, bucketing=False):
+    ds = DistributedAnnDataset(files, batch_size=BATCH, strategy=strategy, tokenizer=tokenizer,
+                               obs_keys=("cell_type",), length_bucketing=bucketing, seed=0)
+    loader = DataLoader(ds, batch_size=None, num_workers=workers)
+    return measure(loader, seconds, _stformer_labels)
+
+
+def run_anndata_blocks(files, seconds):
+    """Plain anndata backed access: one contiguous 256-row slice per batch, blocks in random order."""
+    handles = [ad.io.read_h5ad(f, backed="r") for f in files]
+    types = [h.obs["cell_type"].to_numpy() for h in handles]
+    blocks = [(f, a) for f, h in enumerate(handles) for a in range(0, h.n_obs, BATCH)]
+    order = np.random.default_rng(0).permutation(len(blocks))
+
+    def batches():
+        for i in order:
+            f, a = blocks[i]
+            X = handles[f].X[a: a + BATCH]
+            yield np.diff(X.indptr), np.full(X.shape[0], f), types[f][a: a + X.shape[0]]
+
+    try:
+        return measure(batches(), seconds, lambda b: b)
+    finally:
+        for h in handles:
+            h.file.close()
+
+
+def run_hf_iterable(corpus_path, seconds, pad_id):
+    """Hugging Face ``datasets`` iterable with a shuffle buffer; examples padded into batches of 256."""
+    corpus = load_corpus(corpus_path)
+    n_shards = max(1, len(corpus.dataset.cache_files))
+    stream = corpus.dataset.to_iterable_dataset(num_shards=n_shards).shuffle(seed=0, buffer_size=10_000)
+
+    def batches():
+        pending = []
+        for ex in stream:
+            pending.append(ex)
+            if len(pending) == BATCH:
+                yield _pad(pending, pad_id)
+                pending = []
+        if pending:
+            yield _pad(pending, pad_id)
+
+    return measure(batches(), seconds, lambda b: b)
+
+
+def _pad(examples, pad_id):
+    lengths = np.array([len(e["input_ids"]) for e in examples])
+    ids = np.full((len(examples), lengths.max()), pad_id, dtype=np.int64)
+    for i, e in enumerate(examples):
+        ids[i, : lengths[i]] = e["input_ids"]
+    torch.from_numpy(ids)
+    return lengths, np.array([e["file_index"] for e in examples]), np.array([e["cell_type"] for e in examples])
+
+
+def run_corpus_stream(corpus_path, seconds, strategy, bucketing):
+    ds = CorpusStreamDataset(corpus_path, batch_size=BATCH, strategy=strategy, length_bucketing=bucketing,
+                             obs_keys=("cell_type",))
+    return measure(DataLoader(ds, batch_size=None), seconds, _stformer_labels)
+
+
+def optional_loaders() -> dict:
+    out = {}
+    for name in ("annbatch", "scdataset"):
+        try:
+            __import__(name)
+            out[name] = {"status": "installed but not wired into this benchmark"}
+        except ImportError:
+            out[name] = {"status": "not installed (optional; not a dependency of stformer)"}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small corpus, short runs (under a minute)")
+    p.add_argument("--data-dir", type=Path, default=None, help="where the generated files are kept (reused)")
+    p.add_argument("--seconds", type=float, default=None, help="time cap per loader")
+    args = p.parse_args(argv)
+    n_files, n_cells, n_genes = (4, 2_500, 2_000) if args.quick else (8, 25_000, 2_000)
+    seconds = args.seconds or (6.0 if args.quick else 60.0)
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="Sparse (invariant checks|CSR tensor support)")
+    data_dir = args.data_dir or Path(tempfile.gettempdir()) / f"stformer-bench-loader-{n_files}x{n_cells}x{n_genes}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    files = [data_dir / f"part{i}.h5ad" for i in range(n_files)]
+    t0 = time.perf_counter()
+    for i, f in enumerate(files):
+        if not f.exists():
+            make_file(f, n_cells, n_genes, seed=i)
+    generate_s = time.perf_counter() - t0
+
+    genes = [f"G{k}" for k in range(n_genes)]
+    vocab = GeneVocab.from_genes(genes)
+    medians = {g: float(m) for g, m in zip(genes, np.random.default_rng(7).lognormal(0.5, 0.6, n_genes), strict=True)}
+    tokenizer = RankValueTokenizer(vocab, medians)
+    block = ShuffleStrategy(block_size=256, buffer_size=16_384)
+    strategies = {"sequential": SequentialShuffleStrategy(), "block_shuffle": block,
+                  "random": RandomShuffleStrategy(buffer_size=16_384)}
+
+    results: dict[str, dict] = {}
+    for name, strategy in strategies.items():
+        results[f"stformer_{name}_raw"] = run_stformer(files, None, seconds, strategy)
+    results["stformer_block_shuffle_raw_2workers"] = run_stformer(files, None, seconds, block, workers=2)
+    results["stformer_block_shuffle_tokens"] = run_stformer(files, tokenizer, seconds, block)
+    results["stformer_block_shuffle_tokens_bucketed"] = run_stformer(files, tokenizer, seconds, block, bucketing=True)
+    results["stformer_sequential_tokens"] = run_stformer(files, tokenizer, seconds, strategies["sequential"])
+    results["anndata_backed_random_blocks"] = run_anndata_blocks(files, seconds)
+    results.update(optional_loaders())
+
+    corpus_path = data_dir / "corpus"
+    t0 = time.perf_counter()
+    if not is_complete_corpus(corpus_path):
+        if corpus_path.exists():
+            shutil.rmtree(corpus_path)
+        tokenize_files(files, corpus_path, vocab=vocab, medians=medians, progress=False,
+                       config=TokenizeConfig(obs_columns=("cell_type",)))
+    tokenize_s = time.perf_counter() - t0
+    results["hf_datasets_iterable_shuffle_buffer"] = run_hf_iterable(corpus_path, seconds, vocab.pad_id)
+    results["stformer_corpus_stream_block_shuffle"] = run_corpus_stream(corpus_path, seconds, block, False)
+    results["stformer_corpus_stream_bucketed"] = run_corpus_stream(corpus_path, seconds, block, True)
+
+    ours = results["stformer_block_shuffle_raw"]
+    others = {k: v for k, v in results.items() if k.startswith(("anndata", "annbatch", "scdataset")) and "cells_per_s" in v}
+    fastest = max(others, key=lambda k: others[k]["cells_per_s"])
+    targets = {
+        "block_shuffle_vs_fastest_other": {
+            "other": fastest,
+            "ratio": round(ours["cells_per_s"] / others[fastest]["cells_per_s"], 2),
+            "diversity_file_ours_vs_other": [ours["diversity_file"], others[fastest]["diversity_file"]],
+            "met": ours["cells_per_s"] >= others[fastest]["cells_per_s"]
+                   and ours["diversity_file"] >= others[fastest]["diversity_file"]},
+        "tokens_vs_raw": {
+            "ratio": round(results["stformer_block_shuffle_tokens"]["cells_per_s"] / ours["cells_per_s"], 3),
+            "met": results["stformer_block_shuffle_tokens"]["cells_per_s"] >= 0.5 * ours["cells_per_s"]},
+        "corpus_stream_vs_hf_iterable": {
+            "ratio": round(results["stformer_corpus_stream_block_shuffle"]["cells_per_s"]
+                           / results["hf_datasets_iterable_shuffle_buffer"]["cells_per_s"], 2),
+            "met": results["stformer_corpus_stream_block_shuffle"]["cells_per_s"]
+                   >= 5 * results["hf_datasets_iterable_shuffle_buffer"]["cells_per_s"]},
+    }
+    out = {"benchmark": "loader", "quick": args.quick, "files": n_files, "cells": n_files * n_cells,
+           "genes": n_genes, "batch_size": BATCH, "seconds_cap": seconds, "generate_s": round(generate_s, 1),
+           "tokenize_corpus_s": round(tokenize_s, 1), "machine": platform.machine(),
+           "torch_threads": torch.get_num_threads(), "results": results, "targets": targets}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Torch ``IterableDataset``s streaming cells from h5ad files or a tokenized corpus.
+
+Import this module explicitly (``from stformer_data.torch import DistributedAnnDataset``); the rest
+of ``stformer_data`` does not need torch. Install it with ``pip install "stformer-data[torch]"``.
+
+Every dataset plans its epoch with :func:`stformer_data.plan_epoch`: each cell is read exactly once
+per epoch across all ranks and DataLoader workers (``even_batches="even"``), every rank gets the same
+number of batches, and the order depends only on ``seed`` and the epoch (:meth:`set_epoch`).
+The rank and world size are, in this order: the explicit arguments, ``torch.distributed`` when it
+is initialised, the ``RANK`` / ``WORLD_SIZE`` environment variables (torchrun and Ray Train set
+them), else a single process. The DataLoader worker comes from ``torch.utils.data.get_worker_info``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from os import PathLike
+from typing import Any
+
+try:
+    import torch
+    from torch.utils.data import IterableDataset, get_worker_info
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise ImportError('stformer_data.torch needs PyTorch: pip install "stformer-data[torch]"') from exc
+
+import numpy as np
+
+from stformer_data._reader import BlockTokenizer, Buffer, CorpusSource, H5adSource
+from stformer_data._shuffle import ShuffleStrategy
+from stformer_data._split import SplitInfo
+from stformer_data._stream import (
+    EVEN_BATCHES,
+    EvenBatches,
+    batches_per_rank,
+    bucket_batches,
+    epoch_rng,
+    plan_epoch,
+)
+
+__all__ = ["CorpusStreamDataset", "DistributedAnnDataset", "IterableAnnDataset", "resolve_world"]
+
+
+def resolve_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """``(rank, world_size)``: explicit arguments, else torch.distributed, else ``RANK``/``WORLD_SIZE``, else (0, 1)."""
+    if rank is not None and world_size is not None:
+        pass
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank = torch.distributed.get_rank() if rank is None else rank
+        world_size = torch.distributed.get_world_size() if world_size is None else world_size
+    else:
+        rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, "
+                         f"world_size={world_size}")
+    return rank, world_size
+
+
+class _StreamDataset(IterableDataset):
+    """Shared machinery: plan, read buffers, cut batches, convert to tensors."""
+
+    def __init__(self, source: H5adSource | CorpusSource, *, batch_size: int, strategy: ShuffleStrategy | None,
+                 even_batches: EvenBatches, seed: int, length_bucketing: bool, rank: int | None,
+                 world_size: int | None, yield_batches: bool, collate_fn: Callable[[list[dict]], Any] | None,
+                 pad_id: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if even_batches not in EVEN_BATCHES:
+            raise ValueError(f"even_batches must be one of {EVEN_BATCHES}, got {even_batches!r}")
+        self.source = source
+        self.batch_size = batch_size
+        self.strategy = strategy or ShuffleStrategy()
+        self.even_batches = even_batches
+        self.seed = seed
+        self.length_bucketing = length_bucketing
+        self.rank, self.world_size = rank, world_size
+        self.yield_batches = yield_batches
+        self.collate_fn = collate_fn
+        self.pad_id = pad_id
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` (call before each epoch; new DataLoader workers copy it)."""
+        self.epoch = int(epoch)
+
+    @property
+    def n_cells(self) -> int:
+        return self.source.n_cells
+
+    def __len__(self) -> int:
+        """Batches (or, with ``yield_batches=False``, cells) this rank yields per epoch."""
+        _, world = resolve_world(self.rank, self.world_size)
+        n_batches = batches_per_rank(self.source.n_cells, batch_size=self.batch_size, world_size=world,
+                                     even_batches=self.even_batches)
+        if self.yield_batches:
+            return n_batches
+        if self.even_batches == "even":
+            base, extra = divmod(self.source.n_cells, world)
+            rank, _ = resolve_world(self.rank, self.world_size)
+            return base + (1 if rank < extra else 0)
+        return n_batches * self.batch_size
+
+    def __iter__(self) -> Iterator[Any]:
+        rank, world = resolve_world(self.rank, self.world_size)
+        info = get_worker_info()
+        worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        plans = plan_epoch(self.source.counts, self.strategy, batch_size=self.batch_size, seed=self.seed,
+                           epoch=self.epoch, world_size=world, rank=rank, num_workers=num_workers,
+                           worker_id=worker_id, even_batches=self.even_batches)
+        with self.source.open() as reader:
+            for plan in plans:
+                buf = reader.read(plan.cells)
+                if self.length_bucketing:
+                    rng = epoch_rng(self.seed, self.epoch, 2, rank, plan.index)
+                    batches = bucket_batches(buf.lengths, plan.batch_sizes, rng)
+                else:
+                    batches = plan.batches()
+                for positions in batches:
+                    if self.yield_batches:
+                        yield self._batch(buf, positions)
+                    else:
+                        yield from (self._example(buf, int(i)) for i in positions)
+
+    # --- conversion -----------------------------------------------------------------------------
+    @staticmethod
+    def _csr(buf: Buffer, positions: np.ndarray) -> torch.Tensor:
+        indptr, indices, data = buf.csr_rows(positions)
+        index_dtype = np.int32 if indptr[-1] < np.iinfo(np.int32).max else np.int64
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(torch.from_numpy(indptr.astype(index_dtype)),
+                                           torch.from_numpy(indices.astype(index_dtype, copy=False)),
+                                           torch.from_numpy(data), size=(positions.size, buf.n_columns),
+                                           check_invariants=False)
+
+    def _meta(self, buf: Buffer, positions: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "length": torch.from_numpy(buf.lengths[positions]),
+            "file_index": torch.from_numpy(buf.file_index[positions]),
+            "cell_index": torch.from_numpy(buf.cell_index[positions]),
+        }
+        for k, v in buf.obs.items():
+            out[k] = v[positions].astype(str)  # a numpy string array passes DataLoader conversion untouched
+        return out
+
+    def _batch(self, buf: Buffer, positions: np.ndarray) -> Any:
+        if buf.tokens is None:
+            out = {"X": self._csr(buf, positions)}
+            out.update(self._meta(buf, positions))
+            return out
+        if self.collate_fn is not None:
+            return self.collate_fn([self._example(buf, int(i)) for i in positions])
+        lengths = buf.lengths[positions]
+        width = max(int(lengths.max()), 1) if lengths.size else 1
+        ids = np.full((positions.size, width), self.pad_id, dtype=np.int64)
+        for row, i in enumerate(positions):
+            seq = buf.tokens[i]
+            ids[row, : seq.size] = seq
+        out = {"input_ids": torch.from_numpy(ids),
+               "attention_mask": torch.from_numpy((np.arange(width) < lengths[:, None]).astype(np.int64))}
+        out.update(self._meta(buf, positions))
+        return out
+
+    def _example(self, buf: Buffer, i: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"length": int(buf.lengths[i]), "file_index": int(buf.file_index[i]),
+                               "cell_index": int(buf.cell_index[i])}
+        if buf.tokens is None:
+            out["X"] = self._csr(buf, np.array([i]))
+        else:
+            out["input_ids"] = buf.tokens[i].astype(np.int64)
+        for k, v in buf.obs.items():
+            out[k] = v[i]
+        return out
+
+
+class DistributedAnnDataset(_StreamDataset):
+    """Stream cells from many backed h5ad files, sharded across ranks and DataLoader workers.
+
+    Yields one batch per item (use ``DataLoader(dataset, batch_size=None)``): raw expression as a
+    ``torch.sparse_csr_tensor`` ``"X"`` of shape ``(batch, genes)``, or, with a ``tokenizer``,
+    token ids tokenized on the fly (``"input_ids"`` right-padded with the vocabulary's pad id and
+    ``"attention_mask"``, or whatever ``collate_fn`` makes of the per-cell examples). Every batch
+    also has ``"length"`` (tokens, or non-zeros for raw expression), ``"file_index"``,
+    ``"cell_index"`` (row in its file) and the requested ``obs_keys`` (lists of strings).
+
+    Parameters
+    ----------
+    files
+        The ``.h5ad`` files; files without cells are skipped with a warning.
+    batch_size
+        Cells per batch (the largest batch with ``even_batches="even"``).
+    strategy
+        Block order and shuffle buffer (default :class:`~stformer_data.ShuffleStrategy`).
+    tokenizer
+        Any tokenizer with ``column_factors(mapping)`` and ``tokenize_block(...)``, e.g.
+        :class:`~stformer_data.RankValueTokenizer`; genes are mapped to its ``vocab`` per file.
+    genes
+        Raw expression: the gene space (a vocabulary or a gene list) the files are aligned to;
+        ``None`` requires every file to have the same genes.
+    rows
+        Per file, the sorted rows to stream (``None``: all); see :meth:`from_split`.
+    even_batches
+        ``"even"`` (every cell exactly once, equal batch counts, batches as equal as possible),
+        ``"drop"`` (full batches; the epoch's last ``N mod (world*batch)`` cells are left out) or
+        ``"pad"`` (full batches; as many cells are repeated).
+    seed
+        The order of an epoch depends only on ``seed`` and the epoch (:meth:`set_epoch`).
+    length_bucketing
+        Group cells of similar length into batches inside each shuffle buffer (less padding).
+    rank, world_size
+        Override the detected distributed rank and world size.
+    yield_batches
+        ``False`` yields one example dict per cell (``input_ids`` as an int64 array, or a 1-row
+        ``X``) for a DataLoader with a ``batch_size`` and a collator (the Hugging Face Trainer form).
+    gene_id_key, name_to_id, layer, obs_keys, n_counts_key, check_values
+        How files are read; see :class:`stformer_data._reader.H5adSource`.
+
+    >>> from torch.utils.data import DataLoader
+    >>> ds = DistributedAnnDataset(["a.h5ad", "b.h5ad"], batch_size=256)  # doctest: +SKIP
+    >>> for batch in DataLoader(ds, batch_size=None, num_workers=2):  # doctest: +SKIP
+    ...     dense = batch["X"].to_dense()
+    """
+
+    def __init__(self, files: Sequence[str | PathLike[str]], *, batch_size: int = 256,
+                 strategy: ShuffleStrategy | None = None, tokenizer: BlockTokenizer | None = None,
+                 genes: Mapping[str, int] | Sequence[str] | None = None,
+                 rows: Sequence[np.ndarray | None] | None = None, even_batches: EvenBatches = "even",
+                 seed: int = 0, length_bucketing: bool = False, rank: int | None = None,
+                 world_size: int | None = None, yield_batches: bool = True,
+                 collate_fn: Callable[[list[dict]], Any] | None = None, gene_id_key: str | None = None,
+                 name_to_id: Mapping[str, str] | None = None, layer: str | None = None,
+                 obs_keys: Sequence[str] = (), n_counts_key: str | None = "n_counts",
+                 check_values: bool = False) -> None:
+        if tokenizer is not None:
+            n_counts_key = getattr(getattr(tokenizer, "config", None), "n_counts_key", n_counts_key)
+        source = H5adSource(files, rows=rows, tokenizer=tokenizer, genes=genes, gene_id_key=gene_id_key,
+                            name_to_id=name_to_id, layer=layer, obs_keys=obs_keys, n_counts_key=n_counts_key,
+                            check_values=check_values)
+        vocab = getattr(tokenizer, "vocab", None)
+        super().__init__(source, batch_size=batch_size, strategy=strategy, even_batches=even_batches, seed=seed,
+                         length_bucketing=length_bucketing, rank=rank, world_size=world_size,
+                         yield_batches=yield_batches, collate_fn=collate_fn,
+                         pad_id=getattr(vocab, "pad_id", 0))
+
+    @classmethod
+    def from_split(cls, split: SplitInfo, name: str, **kwargs: Any) -> DistributedAnnDataset:
+        """The cells of split ``name`` (``"train"``, ``"val"``, ``"test"``) of a :class:`~stformer_data.SplitInfo`."""
+        return cls(list(split.files), rows=split.indices(name), **kwargs)
+
+
+class IterableAnnDataset(DistributedAnnDataset):
+    """:class:`DistributedAnnDataset` yielding one example per cell (Transformeromics' name).
+
+    With a tokenizer each item is ``{"input_ids": int64 array, "length": int, ...}``, the form the
+    Hugging Face ``Trainer`` and ``DataCollatorForLanguageModeling``-style collators take (set
+    ``max_steps``; ``len()`` gives the cells per epoch). Under the Trainer, Accelerate already
+    splits an iterable dataset across processes (the main process reads and dispatches batches),
+    so build it with ``rank=0, world_size=1`` there; every cell is then still seen once per epoch.
+    With Lightning or plain DDP the dataset shards by rank itself.
+
+    >>> ds = IterableAnnDataset(["a.h5ad"], tokenizer=tokenizer)  # doctest: +SKIP
+    >>> next(iter(ds))["input_ids"][:5]  # doctest: +SKIP
+    """
+
+    def __init__(self, files: Sequence[str | PathLike[str]], *, yield_batches: bool = False, **kwargs: Any) -> None:
+        super().__init__(files, yield_batches=yield_batches, **kwargs)
+
+
+class CorpusStreamDataset(_StreamDataset):
+    """Stream a tokenized corpus on disk (:func:`stformer_data.tokenize_files`) with the same sharding.
+
+    The Arrow files are memory-mapped and sequences gathered straight from their buffers (no
+    per-row ``datasets`` decoding). Items are as for :class:`DistributedAnnDataset` with tokens.
+
+    >>> ds = CorpusStreamDataset("corpus/", batch_size=64, length_bucketing=True)  # doctest: +SKIP
+    >>> batch = next(iter(ds)); batch["input_ids"].shape  # doctest: +SKIP
+    """
+
+    def __init__(self, corpus: str | PathLike[str], *, batch_size: int = 256,
+                 strategy: ShuffleStrategy | None = None, even_batches: EvenBatches = "even", seed: int = 0,
+                 length_bucketing: bool = False, rank: int | None = None, world_size: int | None = None,
+                 yield_batches: bool = True, collate_fn: Callable[[list[dict]], Any] | None = None,
+                 obs_keys: Sequence[str] = ()) -> None:
+        source = CorpusSource(corpus, obs_keys=obs_keys)
+        super().__init__(source, batch_size=batch_size, strategy=strategy, even_batches=even_batches, seed=seed,
+                         length_bucketing=length_bucketing, rank=rank, world_size=world_size,
+                         yield_batches=yield_batches, collate_fn=collate_fn, pad_id=source.vocab.pad_id)

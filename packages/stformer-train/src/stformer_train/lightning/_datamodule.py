@@ -1,0 +1,152 @@
+"""``AnnDataModule``: a LightningDataModule streaming h5ad files through ``DistributedAnnDataset``.
+
+Train, validation and test sets come from a :class:`stformer_data.SplitInfo` (by fraction or
+grouped by an ``obs`` key), drawn once in ``prepare_data`` and saved in the run directory so that a
+resumed run reads the same split. Raw-expression batches arrive as sparse CSR tensors and are
+densified on the device in ``on_after_batch_transfer``, with protoplast's ``before_dense_cb`` (on
+the sparse tensor) and ``after_dense_cb`` (on the dense tensor) hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from stformer_data import SequentialShuffleStrategy, ShuffleStrategy, SplitInfo
+from stformer_data.torch import DistributedAnnDataset
+
+DenseCallback = Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
+
+
+class _EpochDataLoader(DataLoader):
+    """A DataLoader that tells its dataset the epoch before every pass (new workers copy it)."""
+
+    def __init__(self, dataset: DistributedAnnDataset, epoch_fn: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self._epoch_fn = epoch_fn
+
+    def __iter__(self):
+        self.dataset.set_epoch(self._epoch_fn())
+        return super().__iter__()
+
+
+class AnnDataModule(pl.LightningDataModule):
+    """Stream train/val/test cells of many h5ad files into a Lightning ``Trainer``.
+
+    Parameters
+    ----------
+    files
+        The ``.h5ad`` files.
+    run_dir
+        Where ``split.json`` is saved (and reloaded when the run resumes); ``None`` keeps the split in
+        memory only (it is still the same on every rank, being drawn from ``split_seed``).
+    split
+        A ready split; overrides ``fractions``, ``group_key`` and ``split_seed``.
+    fractions, group_key, split_seed
+        How the split is drawn: ``(train, val, test)`` shares, by cell or by whole ``obs[group_key]``
+        groups (donors, samples, sections).
+    batch_size, num_workers
+        Cells per batch and DataLoader worker processes.
+    strategy
+        Training shuffle strategy (default block shuffle); validation and test read sequentially.
+    tokenizer, genes
+        Passed to :class:`~stformer_data.torch.DistributedAnnDataset`: tokens on the fly, or the gene
+        space raw expression is aligned to.
+    densify
+        Turn the sparse ``"X"`` of raw-expression batches into a dense tensor on the device.
+    before_dense_cb, after_dense_cb
+        ``cb(X, batch) -> X`` applied to the sparse ``X`` before and to the dense ``X`` after densifying
+        (e.g. library-size normalisation, log1p).
+    seed
+        Seed of the training order; each epoch (``trainer.current_epoch``) gets its own order.
+    dataset_kwargs
+        Other arguments for every dataset (``obs_keys``, ``even_batches``, ``length_bucketing``, ...).
+
+    >>> dm = AnnDataModule(["a.h5ad", "b.h5ad"], run_dir="runs/x", group_key="donor_id")  # doctest: +SKIP
+    >>> pl.Trainer(max_epochs=1).fit(model, datamodule=dm)  # doctest: +SKIP
+    """
+
+    def __init__(self, files: Sequence[str | PathLike[str]], *, run_dir: str | PathLike[str] | None = None,
+                 split: SplitInfo | None = None, fractions: Sequence[float] = (0.9, 0.05, 0.05),
+                 group_key: str | None = None, split_seed: int = 0, batch_size: int = 256,
+                 num_workers: int = 0, strategy: ShuffleStrategy | None = None, tokenizer: Any = None,
+                 genes: Any = None, densify: bool = True, before_dense_cb: DenseCallback | None = None,
+                 after_dense_cb: DenseCallback | None = None, seed: int = 0, pin_memory: bool = False,
+                 dataset_kwargs: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        if not files:
+            raise ValueError("files must not be empty")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.files = [Path(f) for f in files]
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.split = split
+        self.fractions, self.group_key, self.split_seed = tuple(fractions), group_key, split_seed
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.strategy = strategy or ShuffleStrategy()
+        self.tokenizer, self.genes = tokenizer, genes
+        self.densify = densify
+        self.before_dense_cb, self.after_dense_cb = before_dense_cb, after_dense_cb
+        self.seed = seed
+        self.dataset_kwargs = dict(dataset_kwargs or {})
+        self.datasets: dict[str, DistributedAnnDataset] = {}
+
+    def _draw_split(self) -> SplitInfo:
+        if self.run_dir is not None:
+            return SplitInfo.load_or_create(self.run_dir, self.files, fractions=self.fractions,
+                                            group_key=self.group_key, seed=self.split_seed)
+        return SplitInfo.create(self.files, fractions=self.fractions, group_key=self.group_key,
+                                seed=self.split_seed)
+
+    def prepare_data(self) -> None:
+        """Draw and save the split once (Lightning calls this on one process per node)."""
+        if self.split is None and self.run_dir is not None:
+            self._draw_split()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is None:
+            self.split = self._draw_split()
+        for name in ("train", "val", "test"):
+            if name in self.datasets or self.split.counts()[name] == 0:
+                continue
+            strategy = self.strategy if name == "train" else SequentialShuffleStrategy()
+            self.datasets[name] = DistributedAnnDataset.from_split(
+                self.split, name, batch_size=self.batch_size, strategy=strategy, tokenizer=self.tokenizer,
+                genes=self.genes, seed=self.seed, **self.dataset_kwargs)
+
+    def _loader(self, name: str) -> DataLoader:
+        if name not in self.datasets:
+            raise ValueError(f"the split has no {name} cells (fractions={self.fractions})")
+        trainer = self.trainer
+        return _EpochDataLoader(self.datasets[name],
+                                epoch_fn=lambda: trainer.current_epoch if trainer is not None else 0,
+                                num_workers=self.num_workers, pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Densify ``batch["X"]`` on the device, between ``before_dense_cb`` and ``after_dense_cb``."""
+        if not isinstance(batch, dict) or "X" not in batch:
+            return batch
+        X = batch["X"]
+        if self.before_dense_cb is not None:
+            X = self.before_dense_cb(X, batch)
+        if self.densify and X.layout != torch.strided:
+            X = X.to_dense()
+        if self.after_dense_cb is not None:
+            X = self.after_dense_cb(X, batch)
+        batch["X"] = X
+        return batch
