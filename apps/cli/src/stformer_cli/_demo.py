@@ -55,6 +55,7 @@ def demo(
             raise sd.InputError(h5ad, f"obs[{label_key!r}]", "does not exist",
                                 f"pass --label-key with one of {list(user_adata.obs.columns)}")
     _prepare_out(out)
+    (out / MARKER).write_text(json.dumps({"source": str(h5ad) if h5ad else "simulated", "finished": False}))
     steps = 5
 
     console.rule("[bold]stformer demo")
@@ -62,7 +63,7 @@ def demo(
     if h5ad is None:
         adata = sd.simulate_counts(n_cells=cells, n_genes=genes, seed=seed)
         h5ad = out / "data.h5ad"
-        adata.write_h5ad(h5ad)
+        _write_h5ad(adata, h5ad)
         label_key = "cell_type"
         console.print(f"  simulated {adata.n_obs} cells x {adata.n_vars} genes "
                       f"({adata.obs['cell_type'].nunique()} cell types) -> {h5ad}")
@@ -143,7 +144,7 @@ def demo(
 def _prepare_out(out: Path) -> None:
     """A previous demo run (or an interrupted one) is replaced; any other non-empty folder is refused."""
     if out.exists() and any(out.iterdir()):
-        if (out / MARKER).exists() or (out / "config.json").exists() or (out / "corpus").exists():
+        if (out / MARKER).exists():
             shutil.rmtree(out)
         else:
             from stformer_data import InputError
