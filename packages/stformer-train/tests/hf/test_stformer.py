@@ -143,3 +143,13 @@ def test_resume_continues_the_same_loss_curve(tiny_corpus, tiny, tmp_path):
     assert resumed.global_step == 20
     assert _loss_at(resumed.log_history, 20) == pytest.approx(_loss_at(straight.log_history, 20), rel=1e-4)
     assert _loss_at(resumed.log_history, 15) == pytest.approx(_loss_at(straight.log_history, 15), rel=1e-4)
+
+
+def test_hf_validation_loss_and_early_stopping(tiny_corpus, tiny, tmp_path):
+    train = TrainConfig(max_steps=40, per_device_train_batch_size=8, logging_steps=5, save_steps=5,
+                        eval_fraction=0.2, early_stopping_patience=1, early_stopping_min_delta=10.0)
+    out = pretrain_mlm(tiny_corpus, tmp_path / "r", model=tiny, train=train, progress=False)
+    evals = [h for h in out.log_history if "eval_loss" in h]
+    assert len(evals) == 2 and out.global_step == 10
+    assert (out.run.root / "best_model" / "config.json").is_file()
+    assert (out.run.logs / "metrics.csv").read_text().count("\n") >= 3

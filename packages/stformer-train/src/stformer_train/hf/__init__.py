@@ -3,7 +3,13 @@
 It does not import :mod:`stformer_train.lightning` (and vice versa); both use :mod:`stformer_train.models`.
 """
 
-from stformer_train.hf._pretrain import PretrainResult, last_checkpoint, pretrain_mlm, precision_flags, training_arguments
+from stformer_train.hf._pretrain import (
+    PretrainResult,
+    last_checkpoint,
+    precision_flags,
+    pretrain_mlm,
+    training_arguments,
+)
 from stformer_train.hf._stformer import (
     HFEarlyStopping,
     OutputDirs,

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import pickle
-import random
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -40,9 +39,7 @@ def setup_environment(seed: int = 42) -> None:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ["PYTHONHASHSEED"] = str(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-    set_seed(seed)
+    set_seed(seed)  # Python, numpy and torch (all devices)
 
 
 class OutputDirs(NamedTuple):

@@ -20,7 +20,12 @@ from stformer_train.early_stopping import EarlyStopping
 from stformer_train.lightning._module import MLMTrainingPlan
 from stformer_train.models import build_bert_config, build_mlm_model
 from stformer_train.run_dir import RunDir, save_model, split_corpus
-from stformer_train.training import EpochLengthGroupedSampler, StepSeededCollator, plot_loss_curve, write_csv_log
+from stformer_train.training import (
+    EpochLengthGroupedSampler,
+    StepSeededCollator,
+    plot_loss_curve,
+    write_csv_log,
+)
 
 log = logging.getLogger(__name__)
 
