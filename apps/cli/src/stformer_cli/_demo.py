@@ -43,8 +43,16 @@ def demo(
     import numpy as np
 
     import stformer_data as sd
-    from stformer_train import (ModelConfig, TrainConfig, build_bert_config, build_mlm_model, embed_sequences,
-                                holdout_split, knn_score, pca_of_counts)
+    from stformer_train import (
+        ModelConfig,
+        TrainConfig,
+        build_bert_config,
+        build_mlm_model,
+        embed_sequences,
+        holdout_split,
+        knn_score,
+        pca_of_counts,
+    )
     from stformer_train.hf import pretrain_mlm
 
     t0 = time.time()

@@ -69,7 +69,18 @@ class ModelConfig(_ConfigMixin):
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(_ConfigMixin):
-    """A pretraining run: optimisation, masking and bookkeeping."""
+    """A pretraining run: optimisation, masking and bookkeeping (both the HF and Lightning engines).
+
+    ``eval_fraction`` holds out that fraction of the corpus for a validation loss every
+    ``eval_steps`` (default ``save_steps``); ``early_stopping_patience`` > 0 stops after that many
+    evaluations without an improvement larger than ``early_stopping_min_delta``.
+    ``mixed_precision="auto"`` is bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU.
+    ``batch_form="packed"`` sends unpadded batches (used unpadded with flash-attention; SDPA
+    gets them re-padded). ``masked_positions_only`` computes MLM logits only at masked tokens.
+
+    >>> TrainConfig(max_steps=20, eval_fraction=0.1, early_stopping_patience=2).eval_fraction
+    0.1
+    """
 
     learning_rate: float = 1e-3
     weight_decay: float = 0.001
@@ -86,6 +97,13 @@ class TrainConfig(_ConfigMixin):
     save_total_limit: int = 2
     seed: int = 42
     eval_fraction: float = 0.0
+    eval_steps: int | None = None
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "auto"
+    batch_form: str = "padded"
+    masked_positions_only: bool = True
 
     def __post_init__(self) -> None:
         _check_positive(self, "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
@@ -97,5 +115,15 @@ class TrainConfig(_ConfigMixin):
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"TrainConfig.mlm_probability must be in (0, 1), got {self.mlm_probability}")
         _check_unit(self, "eval_fraction")
+        if self.eval_steps is not None and self.eval_steps <= 0:
+            raise ValueError(f"TrainConfig.eval_steps must be > 0 or None (= save_steps), got {self.eval_steps}")
+        if self.early_stopping_patience < 0 or self.early_stopping_min_delta < 0:
+            raise ValueError("TrainConfig.early_stopping_patience (0 = off) and early_stopping_min_delta must be >= 0")
+        if self.early_stopping_patience and not self.eval_fraction:
+            raise ValueError("TrainConfig.early_stopping_patience needs a validation split: set eval_fraction > 0")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"TrainConfig.mixed_precision must be auto, no, bf16 or fp16; got {self.mixed_precision!r}")
+        if self.batch_form not in ("padded", "packed"):
+            raise ValueError(f"TrainConfig.batch_form must be 'padded' or 'packed', got {self.batch_form!r}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"TrainConfig.max_steps must be -1 (use epochs) or > 0, got {self.max_steps}")

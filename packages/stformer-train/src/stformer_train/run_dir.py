@@ -3,23 +3,38 @@
 ::
 
     RUN/
-      config.json        # the resolved configuration
+      config.json        # the resolved configuration (engine, ModelConfig, TrainConfig, corpus)
       checkpoints/       # trainer checkpoints (resume from here)
-      logs/              # training logs
-      model/             # the final model (save_pretrained) + vocabulary + tokenizer settings
+      logs/              # tensorboard/, metrics.csv, log_history.json, loss_curve.png
+      model/             # the final model (save_pretrained) + vocabulary + medians + tokenizer settings
+      best_model/        # with early stopping: the model of the best validation loss
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import datasets
+
+    from stformer_data import Corpus
+    from stformer_train.config import ModelConfig, TrainConfig
 
 
 @dataclass(frozen=True)
 class RunDir:
+    """The folders of one training run (see the module docstring).
+
+    >>> RunDir(Path("runs/a")).model
+    PosixPath('runs/a/model')
+    """
+
     root: Path
 
     @classmethod
@@ -58,3 +73,52 @@ def _atomic_json(path: Path, payload: Any) -> Path:
     tmp.write_text(json.dumps(payload, indent=1, default=str))
     tmp.replace(path)
     return path
+
+
+TOKENIZER_SETTINGS = "stformer_tokenizer.json"
+
+
+def save_model(net: Any, model_dir: Path, corpus: Corpus) -> None:
+    """Save model weights, vocabulary, gene medians and tokenizer settings atomically into ``model_dir``."""
+    tmp = model_dir.with_name(f".{model_dir.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    net.save_pretrained(tmp)
+    corpus.vocab.save_json(tmp / "token_dictionary.json")
+    corpus.vocab.save_pickle(tmp / "token_dictionary.pkl")
+    for name in ("gene_medians.json",):
+        if (corpus.path / name).exists():
+            shutil.copy2(corpus.path / name, tmp / name)
+    settings = {k: corpus.manifest.get(k) for k in ("scheme", "mode", "tokenizer", "read", "vocab_sha256")}
+    (tmp / TOKENIZER_SETTINGS).write_text(json.dumps(settings, indent=1))
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    os.replace(tmp, model_dir)
+
+
+def split_corpus(corpus: Corpus, model: ModelConfig, train: TrainConfig,
+                 indices: list[int] | None = None) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """The training and (with ``train.eval_fraction``) validation parts of a corpus, seeded.
+
+    Raises ``ValueError`` when a sequence is longer than the model's positions.
+    """
+    import numpy as np
+
+    longest = max(corpus.lengths) if corpus.lengths else 0
+    if longest > model.max_position_embeddings:
+        raise ValueError(
+            f"ModelConfig.max_position_embeddings ({model.max_position_embeddings}) is shorter than the longest "
+            f"sequence in {corpus.path} ({longest}); raise it or tokenize with a smaller model_input_size")
+    dataset = corpus.dataset
+    if indices is not None:
+        dataset = dataset.select(indices)
+    columns = [c for c in ("input_ids", "length", "token_type_ids") if c in dataset.column_names]
+    dataset = dataset.select_columns(columns)
+    if not train.eval_fraction:
+        return dataset, None
+    n_eval = max(1, int(round(len(dataset) * train.eval_fraction)))
+    if n_eval >= len(dataset):
+        raise ValueError(f"TrainConfig.eval_fraction={train.eval_fraction} leaves no training cells "
+                         f"out of {len(dataset)}")
+    order = np.random.default_rng(train.seed).permutation(len(dataset))
+    return dataset.select(np.sort(order[n_eval:])), dataset.select(np.sort(order[:n_eval]))

@@ -1,5 +1,39 @@
-"""Models shared by the Hugging Face and Lightning paths."""
+"""Models shared by the Hugging Face and Lightning paths.
 
-from stformer_train.models._bert import build_bert_config, build_mlm_model
+* rank-value tokens (Geneformer / stFormer): ``SparseBertForMaskedLM`` (transformers' ``BertForMaskedLM`` + logits at masked positions only) built by
+  :func:`build_mlm_model` from :func:`build_bert_config`;
+* binned tokens with gene ``token_type_ids``: :class:`GeneBertForPhenotypicMLM` and
+  :class:`GeneBertForClassification` (registered with ``AutoConfig``, ``AutoModel``,
+  ``AutoModelForMaskedLM`` and ``AutoModelForSequenceClassification`` on import);
+* :func:`mlm_loss`: the loss both trainers use, with logits only at the masked positions.
+"""
 
-__all__ = ["build_bert_config", "build_mlm_model"]
+from stformer_train.models._bert import (
+    SparseBertForMaskedLM,
+    build_bert_config,
+    build_genebert_config,
+    build_mlm_model,
+)
+from stformer_train.models._genebert import (
+    GeneBertConfig,
+    GeneBertEmbeddings,
+    GeneBertForClassification,
+    GeneBertForPhenotypicMLM,
+    GeneBertModel,
+)
+from stformer_train.models._mlm import dense_mlm_loss, mlm_loss, unpack_to_padded
+
+__all__ = [
+    "GeneBertConfig",
+    "GeneBertEmbeddings",
+    "GeneBertForClassification",
+    "GeneBertForPhenotypicMLM",
+    "GeneBertModel",
+    "SparseBertForMaskedLM",
+    "build_bert_config",
+    "build_genebert_config",
+    "build_mlm_model",
+    "dense_mlm_loss",
+    "mlm_loss",
+    "unpack_to_padded",
+]

@@ -3,8 +3,42 @@
 from __future__ import annotations
 
 from transformers import BertConfig, BertForMaskedLM
+from transformers.modeling_outputs import MaskedLMOutput
 
 from stformer_train.config import ModelConfig
+
+
+class SparseBertForMaskedLM(BertForMaskedLM):
+    """transformers' ``BertForMaskedLM`` whose ``forward`` can compute logits only where needed.
+
+    With ``masked_positions`` (flat indices into ``input_ids.reshape(-1)``, from a stformer-collate
+    collator with ``return_masked_positions=True``) the hidden states of those positions are
+    gathered and only they go through the MLM head; ``masked_labels`` gives the loss. Without
+    them it is exactly ``BertForMaskedLM``. The weights are BERT's, so a saved model loads with
+    ``AutoModelForMaskedLM`` / ``BertForMaskedLM`` too.
+
+    >>> cfg = build_bert_config(vocab_size=40, model=ModelConfig(num_layers=1, hidden_size=32, num_heads=2,
+    ...                                                          intermediate_size=64))
+    >>> m = SparseBertForMaskedLM(cfg)
+    >>> import torch
+    >>> m(input_ids=torch.tensor([[5, 6, 7]]), masked_positions=torch.tensor([1]), masked_labels=torch.tensor([6])).logits.shape
+    torch.Size([1, 40])
+    """
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, masked_positions=None, masked_labels=None, **kwargs):
+        if masked_positions is None:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask,
+                                   token_type_ids=token_type_ids, position_ids=position_ids,
+                                   inputs_embeds=inputs_embeds, labels=labels, **kwargs)
+        import torch.nn.functional as F
+
+        hidden = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                           position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True,
+                           **kwargs).last_hidden_state
+        logits = self.cls(hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions))
+        loss = F.cross_entropy(logits.float(), masked_labels.long()) if masked_labels is not None else None
+        return MaskedLMOutput(loss=loss, logits=logits)
 
 
 def build_bert_config(
@@ -45,11 +79,45 @@ def build_bert_config(
     return BertConfig(**kwargs)
 
 
-def build_mlm_model(config: BertConfig, *, seed: int | None = None) -> BertForMaskedLM:
-    """A freshly initialised ``BertForMaskedLM`` using PyTorch's SDPA attention."""
+def build_mlm_model(config: BertConfig, *, seed: int | None = None, attn_implementation: str = "sdpa",
+                    gradient_checkpointing: bool = False) -> SparseBertForMaskedLM:
+    """A freshly initialised masked-LM model for ``config`` using PyTorch's SDPA attention.
+
+    A ``BertConfig`` gives :class:`SparseBertForMaskedLM` (rank-value tokens); a
+    :class:`~stformer_train.models.GeneBertConfig` gives :class:`GeneBertForPhenotypicMLM` (binned
+    tokens). ``attn_implementation="flash_attention_2"`` enables packed (unpadded) batches on GPU.
+    """
     import torch
+
+    from stformer_train.models._genebert import GeneBertConfig, GeneBertForPhenotypicMLM
 
     if seed is not None:
         torch.manual_seed(seed)
-    config._attn_implementation = "sdpa"
-    return BertForMaskedLM(config)
+    config._attn_implementation = attn_implementation
+    net = GeneBertForPhenotypicMLM(config) if isinstance(config, GeneBertConfig) else SparseBertForMaskedLM(config)
+    if gradient_checkpointing:
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return net
+
+
+def build_genebert_config(*, vocab_size: int, n_genes: int, pad_token_id: int = 0,
+                          model: ModelConfig | None = None, **overrides):
+    """A :class:`GeneBertConfig` with stFormer's defaults; ``n_genes`` is the gene (token type) vocabulary.
+
+    >>> build_genebert_config(vocab_size=60, n_genes=500).type_vocab_size
+    500
+    """
+    from stformer_train.models._genebert import GeneBertConfig
+
+    if vocab_size <= 0 or n_genes <= 0:
+        raise ValueError(f"vocab_size and n_genes must be > 0, got {vocab_size} and {n_genes}")
+    m = model or ModelConfig()
+    kwargs = dict(vocab_size=vocab_size, type_vocab_size=n_genes, hidden_size=m.hidden_size,
+                  num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+                  intermediate_size=m.intermediate_size, hidden_act=m.hidden_act,
+                  hidden_dropout_prob=m.hidden_dropout_prob,
+                  attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+                  max_position_embeddings=m.max_position_embeddings, initializer_range=m.initializer_range,
+                  layer_norm_eps=m.layer_norm_eps, pad_token_id=pad_token_id)
+    kwargs.update(overrides)
+    return GeneBertConfig(**kwargs)

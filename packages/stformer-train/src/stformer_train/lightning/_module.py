@@ -1,0 +1,63 @@
+"""The Lightning training plan: masked-LM pretraining of the shared models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from transformers import get_scheduler
+
+from stformer_train.models._mlm import mlm_loss
+
+
+class MLMTrainingPlan(pl.LightningModule):
+    """A ``LightningModule`` wrapping any stformer masked-LM model (``SparseBertForMaskedLM``,
+    ``GeneBertForPhenotypicMLM``, or any ``BertForMaskedLM``).
+
+    It takes batches from any ``DataLoader`` of stformer-collate batches (padded or packed, with or
+    without ``masked_positions``) and logs ``train_loss`` and, on validation batches, ``val_loss``.
+    The optimiser is AdamW with transformers' warm-up schedule, as on the Hugging Face path.
+
+    >>> from stformer_train import ModelConfig
+    >>> from stformer_train.models import build_bert_config, build_mlm_model
+    >>> cfg = build_bert_config(vocab_size=40, model=ModelConfig(num_layers=1, hidden_size=32, num_heads=2,
+    ...                                                          intermediate_size=64))
+    >>> MLMTrainingPlan(build_mlm_model(cfg), max_steps=10).hparams.learning_rate
+    0.001
+    """
+
+    def __init__(self, model: torch.nn.Module, *, learning_rate: float = 1e-3, weight_decay: float = 0.001,
+                 warmup_steps: float = 0.0, max_steps: int, lr_scheduler_type: str = "linear",
+                 adam_betas: tuple[float, float] = (0.9, 0.999), adam_epsilon: float = 1e-8):
+        super().__init__()
+        if max_steps <= 0:
+            raise ValueError(f"MLMTrainingPlan.max_steps must be > 0, got {max_steps}")
+        self.model = model
+        self.save_hyperparameters(ignore=["model"])
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return mlm_loss(self.model, batch)[0]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, n = mlm_loss(self.model, batch)
+        self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, n = mlm_loss(self.model, batch)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=n)
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=hp.learning_rate, betas=hp.adam_betas, eps=hp.adam_epsilon)
+        warmup = int(hp.warmup_steps * hp.max_steps) if hp.warmup_steps < 1 else int(hp.warmup_steps)
+        sched = get_scheduler(hp.lr_scheduler_type, opt, num_warmup_steps=warmup, num_training_steps=hp.max_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

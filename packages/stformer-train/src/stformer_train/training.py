@@ -1,0 +1,114 @@
+"""Pieces both trainers share: resumable masking, length-grouped sampling, and run-directory logs."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+
+class StepSeededCollator:
+    """Wrap an MLM collator so that batch ``i`` is masked with the seed ``(seed, i)``.
+
+    The batch counter is the only state: a resumed run sets ``step`` to the number of batches
+    already consumed and then masks exactly like the uninterrupted run (with
+    ``num_workers=0``; DataLoader workers keep the wrapped collator's per-worker streams).
+
+    >>> from stformer_collate import DataCollatorForMLM, SimpleTokenSpec
+    >>> c = StepSeededCollator(DataCollatorForMLM(spec=SimpleTokenSpec(pad_id=0, mask_id=1, vocab_size=50)), seed=3)
+    >>> a = c([{"input_ids": list(range(5, 30))}]); c.step = 0
+    >>> bool((c([{"input_ids": list(range(5, 30))}])["labels"] == a["labels"]).all())
+    True
+    """
+
+    def __init__(self, collator: Any, *, seed: int = 0):
+        if not dataclasses.is_dataclass(collator) or not hasattr(collator, "seed"):
+            raise ValueError("StepSeededCollator wraps a stformer_collate DataCollatorFor... (a dataclass with a seed)")
+        self.collator = collator
+        self.seed = int(seed)
+        self.step = 0
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            seeded = dataclasses.replace(self.collator, seed=self.seed * 1_000_003 + self.step)
+            self.step += 1
+            return seeded(examples)
+        return self.collator(examples)
+
+
+class EpochLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' ``LengthGroupedSampler`` with a reproducible order per epoch (``set_epoch``).
+
+    Batches of similar length (megabatches of 50 batches sorted by length, longest first) keep
+    padding low; seeding by ``(seed, epoch)`` lets a resumed run replay the same order.
+    """
+
+    def __init__(self, batch_size: int, lengths: Sequence[int], *, seed: int = 0):
+        self.seed = int(seed)
+        self.epoch = 0
+        super().__init__(batch_size, lengths=[int(x) for x in lengths], generator=torch.Generator())
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return super().__iter__()
+
+
+def loss_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The numeric rows (step, epoch, losses, learning rate) of a trainer's log history."""
+    rows = []
+    for entry in history:
+        row = {k: v for k, v in entry.items() if isinstance(v, int | float)}
+        if any(k.endswith("loss") for k in row):
+            rows.append(row)
+    return rows
+
+
+def write_csv_log(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Write the log history as CSV (one row per logging step), atomically."""
+    rows = loss_rows(history)
+    columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k != "epoch", k))
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return path
+
+
+def plot_loss_curve(history: Sequence[Mapping[str, Any]], path: Path, *, title: str = "stformer pretraining") -> Path:
+    """Plot every ``*loss`` series of the history against the step; write a PNG atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = loss_rows(history)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = sorted({k for r in rows for k in r if k.endswith("loss") and k not in ("train_loss",)})
+    for name in names:
+        pts = [(r["step"], r[name]) for r in rows if name in r and "step" in r]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("masked-LM cross-entropy")
+    ax.set_title(title)
+    if names:
+        ax.legend()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
