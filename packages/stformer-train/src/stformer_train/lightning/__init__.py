@@ -4,6 +4,7 @@ It does not import :mod:`stformer_train.hf` (and vice versa); both use :mod:`stf
 and :mod:`stformer_train.early_stopping`.
 """
 
+from stformer_train.lightning._datamodule import AnnDataModule
 from stformer_train.lightning._module import MLMTrainingPlan
 from stformer_train.lightning._trainer import (
     LightningEarlyStopping,
@@ -13,6 +14,7 @@ from stformer_train.lightning._trainer import (
 )
 
 __all__ = [
+    "AnnDataModule",
     "LightningEarlyStopping",
     "MLMTrainingPlan",
     "ResumableBatchSampler",
