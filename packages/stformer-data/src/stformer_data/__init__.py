@@ -7,13 +7,20 @@ Depends on anndata, numpy, scipy, pandas, h5py, datasets/pyarrow and tqdm. It im
 stformer package and none of transformers, lightning, ray, deepspeed or optuna.
 """
 
-from stformer_data._corpus import Corpus, TokenizeConfig, is_complete_corpus, load_corpus, tokenize_files
+from stformer_data._corpus import (
+    Corpus,
+    TokenizeConfig,
+    is_complete_corpus,
+    load_corpus,
+    tokenize_files,
+)
 from stformer_data._errors import InputError
 from stformer_data._io import (
     GeneMapping,
     check_counts,
     iter_row_chunks,
     library_sizes,
+    load_name_to_id,
     map_genes,
     open_h5ad,
     resolve_gene_ids,
@@ -45,6 +52,7 @@ __all__ = [
     "library_sizes",
     "load_corpus",
     "load_medians",
+    "load_name_to_id",
     "map_genes",
     "open_h5ad",
     "resolve_gene_ids",

@@ -28,11 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 from tqdm.auto import tqdm
 
 from stformer_data._errors import InputError
-from stformer_data._io import check_counts, iter_row_chunks, library_sizes, map_genes, open_h5ad, resolve_gene_ids
+from stformer_data._io import (
+    check_counts,
+    iter_row_chunks,
+    library_sizes,
+    map_genes,
+    open_h5ad,
+    resolve_gene_ids,
+)
 from stformer_data._medians import load_medians, save_medians
 from stformer_data._rank import RankTokenizerConfig, RankValueTokenizer
 from stformer_data._vocab import GeneVocab

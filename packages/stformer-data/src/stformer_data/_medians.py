@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from stformer_data._errors import InputError
-from stformer_data._io import check_counts, iter_row_chunks, library_sizes, open_h5ad, resolve_gene_ids
+from stformer_data._io import (
+    check_counts,
+    iter_row_chunks,
+    library_sizes,
+    open_h5ad,
+    resolve_gene_ids,
+)
 
 
 def compute_medians_exact(

@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from stformer_data._errors import InputError
 from stformer_data._io import GeneMapping
+from stformer_data._ragged import concat_rows, fixed_rows, head_positions
 from stformer_data._vocab import GeneVocab
 
 
@@ -47,8 +48,13 @@ class RankValueTokenizer:
     """Turn raw counts into Geneformer rank-value token sequences.
 
     Each cell's counts are divided by its library size, scaled to ``target_sum`` and divided by each
-    gene's non-zero median; the **non-zero** genes of the vocabulary are then sorted by that value,
-    descending (ties: lower token id first), and truncated to ``model_input_size``.
+    gene's non-zero median; only the **non-zero** genes of the vocabulary that have a median are
+    kept (never padded with unexpressed genes), sorted by that value, descending, and truncated to
+    ``model_input_size`` (special tokens included).
+
+    Order rule (exact and deterministic): the library size scales every value of a cell by the same
+    factor, so it cannot change the order; genes are ordered by ``float32(count * target_sum /
+    median)`` descending, ties (equal float32 values) broken by the lower token id.
 
     >>> import numpy as np, scipy.sparse as sp
     >>> from stformer_data import GeneVocab, map_genes
@@ -90,30 +96,75 @@ class RankValueTokenizer:
 
     def tokenize_block(self, block: sp.csr_matrix, n_counts: np.ndarray, mapping: GeneMapping,
                        factors: np.ndarray | None = None) -> list[np.ndarray]:
-        """Tokenize a CSR chunk of cells; returns one int array per row (empty for empty cells)."""
+        """Tokenize a CSR chunk of cells; returns one int32 array per row (empty for empty cells)."""
+        tokens, offsets = self.tokenize_block_flat(block, n_counts, mapping, factors)
+        return [tokens[offsets[i]: offsets[i + 1]] for i in range(block.shape[0])]
+
+    def tokenize_block_flat(self, block: sp.csr_matrix, n_counts: np.ndarray | None, mapping: GeneMapping,
+                            factors: np.ndarray | None = None, *,
+                            limit: int | None = None, specials: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Tokenize a CSR chunk into flat ``tokens`` (int32) and row ``offsets`` (int64, ``n_rows + 1``).
+
+        Row ``i`` is ``tokens[offsets[i]:offsets[i + 1]]`` (empty for cells with no tokenizable gene).
+        ``n_counts`` does not affect the order (see the class notes) and may be ``None``. ``limit``
+        overrides the number of genes kept; ``specials=False`` leaves out ``<cls>``/``<eos>``.
+        """
+        del n_counts  # a per-cell positive scale: it cannot change the order within a cell
         if factors is None:
             factors = self.column_factors(mapping)
-        n_rows = block.shape[0]
-        row_nnz = np.diff(block.indptr)
-        rows = np.repeat(np.arange(n_rows), row_nnz)
-        cols = block.indices
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values = block.data.astype(np.float64) * factors[cols] / n_counts[rows]
-        keep = (values > 0) & np.isfinite(values)
-        rows, cols, values = rows[keep], cols[keep], values[keep]
-        tokens = mapping.column_token[cols]
-        order = np.lexsort((tokens, -values, rows))
-        tokens = tokens[order]
-        counts = np.bincount(rows, minlength=n_rows)
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        limit = self.max_genes
-        cls_id, eos_id = self.vocab.cls_id, self.vocab.eos_id
-        out: list[np.ndarray] = []
-        for i in range(n_rows):
-            seq = tokens[bounds[i]: min(bounds[i + 1], bounds[i] + limit)]
-            if seq.size and (self.config.add_cls or self.config.add_eos):
-                parts = ([np.array([cls_id])] if self.config.add_cls else []) + [seq] + (
-                    [np.array([eos_id])] if self.config.add_eos else [])
-                seq = np.concatenate(parts)
-            out.append(seq.astype(np.int32, copy=False))
-        return out
+        block = mapping.collapse(block)
+        sorted_keys, bounds = rank_keys(block, factors, mapping.column_token)
+        genes, offsets = take_heads(sorted_keys, bounds, self.max_genes if limit is None else limit)
+        if not specials:
+            return genes, offsets
+        return add_specials(genes, offsets, self.vocab.cls_id if self.config.add_cls else None,
+                            self.vocab.eos_id if self.config.add_eos else None)
+
+
+_TOKEN_MASK = np.int64(0xFFFFFFFF)
+
+
+def rank_keys(block: sp.csr_matrix, factors: np.ndarray, column_token: np.ndarray,
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the sorted int64 keys ``(~float32 value) << 32 | token`` of the tokenizable genes.
+
+    Returns ``(keys, bounds)``: row ``i`` owns ``keys[bounds[i]:bounds[i + 1]]``, sorted ascending,
+    i.e. value descending then token ascending. Only entries with ``count * factor > 0`` are kept.
+    """
+    indptr = block.indptr
+    cols = block.indices
+    with np.errstate(invalid="ignore", over="ignore"):
+        values = (block.data.astype(np.float64) * factors[cols]).astype(np.float32)
+    keep = values > 0  # also drops NaN
+    kept_before = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
+    bounds = kept_before[indptr]
+    bits = values[keep].view(np.int32).astype(np.int64)
+    keys = ((np.int64(0x7FFFFFFF) - bits) << np.int64(32)) | column_token[cols[keep]].astype(np.int64)
+    for i in range(bounds.size - 1):
+        a, b = bounds[i], bounds[i + 1]
+        if b - a > 1:
+            keys[a:b].sort()
+    return keys, bounds
+
+
+def take_heads(keys: np.ndarray, bounds: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` tokens of each row of sorted keys, as flat tokens and offsets."""
+    if int(np.diff(bounds).max(initial=0)) <= limit:
+        return (keys & _TOKEN_MASK).astype(np.int32), bounds - bounds[0]
+    pos, offsets = head_positions(bounds, limit)
+    return (keys[pos] & _TOKEN_MASK).astype(np.int32), offsets
+
+
+def add_specials(tokens: np.ndarray, offsets: np.ndarray, cls_id: int | None, eos_id: int | None,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Prepend ``cls_id`` / append ``eos_id`` to every non-empty row of a flat token array."""
+    if cls_id is None and eos_id is None:
+        return tokens, offsets
+    nonempty = np.diff(offsets) > 0
+    parts = []
+    if cls_id is not None:
+        parts.append(fixed_rows(np.full((nonempty.size, 1), cls_id, dtype=np.int32), nonempty))
+    parts.append((tokens, offsets))
+    if eos_id is not None:
+        parts.append(fixed_rows(np.full((nonempty.size, 1), eos_id, dtype=np.int32), nonempty))
+    return concat_rows(parts)
