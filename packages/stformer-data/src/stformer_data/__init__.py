@@ -7,6 +7,7 @@ Depends on anndata, numpy, scipy, pandas, h5py, datasets/pyarrow and tqdm. It im
 stformer package and none of transformers, lightning, ray, deepspeed or optuna.
 """
 
+from stformer_data._binned import BinnedTokenizer, BinnedTokenizerConfig, binned_vocab
 from stformer_data._corpus import (
     Corpus,
     TokenizeConfig,
@@ -23,16 +24,25 @@ from stformer_data._io import (
     load_name_to_id,
     map_genes,
     open_h5ad,
+    read_rows,
     resolve_gene_ids,
 )
 from stformer_data._medians import compute_medians_exact, load_medians, save_medians
 from stformer_data._rank import RankTokenizerConfig, RankValueTokenizer
+from stformer_data._spatial import NeighborhoodConfig, NeighborhoodTokenizer, build_neighbor_graph
 from stformer_data._synthetic import SimulationConfig, simulate_counts
 from stformer_data._vocab import CLS, EOS, MASK, PAD, GeneVocab
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BinnedTokenizer",
+    "BinnedTokenizerConfig",
+    "NeighborhoodConfig",
+    "NeighborhoodTokenizer",
+    "binned_vocab",
+    "build_neighbor_graph",
+    "read_rows",
     "CLS",
     "EOS",
     "MASK",

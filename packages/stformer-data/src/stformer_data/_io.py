@@ -43,8 +43,10 @@ def iter_row_chunks(
     *,
     layer: str | None = None,
     path: str | PathLike[str] | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[tuple[int, int, sp.csr_matrix]]:
-    """Yield ``(start, stop, csr_chunk)`` over the rows of ``X`` (or a layer), as float32 CSR.
+    """Yield ``(start, stop, csr_chunk)`` over rows ``start:stop`` of ``X`` (or a layer), as float32 CSR.
 
     Dense, CSR and CSC storage are all read one row range at a time; nothing larger than a chunk
     is ever densified or held.
@@ -53,21 +55,42 @@ def iter_row_chunks(
         raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
     path = None if path is None else Path(path)
     X = _matrix(adata, layer, path)
-    n = adata.n_obs
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
+    n = adata.n_obs if stop is None else min(stop, adata.n_obs)
+    for a in range(start, n, chunk_size):
+        start, stop = a, min(a + chunk_size, n)
         try:
             block = X[start:stop]
         except Exception as exc:
             raise InputError(path, f"rows {start}:{stop} of {'X' if layer is None else layer}",
                              f"cannot be read ({type(exc).__name__}: {exc})",
                              "the file may be truncated or corrupt; re-export it") from exc
-        if sp.issparse(block):
-            block = sp.csr_matrix(block, dtype=np.float32)
-        else:
-            block = sp.csr_matrix(np.asarray(block, dtype=np.float32))
-        block.sum_duplicates()
-        yield start, stop, block
+        yield start, stop, _as_csr32(block)
+
+
+def read_rows(adata: ad.AnnData, rows: np.ndarray, *, layer: str | None = None,
+              path: str | PathLike[str] | None = None) -> sp.csr_matrix:
+    """Read the (sorted, unique) ``rows`` of ``X`` or a layer as float32 CSR, whatever the storage."""
+    path = None if path is None else Path(path)
+    X = _matrix(adata, layer, path)
+    try:
+        block = X[np.asarray(rows, dtype=np.int64)]
+    except Exception as exc:
+        raise InputError(path, f"{len(rows)} rows of {'X' if layer is None else layer}",
+                         f"cannot be read ({type(exc).__name__}: {exc})",
+                         "the file may be truncated or corrupt; re-export it") from exc
+    return _as_csr32(block)
+
+
+def _as_csr32(block) -> sp.csr_matrix:
+    if sp.issparse(block):
+        block = block.tocsr() if block.format != "csr" else block
+        block = sp.csr_matrix(block) if not isinstance(block, sp.csr_matrix) else block
+        if block.dtype != np.float32:
+            block = block.astype(np.float32)
+    else:
+        block = sp.csr_matrix(np.asarray(block, dtype=np.float32))
+    block.sum_duplicates()
+    return block
 
 
 def check_counts(block: sp.csr_matrix, *, path: str | PathLike[str] | None, rows: tuple[int, int],
@@ -203,7 +226,7 @@ def load_name_to_id(path: str | PathLike[str], *, allow_pickle: bool = False) ->
     return {str(k): str(v) for k, v in payload.items()}
 
 
-def library_sizes(adata: ad.AnnData, block: sp.csr_matrix, start: int, stop: int, *,
+def library_sizes(adata: ad.AnnData, block: sp.csr_matrix | None, start: int, stop: int, *,
                   n_counts_key: str | None, path: str | PathLike[str] | None) -> np.ndarray:
     """``obs[n_counts_key]`` for rows ``start:stop`` when given and present, else the row sums."""
     if n_counts_key is not None and n_counts_key in adata.obs.columns:
