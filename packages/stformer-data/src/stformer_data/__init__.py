@@ -27,15 +27,24 @@ from stformer_data._io import (
     read_rows,
     resolve_gene_ids,
 )
-from stformer_data._medians import compute_medians_exact, load_medians, save_medians
+from stformer_data._medians import (
+    MedianSketch,
+    compute_medians,
+    compute_medians_exact,
+    load_medians,
+    save_medians,
+)
 from stformer_data._rank import RankTokenizerConfig, RankValueTokenizer
 from stformer_data._spatial import NeighborhoodConfig, NeighborhoodTokenizer, build_neighbor_graph
 from stformer_data._synthetic import SimulationConfig, simulate_counts
-from stformer_data._vocab import CLS, EOS, MASK, PAD, GeneVocab
+from stformer_data._vocab import CLS, EOS, MASK, PAD, GeneVocab, load_geneformer_dictionaries
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MedianSketch",
+    "compute_medians",
+    "load_geneformer_dictionaries",
     "BinnedTokenizer",
     "BinnedTokenizerConfig",
     "NeighborhoodConfig",
