@@ -9,7 +9,6 @@ import scipy.sparse as sp
 from stformer_data import (
     MedianSketch,
     compute_medians,
-    compute_medians_exact,
     iter_row_chunks,
     library_sizes,
     open_h5ad,
