@@ -23,8 +23,8 @@ from stformer_data import (
 )
 
 
-def _expected(path, vocab, medians, config=RankTokenizerConfig()):
-    tok = RankValueTokenizer(vocab, medians, config)
+def _expected(path, vocab, medians, config=None):
+    tok = RankValueTokenizer(vocab, medians, config or RankTokenizerConfig())
     adata = open_h5ad(path)
     try:
         mapping = map_genes(np.asarray(adata.var_names), vocab, vocab.special_ids)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import typer
 
 # Modules under stformer_cli that define ``register(app: typer.Typer) -> None``.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("stformer_cli._tokenize",)
 
 app = typer.Typer(
     name="stformer",
