@@ -18,7 +18,7 @@ def rank_cell_reference(counts: np.ndarray, column_token: np.ndarray, median_by_
     for t, c in seen.items():
         med = median_by_token[t]
         if c > 0 and np.isfinite(med) and med > 0:
-            value = np.float32(c * (target_sum / med))
+            value = np.float32(c) * np.float32(target_sum / med)
             if value > 0:
                 entries.append((-float(value), t))
     entries.sort()

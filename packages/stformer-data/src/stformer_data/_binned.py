@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from stformer_data._errors import InputError
 from stformer_data._io import GeneMapping
 from stformer_data._ragged import concat_rows, fixed_rows, head_positions
-from stformer_data._rank import rank_keys
+from stformer_data._rank import _tokens_of, rank_keys
 from stformer_data._vocab import CLS, EOS, MASK, PAD, GeneVocab
 
 _BINNINGS = ("quantile", "edges")
@@ -155,7 +155,7 @@ class BinnedTokenizer:
         keys, bounds = rank_keys(block, ones, mapping.column_token)  # by count, descending
         bins = self._bins(keys, bounds, np.asarray(n_counts, dtype=np.float64))
         pos, offsets = head_positions(bounds, self.max_genes)
-        genes = (keys[pos] & np.int64(0xFFFFFFFF)).astype(np.int32)
+        genes = _tokens_of(keys[pos])
         bins = bins[pos]
         if c.gene_order == "index":
             row = np.repeat(np.arange(n_rows), np.diff(offsets))

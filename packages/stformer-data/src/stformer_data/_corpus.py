@@ -28,7 +28,7 @@ import pickle
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_all_start_methods, get_context
 from os import PathLike
@@ -169,7 +169,7 @@ def load_corpus(path: str | PathLike[str]) -> Corpus:
 class _FilePlan:
     path: str
     size_bytes: int
-    sha256: str
+    mtime_ns: int
     n_obs: int
     n_genes: int
     n_genes_in_vocab: int
@@ -224,7 +224,8 @@ def _plan_files(files: list[Path], vocab: GeneVocab, config: TokenizeConfig,
                                      "add coordinates, name their key with --spatial-key, or use --mode spot")
             ids = resolve_gene_ids(adata.var, gene_id_key=config.gene_id_key, name_to_id=name_to_id, path=f)
             mapping = map_genes(ids, vocab, vocab.special_ids, path=f)
-            plans.append(_FilePlan(path=str(f.resolve()), size_bytes=f.stat().st_size, sha256=sha256_file(f),
+            stat = f.stat()
+            plans.append(_FilePlan(path=str(f.resolve()), size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns,
                                    n_obs=adata.n_obs, n_genes=mapping.n_genes, n_genes_in_vocab=mapping.n_in_vocab,
                                    n_duplicate_gene_columns=mapping.n_duplicate_columns, mapping=mapping))
         finally:
@@ -452,15 +453,23 @@ def tokenize_files(
                  vocab=vocab, token_vocab=token_vocab, medians=medians, obs_kinds=obs_kinds,
                  shard_dir=str(shard_dir)) for u in todo]
     total = sum(p.n_obs for p in plans)
+    # checksums for the manifest, computed while the work runs (hashlib releases the GIL)
+    hashing = ThreadPoolExecutor(max_workers=1)
+    checksums: list = []
+
+    def start_hashing() -> None:  # called once worker processes exist: never fork with this thread alive
+        checksums.extend(hashing.submit(sha256_file, p.path) for p in plans)
+
     bar = tqdm(total=total, initial=sum(u.stop - u.start for u in units if u.index in done),
                desc="tokenize", unit="cell", disable=not progress)
     try:
-        for result in _execute(jobs, config.num_proc, bar):
+        for result in _execute(jobs, config.num_proc, bar, start_hashing):
             done[result["unit"]["index"]] = result
     finally:
         bar.close()
-
-    _finalize(tmp, units, done, plans, config, vocab, token_vocab, medians, obs_kinds, started)
+        hashing.shutdown(wait=True, cancel_futures=True)
+    sha = [c.result() for c in checksums]
+    _finalize(tmp, units, done, plans, config, vocab, token_vocab, medians, obs_kinds, started, fingerprint, sha)
     if out_dir.exists():  # overwrite=True: replace only once the new corpus is complete
         old = out_dir.with_name(f".{out_dir.name}.old")
         if old.exists():
@@ -480,14 +489,15 @@ def _fingerprint(config, vocab, token_vocab, medians, plans, obs_kinds) -> str:
         "vocab": vocab.content_hash(),
         "token_vocab": token_vocab.content_hash(),
         "medians": hashlib.sha256(json.dumps(sorted(medians.items())).encode()).hexdigest(),
-        "sources": [(p.path, p.sha256) for p in plans],
+        "sources": [(p.path, p.size_bytes, p.mtime_ns) for p in plans],
         "obs_kinds": obs_kinds,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _execute(jobs: list[_Job], num_proc: int, bar):
+def _execute(jobs: list[_Job], num_proc: int, bar, started: Callable[[], None]):
     if num_proc == 1 or len(jobs) <= 1:
+        started()
         for job in jobs:
             yield _run_unit(job, on_chunk=bar.update)
         return
@@ -495,7 +505,8 @@ def _execute(jobs: list[_Job], num_proc: int, bar):
     # file is open in this process at that point. Elsewhere, spawn.
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(max_workers=min(num_proc, len(jobs)), mp_context=get_context(method)) as pool:
-        futures = [pool.submit(_run_unit, job) for job in jobs]
+        futures = [pool.submit(_run_unit, job) for job in jobs]  # forks every worker now
+        started()
         try:
             for fut, job in zip(futures, jobs, strict=True):
                 result = fut.result()
@@ -507,7 +518,8 @@ def _execute(jobs: list[_Job], num_proc: int, bar):
             raise
 
 
-def _finalize(tmp: Path, units, done, plans, config, vocab, token_vocab, medians, obs_kinds, started) -> None:
+def _finalize(tmp: Path, units, done, plans, config, vocab, token_vocab, medians, obs_kinds, started,
+              fingerprint: str, sha: list[str]) -> None:
     """Move the shards into datasets' save_to_disk layout and write the describing files."""
     shard_dir = tmp / "shards"
     data_dir = tmp / "dataset"
@@ -524,8 +536,7 @@ def _finalize(tmp: Path, units, done, plans, config, vocab, token_vocab, medians
         names.append({"filename": name})
     features = _features(config, obs_kinds)
     datasets.DatasetInfo(features=features).write_to_directory(str(data_dir))
-    state = {"_data_files": names, "_fingerprint": _fingerprint(config, vocab, token_vocab, medians, plans,
-                                                                 obs_kinds)[:16],
+    state = {"_data_files": names, "_fingerprint": fingerprint[:16],
              "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
              "_output_all_columns": False, "_split": None}
     (data_dir / "state.json").write_text(json.dumps(state, indent=2))
@@ -538,8 +549,10 @@ def _finalize(tmp: Path, units, done, plans, config, vocab, token_vocab, medians
         vocab.save_json(tmp / "gene_dictionary.json")
     if medians:
         save_medians(medians, tmp / "gene_medians.json")
-    (tmp / MANIFEST).write_text(json.dumps(_manifest(units, done, plans, config, vocab, token_vocab, started),
-                                           indent=1))
+    manifest = _manifest(units, done, plans, config, vocab, token_vocab, started)
+    for source, digest in zip(manifest["sources"], sha, strict=True):
+        source["sha256"] = digest
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(shard_dir)
     (tmp / "plan.json").unlink()
 
@@ -552,7 +565,7 @@ def _manifest(units, done, plans, config, vocab, token_vocab, started) -> dict[s
             per_file[u.file_index][k] += v
     sources = []
     for p, c in zip(plans, per_file, strict=True):
-        sources.append({"path": p.path, "size_bytes": p.size_bytes, "sha256": p.sha256, "n_obs": p.n_obs,
+        sources.append({"path": p.path, "size_bytes": p.size_bytes, "n_obs": p.n_obs,
                         "n_genes": p.n_genes, "n_genes_in_vocab": p.n_genes_in_vocab,
                         "fraction_genes_in_vocab": round(p.n_genes_in_vocab / max(p.n_genes, 1), 4),
                         "n_duplicate_gene_columns_summed": p.n_duplicate_gene_columns, **c})

@@ -53,8 +53,9 @@ class RankValueTokenizer:
     ``model_input_size`` (special tokens included).
 
     Order rule (exact and deterministic): the library size scales every value of a cell by the same
-    factor, so it cannot change the order; genes are ordered by ``float32(count * target_sum /
-    median)`` descending, ties (equal float32 values) broken by the lower token id.
+    factor, so it cannot change the order; genes are ordered by the float32 product
+    ``float32(count) * float32(target_sum / median)`` descending, ties (equal float32 values) broken
+    by the lower token id.
 
     >>> import numpy as np, scipy.sparse as sp
     >>> from stformer_data import GeneVocab, map_genes
@@ -121,9 +122,6 @@ class RankValueTokenizer:
                             self.vocab.eos_id if self.config.add_eos else None)
 
 
-_TOKEN_MASK = np.int64(0xFFFFFFFF)
-
-
 def rank_keys(block: sp.csr_matrix, factors: np.ndarray, column_token: np.ndarray,
               ) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the sorted int64 keys ``(~float32 value) << 32 | token`` of the tokenizable genes.
@@ -131,28 +129,47 @@ def rank_keys(block: sp.csr_matrix, factors: np.ndarray, column_token: np.ndarra
     Returns ``(keys, bounds)``: row ``i`` owns ``keys[bounds[i]:bounds[i + 1]]``, sorted ascending,
     i.e. value descending then token ascending. Only entries with ``count * factor > 0`` are kept.
     """
-    indptr = block.indptr
     cols = block.indices
+    f32 = factors.astype(np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
-        values = (block.data.astype(np.float64) * factors[cols]).astype(np.float32)
+        values = block.data.astype(np.float32, copy=False) * f32[cols]  # the float32 product
     keep = values > 0  # also drops NaN
-    kept_before = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
-    bounds = kept_before[indptr]
-    bits = values[keep].view(np.int32).astype(np.int64)
-    keys = ((np.int64(0x7FFFFFFF) - bits) << np.int64(32)) | column_token[cols[keep]].astype(np.int64)
+    tokens = column_token[cols]
+    if keep.all():
+        bounds = block.indptr.astype(np.int64, copy=True)
+    else:
+        kept_before = np.zeros(keep.size + 1, dtype=np.int64)
+        np.cumsum(keep, out=kept_before[1:])
+        bounds = kept_before[block.indptr]
+        values, tokens = values[keep], tokens[keep]
+    keys = np.int64(0x7FFFFFFF) - values.view(np.int32)  # int64: larger value -> smaller key
+    keys <<= np.int64(32)
+    keys |= tokens
+    _sort_rows(keys, bounds)
+    return keys, bounds
+
+
+def _sort_rows(keys: np.ndarray, bounds: np.ndarray) -> None:
+    """Sort each row's slice of ``keys`` in place (numpy's SIMD sort, one call per row; measured
+    faster than one padded 2-D sort)."""
     for i in range(bounds.size - 1):
         a, b = bounds[i], bounds[i + 1]
         if b - a > 1:
             keys[a:b].sort()
-    return keys, bounds
+
+
+def _tokens_of(keys: np.ndarray) -> np.ndarray:
+    """The low 32 bits (the token) of int64 keys, as a contiguous int32 array."""
+    low = 0 if np.little_endian else 1
+    return np.ascontiguousarray(keys.view(np.int32)[low::2])
 
 
 def take_heads(keys: np.ndarray, bounds: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``limit`` tokens of each row of sorted keys, as flat tokens and offsets."""
     if int(np.diff(bounds).max(initial=0)) <= limit:
-        return (keys & _TOKEN_MASK).astype(np.int32), bounds - bounds[0]
+        return _tokens_of(keys), bounds - bounds[0]
     pos, offsets = head_positions(bounds, limit)
-    return (keys[pos] & _TOKEN_MASK).astype(np.int32), offsets
+    return _tokens_of(keys[pos]), offsets
 
 
 def add_specials(tokens: np.ndarray, offsets: np.ndarray, cls_id: int | None, eos_id: int | None,
