@@ -159,3 +159,46 @@ def test_binned_corpus_has_gene_type_ids_and_phenotypes(tmp_path, small_h5ad):
     assert corpus.vocab.id_to_token(row["input_ids"][1]) == f"cell_type={adata.obs['cell_type'].iloc[0]}"
     assert corpus.manifest["type_vocab_size"] == len(vocab) + 1
     assert GeneVocab.load(tmp_path / "b" / "gene_dictionary.json").content_hash() == vocab.content_hash()
+
+
+@pytest.mark.slow
+def test_killed_process_leaves_no_corpus_and_a_rerun_completes(tmp_path, small_h5ad, monkeypatch):
+    """SIGKILL a real tokenizing process mid-run, then rerun: it resumes the finished units."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, _, vocab, medians = small_h5ad
+    vocab.save_json(tmp_path / "v.json")
+    (tmp_path / "m.json").write_text(json.dumps(medians))
+    script = (
+        "import sys, time, stformer_data._corpus as c\n"
+        "from stformer_data import GeneVocab, TokenizeConfig, load_medians, tokenize_files\n"
+        "real = c._run_unit\n"
+        "def slow(job, on_chunk=None):\n"
+        "    r = real(job, on_chunk); time.sleep(0.5); return r\n"
+        "c._run_unit = slow\n"
+        f"tokenize_files([{str(path)!r}], {str(tmp_path / 'c')!r}, vocab=GeneVocab.load({str(tmp_path / 'v.json')!r}),"
+        f" medians=load_medians({str(tmp_path / 'm.json')!r}), config=TokenizeConfig(rows_per_unit=50),"
+        " progress=False)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    shards = tmp_path / ".c.partial" / "shards"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(shards.glob("*.json"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list(shards.glob("*.json")))
+    assert 2 <= finished < 8
+    assert not (tmp_path / "c").exists() and not is_complete_corpus(tmp_path / "c")
+    real, calls = corpus_mod._run_unit, []
+    monkeypatch.setattr(corpus_mod, "_run_unit", lambda job, on_chunk=None: (calls.append(job.unit.index),
+                                                                           real(job, on_chunk))[1])
+    corpus = tokenize_files([path], tmp_path / "c", vocab=vocab, medians=medians, progress=False,
+                            config=TokenizeConfig(rows_per_unit=50))
+    assert len(calls) == 8 - finished  # the units finished before the kill were reused
+    assert corpus.dataset["input_ids"] == _expected(path, vocab, medians)
+    assert not (tmp_path / ".c.partial").exists()
