@@ -14,7 +14,9 @@ genes), then runs, each in its own process so that peak memory is measured separ
 
 ``cells_per_s`` is measured inside each child from the first file read to the dataset saved on
 disk (interpreter start-up and imports, ~2-6 s for anndata + datasets on both sides, are left
-out; ``wall_s_with_startup`` includes them). Peak RSS is the largest sum of VmRSS over the process tree, sampled every 20 ms (pages shared by
+out; ``wall_s_with_startup`` includes them). The machine may be shared, so each side's CPU
+time (itself plus its worker processes) is reported too: ``speedup_per_cpu_s`` compares cells per
+CPU-second and does not depend on what else runs; ``speedup`` compares wall-clock rates. Peak RSS is the largest sum of VmRSS over the process tree, sampled every 20 ms (pages shared by
 forked workers are counted once per process, so stformer's figure is conservative).
 
 Prints one JSON line. ``--quick``: 20k cells, one stformer size, for checking (< 1 minute).
@@ -95,14 +97,22 @@ def _dictionaries(out_dir: Path) -> tuple[Path, Path]:
 # ---- the two contenders (each run in a child process) -------------------------------------------
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its reaped children (the worker processes)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_stformer(files: list[str], out: str, vocab: str, medians: str, num_proc: int) -> None:
     from stformer_data import GeneVocab, TokenizeConfig, load_medians, tokenize_files
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     corpus = tokenize_files(files, out, vocab=GeneVocab.load(vocab), medians=load_medians(medians),
                             config=TokenizeConfig(num_proc=num_proc), progress=False)
     print(json.dumps({"cells": corpus.manifest["counts"]["cells_written"],
-                      "seconds": time.perf_counter() - started}))
+                      "seconds": time.perf_counter() - started, "cpu_seconds": _cpu_seconds() - cpu}))
 
 
 def run_reference(files: list[str], out: str, vocab: str, medians: str) -> None:
@@ -113,7 +123,7 @@ def run_reference(files: list[str], out: str, vocab: str, medians: str) -> None:
 
     from stformer_data import GeneVocab, load_medians
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     token_dict = GeneVocab.load(vocab)
     median_dict = load_medians(medians)
     tokenized_cells: list[np.ndarray] = []
@@ -137,7 +147,8 @@ def run_reference(files: list[str], out: str, vocab: str, medians: str) -> None:
     ds = datasets.Dataset.from_dict({"input_ids": tokenized_cells,
                                      "length": [len(c) for c in tokenized_cells]})
     ds.save_to_disk(out)
-    print(json.dumps({"cells": len(tokenized_cells), "seconds": time.perf_counter() - started}))
+    print(json.dumps({"cells": len(tokenized_cells), "seconds": time.perf_counter() - started,
+                      "cpu_seconds": _cpu_seconds() - cpu}))
 
 
 # ---- measuring -------------------------------------------------------------------------------
@@ -182,7 +193,9 @@ def measure(args: list[str]) -> dict:
         raise RuntimeError(f"{args[0]} failed with exit code {proc.returncode}")
     report = json.loads(stdout.strip().splitlines()[-1])
     cells, work_s = report["cells"], report["seconds"]
+    cpu_s = report["cpu_seconds"]
     return {"cells": cells, "seconds": round(work_s, 2), "cells_per_s": round(cells / work_s, 1),
+            "cpu_seconds": round(cpu_s, 2), "cells_per_cpu_s": round(cells / cpu_s, 1),
             "wall_s_with_startup": round(seconds, 2), "peak_rss_mb": round(peak / 2**20, 1)}
 
 
@@ -222,6 +235,8 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "stformer": ours, "reference": ref,
         "speedup": round(ours["cells_per_s"] / ref["cells_per_s"], 2),
+        "speedup_per_cpu_s": round(ours["cells_per_cpu_s"] / ref["cells_per_cpu_s"], 2),
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
     }
     if not a.quick:
         big = measure(["--_run", "stformer", "--num-proc", str(a.num_proc), *common("ours4x", files * 4)])

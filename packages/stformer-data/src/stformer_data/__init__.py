@@ -18,6 +18,7 @@ from stformer_data._corpus import (
 from stformer_data._errors import InputError
 from stformer_data._io import (
     GeneMapping,
+    H5adReader,
     check_counts,
     iter_row_chunks,
     library_sizes,
@@ -42,6 +43,7 @@ from stformer_data._vocab import CLS, EOS, MASK, PAD, GeneVocab, load_geneformer
 __version__ = "0.1.0"
 
 __all__ = [
+    "H5adReader",
     "MedianSketch",
     "compute_medians",
     "load_geneformer_dictionaries",

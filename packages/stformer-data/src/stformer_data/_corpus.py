@@ -201,7 +201,7 @@ def _plan_files(files: list[Path], vocab: GeneVocab, config: TokenizeConfig,
     kinds: dict[str, set[str]] = {c: set() for c in config.obs_columns}
     phenotype_values: dict[str, set] = {c: set() for c in config.binned.phenotypes}
     for f in files:
-        adata = open_h5ad(f)
+        adata = open_h5ad(f, lazy=True)
         try:
             wanted = list(config.obs_columns) + (list(config.binned.phenotypes) if config.scheme == "binned" else [])
             missing = [c for c in wanted if c not in adata.obs.columns]
@@ -299,7 +299,7 @@ def _run_unit(job: _Job, on_chunk: Callable[[int], None] | None = None) -> dict[
     schema = _features(cfg, job.obs_kinds).arrow_schema
     counts = {"cells_in": 0, "cells_written": 0, "empty_after_vocab_filter": 0, "spots_without_neighbours": 0}
     lengths_parts: list[np.ndarray] = []
-    adata = open_h5ad(job.path)
+    adata = open_h5ad(job.path, lazy=True)
     try:
         encode = _encoder(adata, job)
         obs = _obs_arrays(adata, job)

@@ -9,6 +9,7 @@ from os import PathLike
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -16,25 +17,157 @@ import scipy.sparse as sp
 from stformer_data._errors import InputError
 
 
-def open_h5ad(path: str | PathLike[str], *, backed: bool = True) -> ad.AnnData:
-    """Open an ``.h5ad`` file (backed, read-only, by default) with a clear error when it is unreadable."""
+def open_h5ad(path: str | PathLike[str], *, backed: bool = True, lazy: bool = False) -> ad.AnnData | H5adReader:
+    """Open an ``.h5ad`` file read-only, with a clear error when it is unreadable.
+
+    ``backed=True`` (default) gives anndata's backed ``AnnData`` (``X`` on disk; layers, obsm and
+    obsp in memory); ``backed=False`` loads everything; ``lazy=True`` gives an :class:`H5adReader`
+    that also leaves layers on disk (what the tokenizers use).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file", "does not exist", "check the path")
     try:
+        if lazy:
+            return H5adReader(path)
         return ad.io.read_h5ad(path, backed="r" if backed else None)
     except Exception as exc:  # h5py/anndata raise many types for truncated or corrupt files
         raise InputError(path, "file", f"cannot be read as h5ad ({type(exc).__name__}: {exc})",
                          "re-export or re-download the file; it may be truncated or corrupt") from exc
 
 
-def _matrix(adata: ad.AnnData, layer: str | None, path: Path | None):
+def _on_disk(elem):
+    """A sparse group as anndata's backed sparse dataset; a dense dataset as the h5py dataset."""
+    if isinstance(elem, h5py.Group):
+        return ad.io.sparse_dataset(elem)
+    return elem
+
+
+class _LazyGroup(Mapping):
+    """``obsm`` / ``obsp`` / ``layers`` of an h5ad file: keys known, values read on access."""
+
+    def __init__(self, file: h5py.File, name: str, *, on_disk: bool = False):
+        self._group = file[name] if name in file else None
+        self._on_disk = on_disk
+
+    def __getitem__(self, key: str):
+        if self._group is None or key not in self._group:
+            raise KeyError(key)
+        elem = self._group[key]
+        return _on_disk(elem) if self._on_disk else ad.io.read_elem(elem)
+
+    def __contains__(self, key: object) -> bool:
+        return self._group is not None and isinstance(key, str) and key in self._group
+
+    def __iter__(self):
+        return iter(self._group.keys() if self._group is not None else ())
+
+    def __len__(self) -> int:
+        return len(self._group) if self._group is not None else 0
+
+
+class H5adReader:
+    """A read-only, lazy view of an ``.h5ad`` file: ``obs`` and ``var`` in memory, nothing else.
+
+    anndata's backed mode keeps ``X`` on disk but reads every layer (and obsm/obsp) into memory;
+    here layers stay on disk as well, so raw counts in a layer are read one row chunk at a time.
+    It offers the attributes the tokenizers use: ``obs``, ``var``, ``n_obs``, ``n_vars``, ``X``,
+    ``layers``, ``obsm``, ``obsp`` (values read when accessed) and ``file.close()``.
+
+    >>> H5adReader.__name__
+    'H5adReader'
+    """
+
+    isbacked = True
+
+    def __init__(self, path: str | PathLike[str]):
+        self.filename = Path(path)
+        self.file = h5py.File(self.filename, "r")
+        try:
+            self.obs: pd.DataFrame = ad.io.read_elem(self.file["obs"])
+            self.var: pd.DataFrame = ad.io.read_elem(self.file["var"])
+            self.X = _on_disk(self.file["X"]) if "X" in self.file else None
+        except Exception:
+            self.file.close()
+            raise
+        self.layers = _LazyGroup(self.file, "layers", on_disk=True)
+        self.obsm = _LazyGroup(self.file, "obsm")
+        self.obsp = _LazyGroup(self.file, "obsp")
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.obs)
+
+    @property
+    def n_vars(self) -> int:
+        return len(self.var)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_obs, self.n_vars
+
+    @property
+    def var_names(self) -> pd.Index:
+        return self.var.index
+
+    @property
+    def obs_names(self) -> pd.Index:
+        return self.obs.index
+
+
+def _matrix(adata, layer: str | None, path: Path | None):
     if layer is None:
+        if adata.X is None:
+            raise InputError(path, "X", "is missing", "pass --layer with the layer holding raw counts")
         return adata.X
     if layer not in adata.layers:
         raise InputError(path, f"layers[{layer!r}]", "does not exist",
                          f"choose one of {list(adata.layers.keys())} or omit --layer to use X")
     return adata.layers[layer]
+
+
+def _is_backed_csc(X) -> bool:
+    return getattr(X, "format", None) == "csc" and hasattr(X, "group")
+
+
+_CSC_BUDGET = 1 << 25  # non-zeros held at once when reading rows out of a CSC matrix
+
+
+def _csc_rows(X, rows: np.ndarray) -> sp.csr_matrix:
+    """Rows (sorted, unique) of a backed CSC matrix, scanning its columns in bounded blocks."""
+    g = X.group
+    indptr = np.asarray(g["indptr"][:], dtype=np.int64)
+    n_cols = X.shape[1]
+    out_r, out_c, out_v = [], [], []
+    c0 = 0
+    while c0 < n_cols:
+        c1 = int(np.searchsorted(indptr, indptr[c0] + _CSC_BUDGET, side="right")) - 1
+        c1 = min(max(c1, c0 + 1), n_cols)
+        idx = np.asarray(g["indices"][indptr[c0]: indptr[c1]], dtype=np.int64)
+        val = np.asarray(g["data"][indptr[c0]: indptr[c1]])
+        col = np.repeat(np.arange(c0, c1), np.diff(indptr[c0: c1 + 1]))
+        pos = np.searchsorted(rows, idx)
+        hit = pos < rows.size
+        hit[hit] = rows[pos[hit]] == idx[hit]
+        out_r.append(pos[hit])
+        out_c.append(col[hit])
+        out_v.append(val[hit])
+        c0 = c1
+    cat = (lambda p, dt: np.concatenate(p) if p else np.zeros(0, dt))  # noqa: E731
+    return sp.csr_matrix((cat(out_v, np.float32), (cat(out_r, np.int64), cat(out_c, np.int64))),
+                         shape=(rows.size, n_cols), dtype=np.float32)
+
+
+def _iter_csc(X, start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+    """Row chunks of a backed CSC matrix: one bounded column scan per block of many rows."""
+    nnz = int(X.group["indptr"][-1])
+    per_row = max(nnz / max(X.shape[0], 1), 1.0)
+    rows_per_pass = max(chunk_size, int(_CSC_BUDGET / per_row) // chunk_size * chunk_size)
+    for a in range(start, stop, rows_per_pass):
+        b = min(a + rows_per_pass, stop)
+        block = _csc_rows(X, np.arange(a, b))
+        for s in range(a, b, chunk_size):
+            yield s, min(s + chunk_size, b), block[s - a: min(s + chunk_size, b) - a]
 
 
 def iter_row_chunks(
@@ -48,14 +181,20 @@ def iter_row_chunks(
 ) -> Iterator[tuple[int, int, sp.csr_matrix]]:
     """Yield ``(start, stop, csr_chunk)`` over rows ``start:stop`` of ``X`` (or a layer), as float32 CSR.
 
-    Dense, CSR and CSC storage are all read one row range at a time; nothing larger than a chunk
-    is ever densified or held.
+    Dense and CSR storage are read one row range at a time; nothing larger than a chunk is ever
+    densified or held. Backed CSC is read by scanning its columns in blocks of at most 2**25
+    non-zeros for many rows at once (memory bounded; one pass over the matrix per 2**25 non-zeros
+    of rows: convert large CSC files to CSR for speed).
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
     path = None if path is None else Path(path)
     X = _matrix(adata, layer, path)
     n = adata.n_obs if stop is None else min(stop, adata.n_obs)
+    if _is_backed_csc(X):
+        for a, b, block in _iter_csc(X, start, n, chunk_size):
+            yield a, b, _as_csr32(block)
+        return
     for a in range(start, n, chunk_size):
         start, stop = a, min(a + chunk_size, n)
         try:
@@ -72,8 +211,9 @@ def read_rows(adata: ad.AnnData, rows: np.ndarray, *, layer: str | None = None,
     """Read the (sorted, unique) ``rows`` of ``X`` or a layer as float32 CSR, whatever the storage."""
     path = None if path is None else Path(path)
     X = _matrix(adata, layer, path)
+    rows = np.asarray(rows, dtype=np.int64)
     try:
-        block = X[np.asarray(rows, dtype=np.int64)]
+        block = _csc_rows(X, rows) if _is_backed_csc(X) else X[rows]
     except Exception as exc:
         raise InputError(path, f"{len(rows)} rows of {'X' if layer is None else layer}",
                          f"cannot be read ({type(exc).__name__}: {exc})",

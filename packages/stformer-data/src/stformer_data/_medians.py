@@ -46,7 +46,7 @@ def compute_medians_exact(
     value_parts: list[np.ndarray] = []
     gene_names: dict[str, int] = {}
     for f in files:
-        adata = open_h5ad(f)
+        adata = open_h5ad(f, lazy=True)
         try:
             ids = resolve_gene_ids(adata.var, gene_id_key=gene_id_key, name_to_id=name_to_id, path=f)
             col_to_gene = np.array([gene_names.setdefault(g, len(gene_names)) for g in ids], dtype=np.int64)
@@ -155,7 +155,7 @@ class MedianSketch:
 def _sketch_unit(args) -> MedianSketch:
     path, start, stop, opts = args
     sketch = MedianSketch(opts["k"])
-    adata = open_h5ad(path)
+    adata = open_h5ad(path, lazy=True)
     try:
         ids = resolve_gene_ids(adata.var, gene_id_key=opts["gene_id_key"], name_to_id=opts["name_to_id"], path=path)
         mapping = _dedup_mapping(ids, path)
@@ -213,7 +213,7 @@ def compute_medians(
             "allow_non_integer": allow_non_integer}
     units = []
     for f in files:
-        adata = open_h5ad(f)
+        adata = open_h5ad(f, lazy=True)
         try:
             n = adata.n_obs
         finally:

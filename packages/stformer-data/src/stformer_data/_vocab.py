@@ -75,7 +75,7 @@ class GeneVocab(Mapping[str, int]):
 
         genes: dict[str, None] = {}
         for f in files:
-            adata = open_h5ad(f)
+            adata = open_h5ad(f, lazy=True)
             try:
                 ids = resolve_gene_ids(adata.var, gene_id_key=gene_id_key, name_to_id=name_to_id, path=f)
             finally:
