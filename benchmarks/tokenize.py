@@ -6,11 +6,10 @@ genes), then runs, each in its own process so that peak memory is measured separ
 * ``stformer``: ``stformer_data.tokenize_files`` (out of core, ``num_proc`` workers, Arrow shards),
   on 100k cells and on 400k cells (the 100k files listed 4 times) to show that peak RSS does not
   grow with the number of cells;
-* ``reference``: the algorithm of Geneformer's ``TranscriptomeTokenizer`` — each file read whole
-  into memory, chunks of 512 cells normalised (counts / n_counts x 10,000 / median), one
-  ``argsort`` per cell in Python, every cell held in a list, ``Dataset.from_dict`` and
-  ``save_to_disk``. (Truncation to 2,048 is done while listing, which is cheaper than
-  Geneformer's separate ``Dataset.map`` pass.)
+* ``reference``: the algorithm of Geneformer's ``TranscriptomeTokenizer`` as its code does it —
+  each file read whole into memory, chunks of 512 cells (``adata[idx, :].X[:, coding_loc] /
+  n_counts * 10,000 / medians``), one ``argsort`` per cell in Python, every cell held in a list,
+  ``Dataset.from_dict``, the ``Dataset.map`` truncation pass to 2,048, ``save_to_disk``.
 
 ``cells_per_s`` is measured inside each child from the first file read to the dataset saved on
 disk (interpreter start-up and imports, ~2-6 s for anndata + datasets on both sides, are left
@@ -116,6 +115,7 @@ def run_stformer(files: list[str], out: str, vocab: str, medians: str, num_proc:
 
 
 def run_reference(files: list[str], out: str, vocab: str, medians: str) -> None:
+    """Geneformer's TranscriptomeTokenizer algorithm (tokenize_anndata + create_dataset), as written."""
     import anndata as ad
     import datasets
     import numpy as np
@@ -124,30 +124,40 @@ def run_reference(files: list[str], out: str, vocab: str, medians: str) -> None:
     from stformer_data import GeneVocab, load_medians
 
     started, cpu = time.perf_counter(), _cpu_seconds()
-    token_dict = GeneVocab.load(vocab)
-    median_dict = load_medians(medians)
+    gene_token_dict = dict(GeneVocab.load(vocab))
+    gene_median_dict = load_medians(medians)
+    target_sum, chunk_size, model_input_size = 10_000, 512, 2048
+
+    def rank_genes(gene_vector, gene_tokens):
+        sorted_indices = np.argsort(-gene_vector)
+        return gene_tokens[sorted_indices]
+
     tokenized_cells: list[np.ndarray] = []
     for f in files:
         adata = ad.io.read_h5ad(f)  # the whole file in memory
-        genes = np.asarray(adata.var_names)
-        coding_loc = np.array([i for i, g in enumerate(genes) if g in token_dict])
-        norm_factor_vector = np.array([median_dict[g] for g in genes[coding_loc]])
-        coding_tokens = np.array([token_dict[g] for g in genes[coding_loc]])
-        n_counts = adata.obs["n_counts"].to_numpy()
-        for i in range(0, adata.n_obs, 512):
-            idx = slice(i, min(i + 512, adata.n_obs))
-            X_view = adata.X[idx][:, coding_loc]
-            X_norm = X_view.multiply(1.0 / n_counts[idx, None]).multiply(10_000 / norm_factor_vector)
-            X_norm = sp.csr_matrix(X_norm)
-            for r in range(X_norm.shape[0]):
-                row = X_norm[r]
-                order = np.argsort(-row.data)
-                tokenized_cells.append(coding_tokens[row.indices][order][:2048])
+        ids = np.asarray(adata.var_names)
+        coding_loc = np.where([gene_token_dict.get(i, False) for i in ids])[0]
+        norm_factor_vector = np.array([gene_median_dict[i] for i in ids[coding_loc]])
+        coding_tokens = np.array([gene_token_dict[i] for i in ids[coding_loc]])
+        filter_pass_loc = np.arange(adata.n_obs)
+        for i in range(0, len(filter_pass_loc), chunk_size):
+            idx = filter_pass_loc[i: i + chunk_size]
+            n_counts = adata[idx].obs["n_counts"].values[:, None]
+            X_view = adata[idx, :].X[:, coding_loc]
+            X_norm = sp.csr_matrix(X_view / n_counts * target_sum / norm_factor_vector)
+            tokenized_cells += [rank_genes(X_norm[r].data, coding_tokens[X_norm[r].indices])
+                                for r in range(X_norm.shape[0])]
         del adata
-    ds = datasets.Dataset.from_dict({"input_ids": tokenized_cells,
-                                     "length": [len(c) for c in tokenized_cells]})
+
+    def format_cell_features(example):  # Geneformer's truncation pass
+        example["input_ids"] = example["input_ids"][0:model_input_size]
+        example["length"] = len(example["input_ids"])
+        return example
+
+    ds = datasets.Dataset.from_dict({"input_ids": tokenized_cells})
+    ds = ds.map(format_cell_features)
     ds.save_to_disk(out)
-    print(json.dumps({"cells": len(tokenized_cells), "seconds": time.perf_counter() - started,
+    print(json.dumps({"cells": len(ds), "seconds": time.perf_counter() - started,
                       "cpu_seconds": _cpu_seconds() - cpu}))
 
 
@@ -225,6 +235,7 @@ def main() -> None:
     vocab, medians = _dictionaries(work)
 
     def common(out: str, fs: list[str]) -> list[str]:
+        shutil.rmtree(work / out, ignore_errors=True)
         return ["--_files", *fs, "--_out", str(work / out), "--_vocab", str(vocab), "--_medians", str(medians)]
 
     ref = measure(["--_run", "reference", *common("ref", files)])

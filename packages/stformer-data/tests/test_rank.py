@@ -93,3 +93,19 @@ def test_duplicate_gene_ids_are_summed_with_a_warning():
     block = sp.csr_matrix(np.array([[2.0, 3.0, 2.0]], dtype=np.float32))
     (seq,) = tok.tokenize_block(block, np.array([7.0]), mapping)
     assert seq.tolist() == [vocab["a"], vocab["b"]]  # a = 2 + 2 > b = 3
+
+
+def test_compiled_kernel_and_numpy_path_give_identical_tokens():
+    rng = np.random.default_rng(5)
+    genes = [f"g{i}" for i in range(300)]
+    vocab = GeneVocab.from_genes(genes, cls_token=True)
+    medians = {g: float(m) for g, m in zip(genes, rng.choice([0.5, 1.0, 2.0], 300), strict=True)}  # many ties
+    block = sp.random(64, 300, density=0.3, format="csr", random_state=1, dtype=np.float32)
+    block.data = np.ceil(block.data * 5)
+    mapping = map_genes(np.array(genes), vocab, vocab.special_ids)
+    tok = RankValueTokenizer(vocab, medians, RankTokenizerConfig(model_input_size=40, add_cls=True))
+    fast = tok.tokenize_block_flat(block, None, mapping)
+    tok.use_kernel = False
+    slow = tok.tokenize_block_flat(block, None, mapping)
+    assert all(np.array_equal(a, b) for a, b in zip(fast, slow, strict=True))
+    assert fast[0].size > 64 * 30

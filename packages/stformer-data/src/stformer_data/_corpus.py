@@ -41,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from stformer_data import _rank_kernel as _kernel
 from stformer_data._binned import BinnedTokenizer, BinnedTokenizerConfig, binned_vocab
 from stformer_data._errors import InputError
 from stformer_data._io import (
@@ -504,6 +505,8 @@ def _execute(jobs: list[_Job], num_proc: int, bar, started: Callable[[], None]):
     # fork (Linux) starts workers at once and needs no `if __name__ == "__main__"` guard; no h5py
     # file is open in this process at that point. Elsewhere, spawn.
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    if method == "fork":
+        _kernel.warm_up()  # compiled once here, inherited by the forked workers
     with ProcessPoolExecutor(max_workers=min(num_proc, len(jobs)), mp_context=get_context(method)) as pool:
         futures = [pool.submit(_run_unit, job) for job in jobs]  # forks every worker now
         started()

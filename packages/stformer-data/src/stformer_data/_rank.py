@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from stformer_data._errors import InputError
+from stformer_data import _rank_kernel as _kernel
 from stformer_data._io import GeneMapping
 from stformer_data._ragged import concat_rows, fixed_rows, head_positions
 from stformer_data._vocab import GeneVocab
@@ -66,6 +67,9 @@ class RankValueTokenizer:
     [[3, 2]]
     """
 
+    #: use the compiled (numba) kernel when available; the numpy path gives identical tokens
+    use_kernel: bool = True
+
     def __init__(self, vocab: GeneVocab, medians: Mapping[str, float], config: RankTokenizerConfig | None = None):
         self.vocab = vocab
         self.config = config or RankTokenizerConfig()
@@ -114,8 +118,12 @@ class RankValueTokenizer:
         if factors is None:
             factors = self.column_factors(mapping)
         block = mapping.collapse(block)
-        sorted_keys, bounds = rank_keys(block, factors, mapping.column_token)
-        genes, offsets = take_heads(sorted_keys, bounds, self.max_genes if limit is None else limit)
+        limit = self.max_genes if limit is None else limit
+        if _kernel.rank_rows is not None and self.use_kernel:
+            genes, offsets = _kernel.rank_block(block, factors.astype(np.float32), mapping.column_token, limit)
+        else:
+            sorted_keys, bounds = rank_keys(block, factors, mapping.column_token)
+            genes, offsets = take_heads(sorted_keys, bounds, limit)
         if not specials:
             return genes, offsets
         return add_specials(genes, offsets, self.vocab.cls_id if self.config.add_cls else None,
