@@ -119,7 +119,7 @@ class RankValueTokenizer:
             factors = self.column_factors(mapping)
         block = mapping.collapse(block)
         limit = self.max_genes if limit is None else limit
-        if _kernel.rank_rows is not None and self.use_kernel:
+        if self.use_kernel and _kernel.compiled() is not None:
             genes, offsets = _kernel.rank_block(block, factors.astype(np.float32), mapping.column_token, limit)
         else:
             sorted_keys, bounds = rank_keys(block, factors, mapping.column_token)

@@ -8,12 +8,9 @@ descending, then token ascending, the documented rule. Without numba the numpy p
 
 from __future__ import annotations
 
-import numpy as np
+from functools import cache
 
-try:
-    import numba
-except ImportError:  # pragma: no cover - numba is a dependency; the numpy path stays as a fallback
-    numba = None
+import numpy as np
 
 _DIGIT = 8
 _BUCKETS = 1 << _DIGIT
@@ -65,7 +62,14 @@ def _rank_rows(indptr, indices, values, bits, column_token, token_bits, limit, o
     return pos
 
 
-rank_rows = None if numba is None else numba.njit(cache=True, nogil=True)(_rank_rows)
+@cache
+def compiled():
+    """The numba-compiled kernel (imported on first use: numba takes a moment to load), or None."""
+    try:
+        import numba
+    except ImportError:  # numba is a dependency; the numpy path stays as a fallback
+        return None
+    return numba.njit(cache=True, nogil=True)(_rank_rows)
 
 
 def rank_block(block, f32: np.ndarray, column_token: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +79,7 @@ def rank_block(block, f32: np.ndarray, column_token: np.ndarray, limit: int) -> 
     token_bits = max(int(column_token.max(initial=1)).bit_length(), 1)
     out_tokens = np.empty(min(values.size, limit * block.shape[0]), dtype=np.int32)
     lengths = np.empty(block.shape[0], dtype=np.int64)
-    n = rank_rows(block.indptr.astype(np.int64, copy=False), block.indices, values, values.view(np.int32),
+    n = compiled()(block.indptr.astype(np.int64, copy=False), block.indices, values, values.view(np.int32),
                   column_token, token_bits, limit, out_tokens, lengths)
     offsets = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -84,7 +88,7 @@ def rank_block(block, f32: np.ndarray, column_token: np.ndarray, limit: int) -> 
 
 def warm_up() -> None:
     """Compile (or load from numba's cache) before worker processes are forked, so they share it."""
-    if rank_rows is None:
+    if compiled() is None:
         return
     import scipy.sparse as sp
 
