@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from stformer_data._errors import InputError
 from stformer_data import _rank_kernel as _kernel
+from stformer_data._errors import InputError
 from stformer_data._io import GeneMapping
 from stformer_data._ragged import concat_rows, fixed_rows, head_positions
 from stformer_data._vocab import GeneVocab
