@@ -7,6 +7,7 @@ import datasets
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import xxhash
 
 import stformer_data._corpus as corpus_mod
 from stformer_data import (
@@ -51,7 +52,8 @@ def test_layout_manifest_and_datasets_load_from_disk(small_h5ad, tmp_path):
     m = corpus.manifest
     assert m["vocab_sha256"] == vocab.content_hash() and m["scheme"] == "rank"
     src = m["sources"][0]
-    assert src["size_bytes"] == path.stat().st_size and len(src["sha256"]) == 64
+    assert src["size_bytes"] == path.stat().st_size
+    assert src["xxh3_128"] == xxhash.xxh3_128(path.read_bytes()).hexdigest()
     assert src["n_genes_in_vocab"] == 120 and m["counts"]["cells_written"] == 400
     assert not (tmp_path / ".c.partial").exists()
 

@@ -74,8 +74,14 @@ class H5adReader:
     It offers the attributes the tokenizers use: ``obs``, ``var``, ``n_obs``, ``n_vars``, ``X``,
     ``layers``, ``obsm``, ``obsp`` (values read when accessed) and ``file.close()``.
 
-    >>> H5adReader.__name__
-    'H5adReader'
+    >>> import os, tempfile
+    >>> from stformer_data import simulate_counts
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.h5ad")
+    >>> simulate_counts(n_cells=5, n_genes=20, program_size=2).write_h5ad(path)
+    >>> r = H5adReader(path)
+    >>> r.shape, "spatial" in r.obsm, list(r.layers)
+    ((5, 20), True, [])
+    >>> r.file.close()
     """
 
     isbacked = True

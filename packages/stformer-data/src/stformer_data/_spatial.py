@@ -168,8 +168,9 @@ class NeighborhoodTokenizer:
     The maximum length is ``2 * model_input_size``: the spot half as :class:`RankValueTokenizer`
     writes it (special tokens included), then up to ``model_input_size`` neighbourhood genes.
 
-    >>> NeighborhoodTokenizer.__name__
-    'NeighborhoodTokenizer'
+    >>> from stformer_data import GeneVocab, RankValueTokenizer
+    >>> NeighborhoodTokenizer(RankValueTokenizer(GeneVocab.from_genes(["a"]), {"a": 1.0})).max_length
+    4096
     """
 
     def __init__(self, rank: RankValueTokenizer, config: NeighborhoodConfig | None = None):
