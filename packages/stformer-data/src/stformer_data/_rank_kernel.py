@@ -16,7 +16,7 @@ _DIGIT = 8
 _BUCKETS = 1 << _DIGIT
 
 
-def _rank_rows(indptr, indices, values, bits, column_token, token_bits, limit, out_tokens, out_lengths):
+def _rank_rows(indptr, indices, data, f32, column_token, token_bits, limit, out_tokens, out_lengths):
     n_rows = indptr.size - 1
     n_digits = (31 + token_bits + _DIGIT - 1) // _DIGIT
     width = 0
@@ -25,19 +25,22 @@ def _rank_rows(indptr, indices, values, bits, column_token, token_bits, limit, o
     keys = np.empty(width, np.int64)
     tmp = np.empty(width, np.int64)
     hist = np.zeros((n_digits, _BUCKETS), np.int64)
+    fbuf = np.empty(1, np.float32)
+    ibuf = fbuf.view(np.int32)  # the float32 bits of a value
+    mask = (np.int64(1) << token_bits) - 1
     pos = 0
     for i in range(n_rows):
+        hist[:, :] = 0
         m = 0
         for p in range(indptr[i], indptr[i + 1]):
-            v = values[p]
-            if v > 0:  # false for NaN and for genes without a usable median (factor 0)
-                keys[m] = ((np.int64(0x7FFFFFFF) - np.int64(bits[p])) << token_bits) | column_token[indices[p]]
+            j = indices[p]
+            fbuf[0] = np.float32(data[p]) * f32[j]  # the float32 product (same as numpy's)
+            if fbuf[0] > 0:  # false for NaN and for genes without a usable median (factor 0)
+                k = ((np.int64(0x7FFFFFFF) - np.int64(ibuf[0])) << token_bits) | column_token[j]
+                keys[m] = k
                 m += 1
-        hist[:, :] = 0
-        for q in range(m):
-            k = keys[q]
-            for d in range(n_digits):
-                hist[d, (k >> (d * _DIGIT)) & (_BUCKETS - 1)] += 1
+                for d in range(n_digits):
+                    hist[d, (k >> (d * _DIGIT)) & (_BUCKETS - 1)] += 1
         src, dst = keys, tmp
         for d in range(n_digits):
             if m == 0 or hist[d, (src[0] >> (d * _DIGIT)) & (_BUCKETS - 1)] == m:
@@ -54,7 +57,6 @@ def _rank_rows(indptr, indices, values, bits, column_token, token_bits, limit, o
                 hist[d, b] += 1
             src, dst = dst, src
         n = min(m, limit)
-        mask = (np.int64(1) << token_bits) - 1
         for q in range(n):
             out_tokens[pos + q] = src[q] & mask
         out_lengths[i] = n
@@ -74,13 +76,12 @@ def compiled():
 
 def rank_block(block, f32: np.ndarray, column_token: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat tokens (int32) and offsets (int64) of the first ``limit`` ranked genes of each row."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        values = block.data.astype(np.float32, copy=False) * f32[block.indices]
     token_bits = max(int(column_token.max(initial=1)).bit_length(), 1)
-    out_tokens = np.empty(min(values.size, limit * block.shape[0]), dtype=np.int32)
+    out_tokens = np.empty(min(block.nnz, limit * block.shape[0]), dtype=np.int32)
     lengths = np.empty(block.shape[0], dtype=np.int64)
-    n = compiled()(block.indptr.astype(np.int64, copy=False), block.indices, values, values.view(np.int32),
-                  column_token, token_bits, limit, out_tokens, lengths)
+    n = compiled()(block.indptr.astype(np.int64, copy=False), block.indices,
+                   block.data.astype(np.float32, copy=False), f32, column_token, token_bits, limit,
+                   out_tokens, lengths)
     offsets = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return out_tokens[:n], offsets
