@@ -95,10 +95,11 @@ def test_duplicate_gene_ids_are_summed_with_a_warning():
     assert seq.tolist() == [vocab["a"], vocab["b"]]  # a = 2 + 2 > b = 3
 
 
-def test_compiled_kernel_and_numpy_path_give_identical_tokens():
+@pytest.mark.parametrize("columns_in_token_order", [True, False])
+def test_compiled_kernel_and_numpy_path_give_identical_tokens(columns_in_token_order):
     rng = np.random.default_rng(5)
     genes = [f"g{i}" for i in range(300)]
-    vocab = GeneVocab.from_genes(genes, cls_token=True)
+    vocab = GeneVocab.from_genes(genes if columns_in_token_order else genes[::-1], cls_token=True)
     medians = {g: float(m) for g, m in zip(genes, rng.choice([0.5, 1.0, 2.0], 300), strict=True)}  # many ties
     block = sp.random(64, 300, density=0.3, format="csr", random_state=1, dtype=np.float32)
     block.data = np.ceil(block.data * 5)
