@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from stformer_data import GeneVocab, InputError, TokenizeConfig, is_complete_corpus, tokenize_files
+from stformer_data import (
+    GeneVocab,
+    InputError,
+    NeighborhoodConfig,
+    TokenizeConfig,
+    is_complete_corpus,
+    tokenize_files,
+)
 
 
 def _write(tmp_path, adata, name="bad.h5ad"):
@@ -96,3 +103,22 @@ def test_truncated_or_corrupt_h5ad(tmp_path, small_h5ad, damage):
     bad = tmp_path / "damaged.h5ad"
     bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not an hdf5 file" * 100)
     _fails(tmp_path, bad, vocab, med, "cannot be read as h5ad")
+
+
+def test_input_errors_survive_pickling_from_worker_processes():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(InputError("x.h5ad", "obs['a']", "is missing", "add it")))
+    assert isinstance(err, InputError) and err.field == "obs['a']" and str(err).endswith("Fix: add it")
+
+
+def test_missing_section_key_is_refused_before_any_work(tmp_path, small_h5ad):
+    path, _, vocab, med = small_h5ad
+    _fails(tmp_path, path, vocab, med, r"obs\['slide'\] does not exist", mode="neighborhood",
+           neighborhood=NeighborhoodConfig(section_key="slide"))
+
+
+def test_bad_counts_found_by_a_worker_process_raise_the_same_error(tmp_path, small_h5ad):
+    _, adata, vocab, med = small_h5ad
+    path = _write(tmp_path, _with_value(adata, 350, 3, -1.0))
+    _fails(tmp_path, path, vocab, med, "negative", num_proc=2, rows_per_unit=100)

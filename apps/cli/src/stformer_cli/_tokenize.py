@@ -107,8 +107,10 @@ def tokenize(
     for src in corpus.manifest["sources"]:
         typer.echo(f"{src['path']}: {src['n_genes_in_vocab']}/{src['n_genes']} genes in the vocabulary, "
                    f"{src['cells_written']}/{src['cells_in']} cells written", err=True)
+    extra = (f"; {counts['spots_without_neighbours']} spots without neighbours"
+             if "spots_without_neighbours" in counts else "")
     typer.echo(f"wrote {counts['cells_written']} sequences ({counts['cells_in']} cells in; skipped "
-               f"{counts['cells_skipped']}) to {corpus.path}")
+               f"{counts['cells_skipped']}{extra}) to {corpus.path}")
 
 
 def medians(

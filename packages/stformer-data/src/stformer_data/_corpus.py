@@ -225,6 +225,11 @@ def _plan_files(files: list[Path], vocab: GeneVocab, config: TokenizeConfig,
                     phenotype_values[c].update(adata.obs[c].astype(str).unique().tolist())
             if config.mode == "neighborhood":
                 nb = config.neighborhood
+                use_obsp = nb.graph == "obsp" or (nb.graph == "auto" and nb.connectivities_key in adata.obsp)
+                if not use_obsp and nb.section_key is not None and nb.section_key not in adata.obs.columns:
+                    raise InputError(f, f"obs[{nb.section_key!r}]", "does not exist (the section key)",
+                                     f"choose a section column among {list(adata.obs.columns)} or omit "
+                                     "--section-key; tokenize files with different keys separately")
                 if nb.connectivities_key not in adata.obsp and nb.spatial_key not in adata.obsm:
                     raise InputError(f, f"obsm[{nb.spatial_key!r}]", "does not exist (nor obsp"
                                      f"[{nb.connectivities_key!r}]): neighbourhood mode needs spot coordinates",
