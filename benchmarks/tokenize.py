@@ -18,7 +18,7 @@ time (itself plus its worker processes) is reported too: ``speedup_per_cpu_s`` c
 CPU-second and does not depend on what else runs; ``speedup`` compares wall-clock rates. Peak RSS is the largest sum of VmRSS over the process tree, sampled every 20 ms (pages shared by
 forked workers are counted once per process, so stformer's figure is conservative).
 
-Prints one JSON line. ``--quick``: 20k cells, one stformer size, for checking (< 1 minute).
+Prints one JSON line. ``--quick``: 10k cells, one stformer size, for checking (< 1 minute).
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def measure(args: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20k cells, < 1 minute")
+    parser.add_argument("--quick", action="store_true", help="10k cells, < 1 minute")
     parser.add_argument("--num-proc", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--_run", choices=["stformer", "reference"], help=argparse.SUPPRESS)
@@ -227,8 +227,8 @@ def main() -> None:
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="stformer-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    n_cells = 20_000 if a.quick else 100_000
-    per_file = 10_000 if a.quick else CELLS_PER_FILE
+    n_cells = 10_000 if a.quick else 100_000
+    per_file = 5_000 if a.quick else CELLS_PER_FILE
     t0 = time.perf_counter()
     files = [str(f) for f in generate(work, n_cells, per_file)]
     gen_s = time.perf_counter() - t0
