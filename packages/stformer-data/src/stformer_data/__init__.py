@@ -10,18 +10,34 @@ Depends on anndata, numpy, scipy, pandas, h5py, datasets/pyarrow and tqdm. It im
 stformer package and none of transformers, lightning, ray, deepspeed or optuna.
 """
 
-from stformer_data._corpus import Corpus, TokenizeConfig, is_complete_corpus, load_corpus, tokenize_files
+from stformer_data._binned import BinnedTokenizer, BinnedTokenizerConfig, binned_vocab
+from stformer_data._corpus import (
+    Corpus,
+    TokenizeConfig,
+    is_complete_corpus,
+    load_corpus,
+    tokenize_files,
+)
 from stformer_data._errors import InputError
 from stformer_data._io import (
     GeneMapping,
+    H5adReader,
     check_counts,
     iter_row_chunks,
     library_sizes,
+    load_name_to_id,
     map_genes,
     open_h5ad,
+    read_rows,
     resolve_gene_ids,
 )
-from stformer_data._medians import compute_medians_exact, load_medians, save_medians
+from stformer_data._medians import (
+    MedianSketch,
+    compute_medians,
+    compute_medians_exact,
+    load_medians,
+    save_medians,
+)
 from stformer_data._rank import RankTokenizerConfig, RankValueTokenizer
 from stformer_data._shuffle import (
     BlockShuffleStrategy,
@@ -29,6 +45,7 @@ from stformer_data._shuffle import (
     SequentialShuffleStrategy,
     ShuffleStrategy,
 )
+from stformer_data._spatial import NeighborhoodConfig, NeighborhoodTokenizer, build_neighbor_graph
 from stformer_data._split import SplitInfo, category_random_split
 from stformer_data._stream import (
     BufferPlan,
@@ -39,7 +56,7 @@ from stformer_data._stream import (
     plan_epoch,
 )
 from stformer_data._synthetic import SimulationConfig, simulate_counts
-from stformer_data._vocab import CLS, EOS, MASK, PAD, GeneVocab
+from stformer_data._vocab import CLS, EOS, MASK, PAD, GeneVocab, load_geneformer_dictionaries
 
 __version__ = "0.1.0"
 
@@ -56,6 +73,17 @@ __all__ = [
     "category_random_split",
     "padding_fraction",
     "plan_epoch",
+    "H5adReader",
+    "MedianSketch",
+    "compute_medians",
+    "load_geneformer_dictionaries",
+    "BinnedTokenizer",
+    "BinnedTokenizerConfig",
+    "NeighborhoodConfig",
+    "NeighborhoodTokenizer",
+    "binned_vocab",
+    "build_neighbor_graph",
+    "read_rows",
     "CLS",
     "EOS",
     "MASK",
@@ -75,6 +103,7 @@ __all__ = [
     "library_sizes",
     "load_corpus",
     "load_medians",
+    "load_name_to_id",
     "map_genes",
     "open_h5ad",
     "resolve_gene_ids",

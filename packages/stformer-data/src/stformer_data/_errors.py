@@ -24,3 +24,6 @@ class InputError(ValueError):
         if fix:
             msg += f". Fix: {fix}"
         super().__init__(msg)
+
+    def __reduce__(self):  # picklable, so errors raised in worker processes reach the caller intact
+        return (type(self), (self.path, self.field, self.problem, self.fix))

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from stformer_data import _rank_kernel as _kernel
 from stformer_data._errors import InputError
 from stformer_data._io import GeneMapping
+from stformer_data._ragged import concat_rows, fixed_rows, head_positions
 from stformer_data._vocab import GeneVocab
 
 
@@ -47,8 +49,14 @@ class RankValueTokenizer:
     """Turn raw counts into Geneformer rank-value token sequences.
 
     Each cell's counts are divided by its library size, scaled to ``target_sum`` and divided by each
-    gene's non-zero median; the **non-zero** genes of the vocabulary are then sorted by that value,
-    descending (ties: lower token id first), and truncated to ``model_input_size``.
+    gene's non-zero median; only the **non-zero** genes of the vocabulary that have a median are
+    kept (never padded with unexpressed genes), sorted by that value, descending, and truncated to
+    ``model_input_size`` (special tokens included).
+
+    Order rule (exact and deterministic): the library size scales every value of a cell by the same
+    factor, so it cannot change the order; genes are ordered by the float32 product
+    ``float32(count) * float32(target_sum / median)`` descending, ties (equal float32 values) broken
+    by the lower token id.
 
     >>> import numpy as np, scipy.sparse as sp
     >>> from stformer_data import GeneVocab, map_genes
@@ -58,6 +66,9 @@ class RankValueTokenizer:
     >>> [t.tolist() for t in tok.tokenize_block(sp.csr_matrix([[1., 4., 0.]]), np.array([5.]), mapping)]
     [[3, 2]]
     """
+
+    #: use the compiled (numba) kernel when available; the numpy path gives identical tokens
+    use_kernel: bool = True
 
     def __init__(self, vocab: GeneVocab, medians: Mapping[str, float], config: RankTokenizerConfig | None = None):
         self.vocab = vocab
@@ -90,30 +101,95 @@ class RankValueTokenizer:
 
     def tokenize_block(self, block: sp.csr_matrix, n_counts: np.ndarray, mapping: GeneMapping,
                        factors: np.ndarray | None = None) -> list[np.ndarray]:
-        """Tokenize a CSR chunk of cells; returns one int array per row (empty for empty cells)."""
+        """Tokenize a CSR chunk of cells; returns one int32 array per row (empty for empty cells)."""
+        tokens, offsets = self.tokenize_block_flat(block, n_counts, mapping, factors)
+        return [tokens[offsets[i]: offsets[i + 1]] for i in range(block.shape[0])]
+
+    def tokenize_block_flat(self, block: sp.csr_matrix, n_counts: np.ndarray | None, mapping: GeneMapping,
+                            factors: np.ndarray | None = None, *,
+                            limit: int | None = None, specials: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Tokenize a CSR chunk into flat ``tokens`` (int32) and row ``offsets`` (int64, ``n_rows + 1``).
+
+        Row ``i`` is ``tokens[offsets[i]:offsets[i + 1]]`` (empty for cells with no tokenizable gene).
+        ``n_counts`` does not affect the order (see the class notes) and may be ``None``. ``limit``
+        overrides the number of genes kept; ``specials=False`` leaves out ``<cls>``/``<eos>``.
+        """
+        del n_counts  # a per-cell positive scale: it cannot change the order within a cell
         if factors is None:
             factors = self.column_factors(mapping)
-        n_rows = block.shape[0]
-        row_nnz = np.diff(block.indptr)
-        rows = np.repeat(np.arange(n_rows), row_nnz)
-        cols = block.indices
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values = block.data.astype(np.float64) * factors[cols] / n_counts[rows]
-        keep = (values > 0) & np.isfinite(values)
-        rows, cols, values = rows[keep], cols[keep], values[keep]
-        tokens = mapping.column_token[cols]
-        order = np.lexsort((tokens, -values, rows))
-        tokens = tokens[order]
-        counts = np.bincount(rows, minlength=n_rows)
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        limit = self.max_genes
-        cls_id, eos_id = self.vocab.cls_id, self.vocab.eos_id
-        out: list[np.ndarray] = []
-        for i in range(n_rows):
-            seq = tokens[bounds[i]: min(bounds[i + 1], bounds[i] + limit)]
-            if seq.size and (self.config.add_cls or self.config.add_eos):
-                parts = ([np.array([cls_id])] if self.config.add_cls else []) + [seq] + (
-                    [np.array([eos_id])] if self.config.add_eos else [])
-                seq = np.concatenate(parts)
-            out.append(seq.astype(np.int32, copy=False))
-        return out
+        block = mapping.collapse(block)
+        limit = self.max_genes if limit is None else limit
+        if self.use_kernel and _kernel.compiled() is not None:
+            genes, offsets = _kernel.rank_block(block, factors.astype(np.float32), mapping.column_token, limit)
+        else:
+            sorted_keys, bounds = rank_keys(block, factors, mapping.column_token)
+            genes, offsets = take_heads(sorted_keys, bounds, limit)
+        if not specials:
+            return genes, offsets
+        return add_specials(genes, offsets, self.vocab.cls_id if self.config.add_cls else None,
+                            self.vocab.eos_id if self.config.add_eos else None)
+
+
+def rank_keys(block: sp.csr_matrix, factors: np.ndarray, column_token: np.ndarray,
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the sorted int64 keys ``(~float32 value) << 32 | token`` of the tokenizable genes.
+
+    Returns ``(keys, bounds)``: row ``i`` owns ``keys[bounds[i]:bounds[i + 1]]``, sorted ascending,
+    i.e. value descending then token ascending. Only entries with ``count * factor > 0`` are kept.
+    """
+    cols = block.indices
+    f32 = factors.astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        values = block.data.astype(np.float32, copy=False) * f32[cols]  # the float32 product
+    keep = values > 0  # also drops NaN
+    tokens = column_token[cols]
+    if keep.all():
+        bounds = block.indptr.astype(np.int64, copy=True)
+    else:
+        kept_before = np.zeros(keep.size + 1, dtype=np.int64)
+        np.cumsum(keep, out=kept_before[1:])
+        bounds = kept_before[block.indptr]
+        values, tokens = values[keep], tokens[keep]
+    keys = np.int64(0x7FFFFFFF) - values.view(np.int32)  # int64: larger value -> smaller key
+    keys <<= np.int64(32)
+    keys |= tokens
+    _sort_rows(keys, bounds)
+    return keys, bounds
+
+
+def _sort_rows(keys: np.ndarray, bounds: np.ndarray) -> None:
+    """Sort each row's slice of ``keys`` in place (numpy's SIMD sort, one call per row; measured
+    faster than one padded 2-D sort)."""
+    for i in range(bounds.size - 1):
+        a, b = bounds[i], bounds[i + 1]
+        if b - a > 1:
+            keys[a:b].sort()
+
+
+def _tokens_of(keys: np.ndarray) -> np.ndarray:
+    """The low 32 bits (the token) of int64 keys, as a contiguous int32 array."""
+    low = 0 if np.little_endian else 1
+    return np.ascontiguousarray(keys.view(np.int32)[low::2])
+
+
+def take_heads(keys: np.ndarray, bounds: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` tokens of each row of sorted keys, as flat tokens and offsets."""
+    if int(np.diff(bounds).max(initial=0)) <= limit:
+        return _tokens_of(keys), bounds - bounds[0]
+    pos, offsets = head_positions(bounds, limit)
+    return _tokens_of(keys[pos]), offsets
+
+
+def add_specials(tokens: np.ndarray, offsets: np.ndarray, cls_id: int | None, eos_id: int | None,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Prepend ``cls_id`` / append ``eos_id`` to every non-empty row of a flat token array."""
+    if cls_id is None and eos_id is None:
+        return tokens, offsets
+    nonempty = np.diff(offsets) > 0
+    parts = []
+    if cls_id is not None:
+        parts.append(fixed_rows(np.full((nonempty.size, 1), cls_id, dtype=np.int32), nonempty))
+    parts.append((tokens, offsets))
+    if eos_id is not None:
+        parts.append(fixed_rows(np.full((nonempty.size, 1), eos_id, dtype=np.int32), nonempty))
+    return concat_rows(parts)

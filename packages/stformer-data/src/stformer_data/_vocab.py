@@ -64,10 +64,47 @@ class GeneVocab(Mapping[str, int]):
         return cls(mapping, specials)
 
     @classmethod
+    def from_files(cls, files: Iterable[str | PathLike[str]], *, gene_id_key: str | None = None,
+                   name_to_id: Mapping[str, str] | None = None, cls_token: bool = False,
+                   eos_token: bool = False) -> GeneVocab:
+        """Build a vocabulary from the gene ids of h5ad files (first appearance order; blanks dropped).
+
+        Only the ``var`` table of each file is read.
+        """
+        from stformer_data._io import open_h5ad, resolve_gene_ids
+
+        genes: dict[str, None] = {}
+        for f in files:
+            adata = open_h5ad(f, lazy=True)
+            try:
+                ids = resolve_gene_ids(adata.var, gene_id_key=gene_id_key, name_to_id=name_to_id, path=f)
+            finally:
+                adata.file.close()
+            genes.update((g, None) for g in ids if g and g.lower() not in ("nan", "none"))
+        if not genes:
+            raise InputError(None, "var gene ids", "are all blank in the given files",
+                             "choose the right --gene-id-key")
+        return cls.from_genes(genes, cls_token=cls_token, eos_token=eos_token)
+
+    def with_special_tokens(self, *, cls_token: bool = False, eos_token: bool = False) -> GeneVocab:
+        """A copy with ``<cls>`` / ``<eos>`` appended (ids after the existing tokens) when missing.
+
+        Existing ids are unchanged, so a Geneformer vocabulary stays compatible with its models.
+        """
+        mapping = dict(self._token_to_id)
+        specials = list(self._special)
+        for wanted, token in ((cls_token, CLS), (eos_token, EOS)):
+            if wanted and token not in mapping:
+                mapping[token] = len(mapping)
+                specials.append(token)
+        return GeneVocab(mapping, specials)
+
+    @classmethod
     def load(cls, path: str | PathLike[str], *, allow_pickle: bool = False) -> GeneVocab:
         """Load a vocabulary from ``.json`` or, with ``allow_pickle=True``, Geneformer's ``.pkl``.
 
-        Unpickling runs code stored in the file: only load pickles you trust. JSON is the safe default.
+        Unpickling runs code stored in the file: only load pickles you trust. JSON is the safe default
+        (convert once with ``GeneVocab.load(pkl, allow_pickle=True).save_json(path)``).
         """
         path = Path(path)
         if not path.exists():
@@ -155,3 +192,20 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
+
+
+def load_geneformer_dictionaries(directory: str | PathLike[str], *, allow_pickle: bool = False,
+                                 ) -> tuple[GeneVocab, dict[str, float], dict[str, str]]:
+    """Geneformer's ``token_dictionary.pkl``, ``gene_median_dictionary.pkl``, ``gene_name_id_dict.pkl``.
+
+    Returns ``(vocab, medians, name_to_id)``. These are pickles: loading them runs code stored in
+    the files, so ``allow_pickle=True`` is required; save them as JSON afterwards and use those.
+    """
+    from stformer_data._io import load_name_to_id
+    from stformer_data._medians import load_medians
+
+    d = Path(directory)
+    vocab = GeneVocab.load(d / "token_dictionary.pkl", allow_pickle=allow_pickle)
+    medians = load_medians(d / "gene_median_dictionary.pkl", allow_pickle=allow_pickle)
+    name_to_id = load_name_to_id(d / "gene_name_id_dict.pkl", allow_pickle=allow_pickle)
+    return vocab, medians, name_to_id

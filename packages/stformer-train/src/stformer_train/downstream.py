@@ -50,11 +50,7 @@ class RunModel:
     def tokenize(self, h5ad: str | PathLike[str], out_dir: Path, *, obs_columns: tuple[str, ...] = (),
                  progress: bool = True) -> sd.Corpus:
         """Tokenize ``h5ad`` with this model's vocabulary, medians and tokenizer settings."""
-        read = dict(self.settings.get("read") or {})
-        config = sd.TokenizeConfig(gene_id_key=read.get("gene_id_key"), layer=read.get("layer"),
-                                   obs_columns=tuple(obs_columns),
-                                   allow_non_integer=bool(read.get("allow_non_integer", False)),
-                                   rank=sd.RankTokenizerConfig(**(self.settings.get("tokenizer") or {})))
+        config = sd.TokenizeConfig.from_dict(self.settings["settings"], obs_columns=tuple(obs_columns))
         return sd.tokenize_files([h5ad], out_dir, vocab=self.vocab, medians=self.model_dir / "gene_medians.json",
                                  config=config, overwrite=True, progress=progress)
 
@@ -131,7 +127,7 @@ def evaluate_run(run: str | PathLike[str], h5ad: str | PathLike[str], *, label_k
                               desc="embed (pretrained)")
         emb_random = embed_sequences(rm.random_init(seed + 1), seqs, pad_id=rm.vocab.pad_id, pooling=pooling,
                                      progress=progress, desc="embed (random init)")
-    layer = (rm.settings.get("read") or {}).get("layer")
+    layer = rm.settings["settings"].get("layer")
     counts = adata.X if layer is None else adata.layers[layer]
     pca = pca_of_counts(counts[rows], seed=seed)
     valid = ~np.isin(labels, _MISSING_LABELS)

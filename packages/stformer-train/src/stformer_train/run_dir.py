@@ -89,7 +89,7 @@ def save_model(net: Any, model_dir: Path, corpus: Corpus) -> None:
     for name in ("gene_medians.json",):
         if (corpus.path / name).exists():
             shutil.copy2(corpus.path / name, tmp / name)
-    settings = {k: corpus.manifest.get(k) for k in ("scheme", "mode", "tokenizer", "read", "vocab_sha256")}
+    settings = {k: corpus.manifest.get(k) for k in ("format_version", "settings", "vocab_sha256")}
     (tmp / TOKENIZER_SETTINGS).write_text(json.dumps(settings, indent=1))
     if model_dir.exists():
         shutil.rmtree(model_dir)
