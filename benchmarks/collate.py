@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _isolate  # noqa: F401  (must come first: see benchmarks/_isolate.py)
 import numpy as np
 import torch
 

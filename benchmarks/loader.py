@@ -32,6 +32,7 @@ import time
 import warnings
 from pathlib import Path
 
+import _isolate  # noqa: F401  (must come first: see benchmarks/_isolate.py)
 import anndata as ad
 import numpy as np
 import pandas as pd

@@ -23,23 +23,18 @@ Prints one JSON line. ``--quick``: 10k cells, one stformer size, for checking (<
 
 from __future__ import annotations
 
-import sys
-
-# This file is named like the standard library's `tokenize` module; keep its folder off the import
-# path so that `import tokenize` (done by linecache, inspect, pandas ...) finds the real one.
-if sys.path and sys.path[0] and __import__("os").path.samefile(sys.path[0], __import__("os").path.dirname(
-        __import__("os").path.abspath(__file__))):
-    sys.path.pop(0)
-
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
+import sys
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+import _isolate  # noqa: F401,E402  (must come first: see benchmarks/_isolate.py)
 
 N_GENES = 20_000
 CELLS_PER_FILE = 25_000
