@@ -16,27 +16,21 @@ Usage: ``uv run python benchmarks/collate.py [--batch-size 16] [--seconds 3]``
 
 from __future__ import annotations
 
+import _common  # must come first: see benchmarks/_common.py
+
+# isort: split
+
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import _isolate  # noqa: F401  (must come first: see benchmarks/_isolate.py)
 import numpy as np
 import torch
 
 FILES = ("sc/pbmc10k_protein_v3_200_scvi.h5ad", "sc/cxg_cortex_culture_hvg2000_counts.h5ad")
 
-
-def shared_data() -> Path:
-    env = os.environ.get("STFORMER_SHARED_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    if not path.is_dir():
-        sys.exit(f"shared data not found at {path}: set STFORMER_SHARED_DATA")
-    return path
 
 
 def tokenize(files: list[Path], workdir: Path) -> tuple[list[dict], object]:
@@ -109,7 +103,7 @@ def main() -> None:
 
     from stformer_collate import BatchForm, DataCollatorForMLM, STFormerPreCollator
 
-    data = shared_data()
+    data = _common.shared_data()
     with tempfile.TemporaryDirectory() as tmp:
         rows, vocab = tokenize([data / f for f in FILES], Path(tmp))
     order = np.random.default_rng(0).permutation(len(rows))

@@ -23,6 +23,10 @@ stopped after ``--seconds`` and measured on what they read. Prints ONE JSON line
 
 from __future__ import annotations
 
+import _common  # must come first: see benchmarks/_common.py
+
+# isort: split
+
 import argparse
 import json
 import platform
@@ -32,7 +36,6 @@ import time
 import warnings
 from pathlib import Path
 
-import _isolate  # noqa: F401  (must come first: see benchmarks/_isolate.py)
 import anndata as ad
 import numpy as np
 import pandas as pd

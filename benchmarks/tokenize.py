@@ -23,18 +23,20 @@ Prints one JSON line. ``--quick``: 10k cells, one stformer size, for checking (<
 
 from __future__ import annotations
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import _common  # noqa: F401  (must come first: see benchmarks/_common.py)
 
-import _isolate  # noqa: F401,E402  (must come first: see benchmarks/_isolate.py)
+# isort: split
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 
 N_GENES = 20_000
 CELLS_PER_FILE = 25_000

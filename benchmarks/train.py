@@ -17,28 +17,23 @@ Prints one JSON line. Usage: ``uv run python benchmarks/train.py [--steps 3] [--
 
 from __future__ import annotations
 
+import _common  # must come first: see benchmarks/_common.py
+
+# isort: split
+
 import argparse
 import json
-import os
 import pickle
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import _isolate  # noqa: F401  (must come first: see benchmarks/_isolate.py)
 import numpy as np
 import torch
 
 FILES = ("sc/pbmc10k_protein_v3_200_scvi.h5ad", "sc/cxg_cortex_culture_hvg2000_counts.h5ad")
 
-
-def shared_data() -> Path:
-    env = os.environ.get("STFORMER_SHARED_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    if not path.is_dir():
-        sys.exit(f"shared data not found at {path}: set STFORMER_SHARED_DATA")
-    return path
 
 
 def tokenize(root: Path, workdir: Path):
@@ -102,7 +97,7 @@ def main() -> None:
     from stformer_train.training import EpochLengthGroupedSampler
 
     with tempfile.TemporaryDirectory() as tmp:
-        seqs, vocab = tokenize(shared_data(), Path(tmp))
+        seqs, vocab = tokenize(_common.shared_data(), Path(tmp))
     rng = np.random.default_rng(args.seed)
     n = args.steps * args.batch_size
     pick = rng.choice(len(seqs), size=n, replace=False)
