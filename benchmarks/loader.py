@@ -23,7 +23,7 @@ stopped after ``--seconds`` and measured on what they read. Prints ONE JSON line
 
 from __future__ import annotations
 
-import _common  # must come first: see benchmarks/_common.py
+import _common  # noqa: F401  (must come first: see benchmarks/_common.py)
 
 # isort: split
 
