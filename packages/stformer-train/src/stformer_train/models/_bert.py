@@ -74,6 +74,7 @@ def build_bert_config(
         layer_norm_eps=m.layer_norm_eps,
         pad_token_id=pad_token_id,
         type_vocab_size=2,
+        tie_word_embeddings=m.tie_word_embeddings,
     )
     kwargs.update(overrides)
     return BertConfig(**kwargs)
