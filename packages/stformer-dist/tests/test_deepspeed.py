@@ -82,7 +82,7 @@ def test_resolve_deepspeed_specs(tmp_path):
     assert resolve_deepspeed("ZERO3")["zero_optimization"]["stage"] == 3
     assert "offload_optimizer" in resolve_deepspeed("zero2-offload")["zero_optimization"]
     path = tmp_path / "ds.json"
-    path.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    path.write_text(json.dumps({"zero_optimization": {"stage": 1}, "train_batch_size": "auto"}))
     assert resolve_deepspeed(path) == {"zero_optimization": {"stage": 1}}
     assert resolve_deepspeed(DeepSpeedConfig(stage=1))["zero_optimization"]["stage"] == 1
     with pytest.raises(sd.InputError, match="does not exist"):
@@ -105,7 +105,7 @@ def test_build_deepspeed_fills_auto_from_training_arguments(tmp_path, monkeypatc
     ds = args.hf_deepspeed_config.config
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["gradient_clipping"]) == (
         4, 3, 0.5)
-    assert ds["optimizer"]["params"]["lr"] == 3e-4 and ds["train_batch_size"] == 12
+    assert ds["optimizer"]["params"]["lr"] == 3e-4 and "train_batch_size" not in ds  # DeepSpeed derives it
     assert args.gradient_accumulation_steps == 3
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         build_deepspeed(tmp_path, deepspeed=DeepSpeedConfig(gradient_accumulation_steps=2),

@@ -93,7 +93,7 @@ def pretrain(
 
     if engine not in ("hf", "lightning"):
         raise ValueError(f"--engine must be 'hf' or 'lightning', got {engine!r}")
-    overrides = {"deepspeed": _deepspeed_config(deepspeed, engine)} if deepspeed else {}
+    overrides = _deepspeed_overrides(deepspeed, engine) if deepspeed else {}
     data = load_config_file(config) if config else {}
     model_d, train_d, tok = dict(data.get("model") or {}), dict(data.get("train") or {}), dict(data.get("tokenize") or {})
     for d, key, value in ((train_d, "max_steps", max_steps), (train_d, "num_train_epochs", epochs),
@@ -126,17 +126,16 @@ def pretrain(
     console.print(f"{step} steps; model: {model_dir}; logs: {out / 'logs'}")
 
 
-def _deepspeed_config(spec: str, engine: str) -> dict[str, Any]:
-    """``--deepspeed`` as a config dict, with the distributed environment completed for one process."""
+def _deepspeed_overrides(spec: str, engine: str) -> dict[str, Any]:
+    """``--deepspeed`` as ``TrainingArguments`` fields (stformer_dist prepares the process for DeepSpeed)."""
     if engine != "hf":
         raise ValueError("--deepspeed runs on the Hugging Face engine; use --engine hf")
     try:
-        from stformer_dist import ensure_distributed_env, resolve_deepspeed
+        from stformer_dist import deepspeed_overrides, resolve_deepspeed
     except ImportError as exc:  # pragma: no cover - stformer-dist is part of the workspace
         raise ImportError('--deepspeed needs stformer-dist: pip install "stformer-cli[dist]"') from exc
-    config = resolve_deepspeed(spec)
-    ensure_distributed_env()
-    return config
+    resolve_deepspeed(spec)  # a bad spec fails before anything starts
+    return deepspeed_overrides(spec)
 
 
 def embed(

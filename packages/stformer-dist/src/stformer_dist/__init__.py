@@ -18,6 +18,7 @@ from stformer_dist._deepspeed import (
     check_deepspeed_optimizer,
     check_deepspeed_scheduler,
     choose_closest,
+    deepspeed_overrides,
     ensure_distributed_env,
     resolve_deepspeed,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "check_deepspeed_optimizer",
     "check_deepspeed_scheduler",
     "choose_closest",
+    "deepspeed_overrides",
     "ensure_distributed_env",
     "resolve_deepspeed",
 ]

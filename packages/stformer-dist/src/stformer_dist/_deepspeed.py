@@ -206,7 +206,6 @@ class DeepSpeedConfig:
             zero["offload_param"] = {"device": "cpu", "pin_memory": False}
         config: dict[str, Any] = {
             "train_micro_batch_size_per_gpu": "auto",
-            "train_batch_size": "auto",
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "gradient_clipping": self.gradient_clipping,
             "zero_optimization": zero,
@@ -231,6 +230,15 @@ class DeepSpeedConfig:
 DeepSpeedSpec = bool | str | PathLike | Mapping[str, Any] | DeepSpeedConfig
 
 
+def _drop_auto_train_batch_size(config: dict[str, Any]) -> dict[str, Any]:
+    # transformers fills an "auto" train_batch_size while building TrainingArguments, before the
+    # process group exists (world size 1 on CPU), so 2 processes fail DeepSpeed's batch check.
+    # DeepSpeed derives it from the micro batch, accumulation and world size anyway.
+    if config.get("train_batch_size") == "auto":
+        del config["train_batch_size"]
+    return config
+
+
 def resolve_deepspeed(spec: DeepSpeedSpec) -> dict[str, Any]:
     """A DeepSpeed config dict from ``True`` (ZeRO-2), a preset (``"zero2"``, ``"zero3-offload"``, ...),
     a JSON file, a dict or a :class:`DeepSpeedConfig`.
@@ -249,7 +257,7 @@ def resolve_deepspeed(spec: DeepSpeedSpec) -> dict[str, Any]:
     if isinstance(spec, Mapping):
         if "zero_optimization" not in spec and "optimizer" not in spec:
             log.warning("the DeepSpeed config has neither zero_optimization nor optimizer: plain data parallel")
-        return copy.deepcopy(dict(spec))
+        return _drop_auto_train_batch_size(copy.deepcopy(dict(spec)))
     text = os.fspath(spec)
     if text.lower() in PRESETS:
         return DeepSpeedConfig.preset(text).to_dict()
@@ -264,7 +272,7 @@ def resolve_deepspeed(spec: DeepSpeedSpec) -> dict[str, Any]:
         raise InputError(path, "deepspeed", f"is not valid JSON ({exc})", "fix the JSON syntax") from exc
     if not isinstance(data, dict):
         raise InputError(path, "deepspeed", "is not a JSON object", "write the DeepSpeed config as {...}")
-    return data
+    return _drop_auto_train_batch_size(data)
 
 
 def ensure_distributed_env(*, master_addr: str = "127.0.0.1") -> dict[str, str]:
@@ -284,6 +292,40 @@ def ensure_distributed_env(*, master_addr: str = "127.0.0.1") -> dict[str, str]:
     return {k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
 
 
+def deepspeed_overrides(spec: DeepSpeedSpec) -> dict[str, Any]:
+    """``TrainingArguments`` fields that run the ``Trainer`` on DeepSpeed: ``deepspeed`` and, on CPU,
+    ``accelerator_config``.
+
+    Without a GPU, Accelerate finds no communication backend for DeepSpeed and silently trains
+    every process alone (world size 1). On CPU this therefore completes the distributed environment
+    (:func:`ensure_distributed_env`), starts Accelerate's process state on DeepSpeed with gloo, and
+    tells the ``Trainer`` to use that state (``use_configured_state``). Call it in every process,
+    before the ``TrainingArguments`` are built.
+    """
+    config = resolve_deepspeed(spec)
+    overrides: dict[str, Any] = {"deepspeed": config}
+    import torch
+
+    if not torch.cuda.is_available():
+        ensure_distributed_env()
+        from accelerate import PartialState
+
+        previous = os.environ.get("ACCELERATE_USE_DEEPSPEED")
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        try:
+            state = PartialState(backend="gloo")
+        finally:
+            if previous is None:
+                del os.environ["ACCELERATE_USE_DEEPSPEED"]
+            else:
+                os.environ["ACCELERATE_USE_DEEPSPEED"] = previous
+        if state.distributed_type.value != "DEEPSPEED":
+            raise RuntimeError(f"Accelerate is already set up for {state.distributed_type.value}, not DeepSpeed; "
+                               "build the DeepSpeed arguments before any other Accelerator in this process")
+        overrides["accelerator_config"] = {"use_configured_state": True}
+    return overrides
+
+
 def build_deepspeed(output_dir: str | PathLike[str], *, deepspeed: DeepSpeedSpec = True, train: Any = None,
                     **argument_overrides: Any):
     """``TrainingArguments`` for :class:`~stformer_train.hf.STFormerPretrainer` with a DeepSpeed config.
@@ -301,15 +343,15 @@ def build_deepspeed(output_dir: str | PathLike[str], *, deepspeed: DeepSpeedSpec
         Other ``TrainingArguments`` fields (``gradient_accumulation_steps``, ``max_grad_norm``, ...).
 
     Fixed numbers in the DeepSpeed config that contradict the training arguments raise
-    ``ValueError`` (transformers' check), so the two stay consistent. The distributed environment is
-    completed for a single process (:func:`ensure_distributed_env`) when no launcher set it.
+    ``ValueError`` (transformers' check), so the two stay consistent. On CPU the process state is
+    prepared as in :func:`deepspeed_overrides`.
     """
     from stformer_train import TrainConfig
     from stformer_train.hf import training_arguments
 
-    config = resolve_deepspeed(deepspeed)
-    ensure_distributed_env()
-    args = training_arguments(train or TrainConfig(), output_dir, deepspeed=config, **argument_overrides)
+    overrides = deepspeed_overrides(deepspeed)
+    overrides.update(argument_overrides)
+    args = training_arguments(train or TrainConfig(), output_dir, **overrides)
     mismatches = getattr(getattr(args, "hf_deepspeed_config", None), "mismatches", [])
     if mismatches:
         raise ValueError("the DeepSpeed config contradicts the training arguments:\n" + "\n".join(mismatches)

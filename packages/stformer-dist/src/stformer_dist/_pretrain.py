@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from stformer_dist._deepspeed import DeepSpeedSpec, deepspeed_overrides, resolve_deepspeed
 from stformer_train.hf import PretrainML as _PretrainML
-
-from stformer_dist._deepspeed import DeepSpeedSpec, ensure_distributed_env, resolve_deepspeed
 
 
 class PretrainML(_PretrainML):
@@ -14,8 +13,8 @@ class PretrainML(_PretrainML):
     (``"zero0"`` … ``"zero3-offload"``), a JSON file, a dict or a :class:`DeepSpeedConfig`.
 
     The config is built with :func:`resolve_deepspeed` (``"auto"`` values filled from the training
-    arguments); without a launcher the single-process distributed environment is set
-    (:func:`ensure_distributed_env`). Launch several processes with ``torchrun`` or ``deepspeed``.
+    arguments); :func:`deepspeed_overrides` prepares the process (single-process environment
+    without a launcher; DeepSpeed over gloo on CPU). Launch several processes with ``torchrun`` or ``deepspeed``.
 
     >>> PretrainML(dataset_path="d", example_lengths_file="l.pkl", token_dictionary_file="t.json",
     ...            output_dir="o", deepspeed=True).training_overrides["deepspeed"]["zero_optimization"]["stage"]
@@ -27,6 +26,6 @@ class PretrainML(_PretrainML):
         super().__init__(deepspeed=config, **kwargs)
 
     def run_pretraining(self):
-        if "deepspeed" in self.training_overrides:
-            ensure_distributed_env()
+        if "deepspeed" in self.training_overrides:  # on CPU: DeepSpeed's process state with gloo
+            self.training_overrides.update(deepspeed_overrides(self.training_overrides["deepspeed"]))
         return super().run_pretraining()
