@@ -23,6 +23,7 @@ from stformer_dist._deepspeed import (
     resolve_deepspeed,
 )
 from stformer_dist._pretrain import PretrainML
+from stformer_dist._ray import RayTrainRunner, connect, ray_pretrain_mlm, run_config, scaling_config
 
 __version__ = "0.1.0"
 
@@ -32,11 +33,16 @@ __all__ = [
     "PRESETS",
     "DeepSpeedConfig",
     "PretrainML",
+    "RayTrainRunner",
     "build_deepspeed",
     "check_deepspeed_optimizer",
     "check_deepspeed_scheduler",
     "choose_closest",
+    "connect",
     "deepspeed_overrides",
     "ensure_distributed_env",
+    "ray_pretrain_mlm",
     "resolve_deepspeed",
+    "run_config",
+    "scaling_config",
 ]
