@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -16,6 +17,26 @@ from stformer_dist import (
     resolve_deepspeed,
 )
 from stformer_train import TrainConfig
+
+
+DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def no_launcher():
+    """No launcher variables during the test; afterwards the environment, Accelerate's state and any
+    process group are as before, so later tests in this process are unaffected."""
+    import torch
+    from accelerate.state import AcceleratorState
+
+    saved = {k: os.environ.pop(k) for k in DIST_ENV if k in os.environ}
+    yield
+    for k in DIST_ENV:
+        os.environ.pop(k, None)
+    os.environ.update(saved)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def test_choose_closest_exact_close_unsupported_and_none(caplog):
@@ -96,9 +117,7 @@ def test_resolve_deepspeed_specs(tmp_path):
         resolve_deepspeed(False)
 
 
-def test_build_deepspeed_fills_auto_from_training_arguments(tmp_path, monkeypatch):
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+def test_build_deepspeed_fills_auto_from_training_arguments(tmp_path, no_launcher):
     args = build_deepspeed(tmp_path, deepspeed="zero2", train=TrainConfig(per_device_train_batch_size=4,
                                                                           learning_rate=3e-4),
                            gradient_accumulation_steps=3, max_grad_norm=0.5)
@@ -107,14 +126,13 @@ def test_build_deepspeed_fills_auto_from_training_arguments(tmp_path, monkeypatc
         4, 3, 0.5)
     assert ds["optimizer"]["params"]["lr"] == 3e-4 and "train_batch_size" not in ds  # DeepSpeed derives it
     assert args.gradient_accumulation_steps == 3
+    assert args.distributed_state.distributed_type == "DEEPSPEED"  # on CPU too (gloo), not one lone process
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         build_deepspeed(tmp_path, deepspeed=DeepSpeedConfig(gradient_accumulation_steps=2),
                         gradient_accumulation_steps=3)
 
 
-def test_ensure_distributed_env_keeps_a_launchers_values(monkeypatch):
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+def test_ensure_distributed_env_keeps_a_launchers_values(no_launcher, monkeypatch):
     env = ensure_distributed_env()
     assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("0", "1", "127.0.0.1")
     assert int(env["MASTER_PORT"]) > 0
