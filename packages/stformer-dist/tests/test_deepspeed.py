@@ -18,7 +18,6 @@ from stformer_dist import (
 )
 from stformer_train import TrainConfig
 
-
 DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
