@@ -13,6 +13,7 @@ from stformer_dist import (
     check_deepspeed_optimizer,
     check_deepspeed_scheduler,
     choose_closest,
+    deepspeed_overrides,
     ensure_distributed_env,
     resolve_deepspeed,
 )
@@ -148,3 +149,19 @@ def test_pretrain_ml_builds_the_deepspeed_config():
     assert PretrainML(**kw, deepspeed=True).training_overrides["deepspeed"]["zero_optimization"]["stage"] == 2
     assert PretrainML(**kw, deepspeed="zero3").training_overrides["deepspeed"]["zero_optimization"]["stage"] == 3
     assert "deepspeed" not in PretrainML(**kw).training_overrides
+
+
+@pytest.mark.slow
+def test_zero3_in_one_process_trains_and_saves_gathered_weights(tiny_corpus, tiny, tmp_path, no_launcher):
+    from safetensors.torch import load_file
+
+    from stformer_train.hf import pretrain_mlm
+
+    train = TrainConfig(max_steps=4, save_steps=4, logging_steps=2, per_device_train_batch_size=8, warmup_steps=0)
+    result = pretrain_mlm(tiny_corpus, tmp_path / "run", model=tiny, train=train, progress=False,
+                          **deepspeed_overrides("zero3"))
+    assert result.global_step == 4
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-4" / "global_step4").is_dir()
+    weights = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    # ZeRO-3 keeps only placeholders in the module; the saved model has the full, gathered tensors
+    assert weights["bert.embeddings.word_embeddings.weight"].shape == (len(tiny_corpus.vocab), tiny.hidden_size)
