@@ -113,7 +113,7 @@ def main() -> None:
         from stformer_dist import connect
 
         t0 = time.perf_counter()
-        ray = connect(num_cpus=2)
+        ray = connect(num_cpus=2, log_to_driver=False)  # worker logs stay out of the one JSON line
         out["ray_init_s"] = round(time.perf_counter() - t0, 1)
         try:
             for n in (1, 2):

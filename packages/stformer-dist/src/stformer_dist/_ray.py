@@ -34,9 +34,11 @@ def _import_ray():
     return ray
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, runtime_env: Mapping[str, Any] | None = None):
+def connect(address: str | None = None, *, num_cpus: int | None = None, runtime_env: Mapping[str, Any] | None = None,
+            **init_kwargs: Any):
     """Join a running Ray cluster (``address``, e.g. ``"auto"`` or ``"ray://head:10001"``) or start a
-    local one; an already initialised Ray is reused. Returns the ``ray`` module."""
+    local one; an already initialised Ray is reused. ``init_kwargs`` go to ``ray.init``
+    (e.g. ``log_to_driver=False``). Returns the ``ray`` module."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # under `uv run`, Ray would otherwise package the working directory for every worker and
     # rebuild the environment there; the workers use this interpreter instead. Ray reads the
@@ -44,7 +46,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, runtime_
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     ray = _import_ray()
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": dict(runtime_env or {}) or None}
+        kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": dict(runtime_env or {}) or None,
+                                  **init_kwargs}
         if address is None:
             kwargs["num_cpus"] = num_cpus
         ray.init(address=address, **kwargs)
