@@ -48,4 +48,8 @@ def test_bad_inputs_are_clear_errors(h5ad, tmp_path, capsys):
     assert cli(["pretrain", str(h5ad), "--out", str(tmp_path / "r"), "--config", str(tmp_path / "bad.json")]) == 2
     assert "model, train, tokenize" in capsys.readouterr().err
     assert cli(["embed", str(tmp_path), str(h5ad), "--out", str(tmp_path / "x.h5ad")]) == 2
+    for spec, engine, message in (("zero9", "hf", "zero2"), ("zero2", "lightning", "--engine hf"),
+                                  (str(tmp_path / "missing.json"), "hf", "does not exist")):
+        assert cli(["pretrain", str(h5ad), "--out", str(tmp_path / "r"), "--deepspeed", spec, "--engine", engine]) == 2
+        assert message in capsys.readouterr().err
     assert cli(["evaluate", str(tmp_path), str(h5ad)]) == 2

@@ -84,12 +84,16 @@ def pretrain(
     gene_id_key: Annotated[str | None, typer.Option(help="var column with gene ids (h5ad inputs).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of model, masking and sampling.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    deepspeed: Annotated[str | None, typer.Option(
+        help="DeepSpeed ZeRO (hf engine): zero0..zero3, zero2-offload, zero3-offload or a DeepSpeed .json. "
+             "Launch with torchrun for several processes.")] = None,
 ) -> None:
     """Pretrain a masked-language model; the run directory gets config, logs, checkpoints and model/."""
     from stformer_train import ModelConfig, TrainConfig
 
     if engine not in ("hf", "lightning"):
         raise ValueError(f"--engine must be 'hf' or 'lightning', got {engine!r}")
+    overrides = _deepspeed_overrides(deepspeed, engine) if deepspeed else {}
     data = load_config_file(config) if config else {}
     model_d, train_d, tok = dict(data.get("model") or {}), dict(data.get("train") or {}), dict(data.get("tokenize") or {})
     for d, key, value in ((train_d, "max_steps", max_steps), (train_d, "num_train_epochs", epochs),
@@ -112,7 +116,7 @@ def pretrain(
     if engine == "hf":
         from stformer_train.hf import pretrain_mlm
 
-        result = pretrain_mlm(corpus, out, model=model_cfg, train=train_cfg, progress=progress)
+        result = pretrain_mlm(corpus, out, model=model_cfg, train=train_cfg, progress=progress, **overrides)
         step, model_dir = result.global_step, result.model_dir
     else:
         from stformer_train.lightning import pretrain_lightning
@@ -120,6 +124,18 @@ def pretrain(
         res = pretrain_lightning(corpus, out, model=model_cfg, train=train_cfg, progress=progress)
         step, model_dir = res["global_step"], res["model_dir"]
     console.print(f"{step} steps; model: {model_dir}; logs: {out / 'logs'}")
+
+
+def _deepspeed_overrides(spec: str, engine: str) -> dict[str, Any]:
+    """``--deepspeed`` as ``TrainingArguments`` fields (stformer_dist prepares the process for DeepSpeed)."""
+    if engine != "hf":
+        raise ValueError("--deepspeed runs on the Hugging Face engine; use --engine hf")
+    try:
+        from stformer_dist import deepspeed_overrides, resolve_deepspeed
+    except ImportError as exc:  # pragma: no cover - stformer-dist is part of the workspace
+        raise ImportError('--deepspeed needs stformer-dist: pip install "stformer-cli[dist]"') from exc
+    resolve_deepspeed(spec)  # a bad spec fails before anything starts
+    return deepspeed_overrides(spec)
 
 
 def embed(

@@ -1,3 +1,48 @@
-"""stformer-dist: distributed pretraining on DeepSpeed and Ray Train (API arrives with issue 7)."""
+"""stformer-dist: distributed pretraining on existing engines, DeepSpeed and Ray Train.
+
+* DeepSpeed: :func:`choose_closest`, :func:`check_deepspeed_optimizer`,
+  :func:`check_deepspeed_scheduler`, :class:`DeepSpeedConfig`, :func:`build_deepspeed` (transformers
+  ``TrainingArguments`` with a ZeRO config) and :class:`PretrainML` (``deepspeed=True``).
+* Ray Train: :class:`RayTrainRunner` (the Lightning path over h5ad files, protoplast's API) and
+  :func:`ray_pretrain_mlm` (the Hugging Face path), with checkpoints and ``FailureConfig``.
+
+Ray is imported only when a Ray function runs.
+"""
+
+from stformer_dist._deepspeed import (
+    DEEPSPEED_OPTIMIZERS,
+    DEEPSPEED_SCHEDULERS,
+    PRESETS,
+    DeepSpeedConfig,
+    build_deepspeed,
+    check_deepspeed_optimizer,
+    check_deepspeed_scheduler,
+    choose_closest,
+    deepspeed_overrides,
+    ensure_distributed_env,
+    resolve_deepspeed,
+)
+from stformer_dist._pretrain import PretrainML
+from stformer_dist._ray import RayTrainRunner, connect, ray_pretrain_mlm, run_config, scaling_config
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DEEPSPEED_OPTIMIZERS",
+    "DEEPSPEED_SCHEDULERS",
+    "PRESETS",
+    "DeepSpeedConfig",
+    "PretrainML",
+    "RayTrainRunner",
+    "build_deepspeed",
+    "check_deepspeed_optimizer",
+    "check_deepspeed_scheduler",
+    "choose_closest",
+    "connect",
+    "deepspeed_overrides",
+    "ensure_distributed_env",
+    "ray_pretrain_mlm",
+    "resolve_deepspeed",
+    "run_config",
+    "scaling_config",
+]

@@ -78,12 +78,15 @@ def _atomic_json(path: Path, payload: Any) -> Path:
 TOKENIZER_SETTINGS = "stformer_tokenizer.json"
 
 
-def save_model(net: Any, model_dir: Path, corpus: Corpus) -> None:
-    """Save model weights, vocabulary, gene medians and tokenizer settings atomically into ``model_dir``."""
+def save_model(net: Any, model_dir: Path, corpus: Corpus, *, state_dict: dict[str, Any] | None = None) -> None:
+    """Save model weights, vocabulary, gene medians and tokenizer settings atomically into ``model_dir``.
+
+    ``state_dict`` replaces ``net``'s own weights (e.g. parameters gathered from ZeRO-3 shards).
+    """
     tmp = model_dir.with_name(f".{model_dir.name}.partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    net.save_pretrained(tmp)
+    net.save_pretrained(tmp, state_dict=state_dict)
     corpus.vocab.save_json(tmp / "token_dictionary.json")
     corpus.vocab.save_pickle(tmp / "token_dictionary.pkl")
     for name in ("gene_medians.json",):

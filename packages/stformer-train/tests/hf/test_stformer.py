@@ -117,6 +117,17 @@ def test_pretrain_ml_neighborhood_doubles_and_trains(tiny_corpus, tmp_path):
     assert (tmp_path / "models" / "t" / "models" / "model.safetensors").is_file()
 
 
+def test_pretrain_ml_takes_a_ready_deepspeed_config_only():
+    kw = dict(dataset_path="d", example_lengths_file="l", token_dictionary_file="t", output_dir="o")
+    config = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto"}
+    assert PretrainML(**kw, deepspeed=config).training_overrides["deepspeed"] == config
+    assert PretrainML(**kw, deepspeed="ds.json").training_overrides["deepspeed"] == "ds.json"
+    assert "deepspeed" not in PretrainML(**kw).training_overrides
+    for bad in (True, 2):
+        with pytest.raises(ValueError, match="stformer_dist.PretrainML"):
+            PretrainML(**kw, deepspeed=bad)
+
+
 class _KillAt(TrainerCallback):
     def __init__(self, step):
         self.step = step

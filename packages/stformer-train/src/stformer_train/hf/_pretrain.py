@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -119,8 +120,10 @@ def pretrain_mlm(
     model_cfg = model or ModelConfig()
     train_cfg = train or TrainConfig()
     run = RunDir.create(run_dir)
-    run.write_config({"engine": "hf", "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-                      "corpus": str(corpus.path)})
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / DeepSpeed / Ray, rank 0 writes
+    if main_process:
+        run.write_config({"engine": "hf", "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
+                          "corpus": str(corpus.path)})
     train_set, eval_set = split_corpus(corpus, model_cfg, train_cfg, train_indices)
     bert_config = build_bert_config(vocab_size=len(corpus.vocab), pad_token_id=corpus.vocab.pad_id, model=model_cfg)
     net = build_mlm_model(bert_config, seed=train_cfg.seed)
@@ -140,11 +143,15 @@ def pretrain_mlm(
     if last is not None:
         log.info("resuming from %s", last)
     output = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    save_model(trainer.model, run.model, corpus)
+    # under DeepSpeed every rank takes part in gathering the weights (ZeRO-3 shards them); rank 0 saves
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_deepspeed_enabled else None
     history = list(trainer.state.log_history)
-    run.write_history(history)
-    write_csv_log(history, run.logs / "metrics.csv")
-    plot_loss_curve(history, run.logs / "loss_curve.png")
+    if trainer.is_world_process_zero():
+        save_model(trainer.model, run.model, corpus, state_dict=state)
+        run.write_history(history)
+        write_csv_log(history, run.logs / "metrics.csv")
+        plot_loss_curve(history, run.logs / "loss_curve.png")
+    trainer.accelerator.wait_for_everyone()
     return PretrainResult(run=run, model_dir=run.model, train_loss=float(output.training_loss),
                           global_step=int(trainer.state.global_step), log_history=history)
 

@@ -270,6 +270,10 @@ class PretrainML:
         Fraction of gene tokens to predict (0.15).
     training_overrides
         Extra ``TrainingArguments`` fields (see :func:`get_training_arguments`).
+    deepspeed
+        A ready DeepSpeed config (dict or JSON file) for ``TrainingArguments(deepspeed=...)``.
+        ``stformer_dist.PretrainML`` also takes ``True`` or a preset (``"zero2"``) and builds it
+        with ``stformer_dist.build_deepspeed``; this package never imports DeepSpeed.
 
     >>> PretrainML(dataset_path="d", example_lengths_file="l.pkl", token_dictionary_file="t.json",
     ...            output_dir="o", mode="neighborhood").max_input
@@ -284,7 +288,11 @@ class PretrainML:
                  attention_probs_dropout_prob: float = 0.02, hidden_dropout_prob: float = 0.02,
                  batch_size: int = 12, learning_rate: float = 1e-3, lr_schedule: str = "linear",
                  warmup_steps: float = 10_000, epochs: float = 3, weight_decay: float = 0.001, seed: int = 42,
-                 mlm_probability: float = 0.15, training_overrides: dict[str, Any] | None = None):
+                 mlm_probability: float = 0.15, training_overrides: dict[str, Any] | None = None,
+                 deepspeed: dict[str, Any] | str | PathLike[str] | None = None):
+        if isinstance(deepspeed, bool) or not isinstance(deepspeed, dict | str | PathLike | None):
+            raise ValueError("PretrainML.deepspeed must be a DeepSpeed config dict or JSON file; for deepspeed=True "
+                             "or a preset ('zero2') use stformer_dist.PretrainML (pip install stformer-dist)")
         if mode not in ("spot", "neighborhood"):
             raise ValueError(f"PretrainML.mode must be 'spot' or 'neighborhood', got {mode!r}")
         if max_input <= 0:
@@ -305,6 +313,8 @@ class PretrainML:
                              weight_decay=weight_decay, seed=seed)
         self.seed, self.mlm_probability = seed, mlm_probability
         self.training_overrides = dict(training_overrides or {})
+        if deepspeed is not None:
+            self.training_overrides["deepspeed"] = deepspeed if isinstance(deepspeed, dict) else str(deepspeed)
 
     def run_pretraining(self) -> STFormerPretrainer:
         """Build the model, collator and trainer; train (resuming from the last checkpoint); save the model."""
@@ -331,5 +341,6 @@ class PretrainML:
         last = last_checkpoint(dirs.training_output_dir)
         trainer.train(resume_from_checkpoint=str(last) if last else None)
         trainer.save_model(str(dirs.model_output_dir))
-        vocab.save_json(dirs.model_output_dir / "token_dictionary.json")
+        if trainer.is_world_process_zero():
+            vocab.save_json(dirs.model_output_dir / "token_dictionary.json")
         return trainer

@@ -1,0 +1,51 @@
+"""Tiny data and one local Ray instance shared by the stformer-dist tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import stformer_data as sd
+from stformer_train import ModelConfig
+
+torch.set_num_threads(1)
+
+TINY = ModelConfig(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=64,
+                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_h5ad(tmp_path_factory):
+    path = tmp_path_factory.mktemp("h5ad") / "cells.h5ad"
+    sd.simulate_counts(n_cells=240, n_genes=80, seed=0).write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tiny_h5ad, tmp_path_factory):
+    vocab = sd.GeneVocab.from_genes(sd.resolve_gene_ids(sd.open_h5ad(tiny_h5ad, backed=False).var))
+    medians = sd.compute_medians_exact([tiny_h5ad])
+    config = sd.TokenizeConfig(rank=sd.RankTokenizerConfig(model_input_size=48))
+    return sd.tokenize_files([tiny_h5ad], tmp_path_factory.mktemp("corpus") / "corpus", vocab=vocab,
+                             medians=medians, config=config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A 2-CPU local Ray, started once per module and shut down after it (no process left behind)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
