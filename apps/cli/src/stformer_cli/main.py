@@ -16,6 +16,7 @@ import typer
 _COMMAND_MODULES: tuple[str, ...] = (
     "stformer_cli._demo",
     "stformer_cli._train",
+    "stformer_cli._tune",
 )
 
 app = typer.Typer(
