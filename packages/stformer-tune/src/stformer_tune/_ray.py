@@ -133,6 +133,9 @@ def run_ray(corpus_path: Path, out_dir: Path, space: SearchSpace, model: ModelCo
 
     storage = (out_dir / "ray_results").resolve()
     experiment = storage / EXPERIMENT
+    if experiment.exists() and not resume:
+        raise FileExistsError(f"{experiment}: a Ray Tune experiment already exists; pass --resume "
+                              "(resume=True) to continue it, or choose another output folder")
     started = ensure_ray(address, num_cpus)
     try:
         trainable = tune.with_resources(
@@ -140,9 +143,6 @@ def run_ray(corpus_path: Path, out_dir: Path, space: SearchSpace, model: ModelCo
                                  model=model.to_dict(), train=train.to_dict(), out_dir=str(out_dir.resolve()),
                                  threads=max(1, int(resources["cpu"]))),
             resources)
-        if experiment.exists() and not resume:
-            raise FileExistsError(f"{experiment}: a Ray Tune experiment already exists; pass --resume "
-                                  "(resume=True) to continue it, or choose another output folder")
         if resume and tune.Tuner.can_restore(str(experiment)):
             tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
         else:

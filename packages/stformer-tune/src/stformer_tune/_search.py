@@ -49,6 +49,9 @@ def resolve_backend(backend: str) -> str:
 
 def _check_search_file(out_dir: Path, record: dict[str, Any], resume: bool) -> None:
     path = out_dir / SEARCH_FILE
+    if path.exists() and not resume:
+        raise FileExistsError(f"{out_dir}: a search already exists in this folder; pass --resume (resume=True) to "
+                              "continue it, or choose another output folder")
     if path.exists() and resume:
         saved = json.loads(path.read_text())
         for key in ("backend", "search_space", "model", "train"):
