@@ -110,6 +110,7 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ordered = sorted((t for t in trials if t.eval_loss is not None), key=lambda t: t.number)
     n = 1 + len(space.params)
@@ -127,6 +128,7 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
             best = min(best, t.eval_loss)  # type: ignore[type-var]
             running.append(best)
         ax.step([t.number for t in done], running, where="post", color="black", lw=1, label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial", ylabel=METRIC, title="objective per trial")
     ax.legend(fontsize=8)
     for ax, spec in zip(axes[0][1:], space.params, strict=True):
@@ -136,12 +138,13 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
             labels = [str(v) for v in spec.values]
             xs = [labels.index(str(p[0])) for p in pts]
             ax.set_xticks(range(len(labels)), labels)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
         else:
             xs = [p[0] for p in pts]
             if spec.type == "loguniform" or spec.log:
                 ax.set_xscale("log")
         ax.scatter(xs, [p[1] for p in pts], c=[p[2] for p in pts], zorder=3)
-        ax.set(xlabel=spec.name, ylabel=METRIC, title=spec.type)
+        ax.set(xlabel=spec.name, ylabel=METRIC, title=f"{METRIC} by {spec.name} ({spec.type})")
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110)
