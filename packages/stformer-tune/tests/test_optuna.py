@@ -92,3 +92,12 @@ def test_resume_after_an_interruption_continues_the_trial_count(tiny_corpus, tmp
     with pytest.raises(ValueError, match="different search_space"):
         run_search(tiny_corpus.path, out, {"weight_decay": {"type": "uniform", "low": 0, "high": 0.1}},
                    model=tiny, train=few_steps, n_trials=4, resume=True)
+
+
+def test_a_failing_trial_is_recorded_and_no_complete_trial_is_an_error(tiny_corpus, tmp_path, tiny, few_steps):
+    # num_heads=3 does not divide hidden_size=32: every trial's ModelConfig is invalid
+    space = {"num_heads": {"type": "categorical", "values": [3]}}
+    with pytest.raises(RuntimeError, match=r"no trial completed \(states: \{0: 'FAIL', 1: 'FAIL'\}\)"):
+        run_search(tiny_corpus.path, tmp_path / "s", space, model=tiny, train=few_steps, n_trials=2)
+    rows = list(csv.DictReader((tmp_path / "s" / "trials.csv").open()))
+    assert [(r["state"], r["num_heads"]) for r in rows] == [("FAIL", "3"), ("FAIL", "3")]

@@ -68,7 +68,8 @@ def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord:
     done = [t for t in trials if t.state == "COMPLETE" and t.eval_loss is not None and math.isfinite(t.eval_loss)]
     if not done:
         states = {t.number: t.state for t in trials}
-        raise RuntimeError(f"no trial completed (states: {states}); see the trials/ folders for the errors")
+        raise RuntimeError(f"no trial completed (states: {states}); see trials.csv, the log and the "
+                           "trials/ folders for the errors")
     return min(done, key=lambda t: (t.eval_loss, t.number))
 
 
@@ -156,9 +157,9 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
 def write_results(trials: Sequence[TrialRecord], space: SearchSpace, model: ModelConfig, train: TrainConfig,
                   out_dir: Path, *, backend: str) -> SearchResult:
     """Write ``trials.csv``, ``trials.png``, ``best.yaml``/``best.json`` and ``summary.json`` into ``out_dir``."""
-    best = best_trial(trials)
     csv_path = write_trials_csv(trials, space, out_dir / "trials.csv")
     png = plot_trials(trials, space, out_dir / "trials.png")
+    best = best_trial(trials)  # after the table, so a search without a complete trial still leaves it
     yaml_path, json_path = write_best_config(best, model, train, out_dir, backend=backend)
     counts: dict[str, int] = {}
     for t in trials:
