@@ -51,3 +51,9 @@ def test_three_trial_ray_search_with_fractional_cpus(local_ray, tiny_corpus, tmp
     assert len(list((out / "trials").iterdir())) == 3
     with pytest.raises(FileExistsError, match="pass --resume"):
         run_search(tiny_corpus.path, out, space, model=tiny, train=few_steps, backend="ray", n_trials=3)
+    # resume restores the finished Tune experiment: the same trials, none run again
+    again = run_search(tiny_corpus.path, out, space, model=tiny, train=few_steps, backend="ray", n_trials=3,
+                       resources_per_trial={"cpu": 0.5}, resume=True)
+    assert [(t.state, t.eval_loss, t.params) for t in again.trials] == \
+        [(t.state, t.eval_loss, t.params) for t in result.trials]
+    assert len(list((out / "trials").iterdir())) == 3
