@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -57,3 +58,41 @@ def test_three_trial_ray_search_with_fractional_cpus(local_ray, tiny_corpus, tmp
     assert [(t.state, t.eval_loss, t.params) for t in again.trials] == \
         [(t.state, t.eval_loss, t.params) for t in result.trials]
     assert len(list((out / "trials").iterdir())) == 3
+
+
+class _Results(list):
+    """The parts of a Ray ``ResultGrid`` that the back-end reads."""
+
+    def __init__(self, items, terminated, errors=0):
+        super().__init__(items)
+        self.num_terminated, self.num_errors = terminated, errors
+
+
+def _result(name, losses, *, final, error=None, config=None):
+    import pandas as pd
+
+    df = pd.DataFrame({"step": [s for s, _ in losses], "eval_loss": [v for _, v in losses]}) if losses else None
+    metrics = {"eval_loss": losses[-1][1], "step": losses[-1][0], "final": final} if losses else {}
+    return SimpleNamespace(path=name, metrics_dataframe=df, metrics=metrics, error=error,
+                           config=config or {"learning_rate": 1e-3})
+
+
+def test_trial_states_from_ray_results():
+    from stformer_tune._ray import _interrupted, _records
+
+    # Tune's folder names: <trainable>_<random trial id>_<creation index>_<params>_<date>
+    results = _Results([_result("/x/_ray_trainable_0bc9ab12_2_learning_rate=0.01_2026", [(2, 4.4)], final=False),
+                        _result("/x/_ray_trainable_fde765c2_1_learning_rate=0.001_2026", [(2, 4.5), (6, 4.2)],
+                                final=True),
+                        _result("/x/_ray_trainable_00aa11bb_10_learning_rate=0.1_2026", [], final=False,
+                                error=ValueError("bad"))], terminated=2, errors=1)
+    assert not _interrupted(results, 3)
+    records = _records(results)
+    assert [(r.number, r.state, r.eval_loss, r.steps) for r in records] == [
+        (0, "COMPLETE", 4.2, 6), (1, "PRUNED", 4.4, 2), (2, "FAIL", None, None)]
+    assert records[0].intermediate == [(2, 4.5), (6, 4.2)]
+    # Ctrl-C: one trial still running, one never started
+    cut = _Results([_result("/x/_t_0a0a0a0a_1_", [(2, 4.5), (6, 4.2)], final=True),
+                    _result("/x/_t_0b0b0b0b_2_", [(2, 4.4)], final=False)], terminated=1)
+    assert _interrupted(cut, 3)
+    assert [r.state for r in _records(cut, interrupted=True)] == ["COMPLETE", "RUNNING"]

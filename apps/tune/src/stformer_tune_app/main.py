@@ -130,7 +130,8 @@ def cli(args: Sequence[str] | None = None, prog_name: str = "stformer-tune") -> 
     """Run the command with ``args`` (default ``sys.argv[1:]``) and return its exit code.
 
     Bad input (``ValueError``, ``InputError``, missing files, an existing search without
-    ``--resume``) exits 2 with a one-line message; anything else propagates.
+    ``--resume``) exits 2 with a one-line message; a search in which no trial completed exits 1;
+    an interrupted search exits 130 (continue it with ``--resume``); anything else propagates.
     """
     command = typer.main.get_command(app)
     try:
@@ -138,8 +139,8 @@ def cli(args: Sequence[str] | None = None, prog_name: str = "stformer-tune") -> 
                           standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
-    except typer.Abort:
-        err_console.print("[red]Aborted.[/red]")
+    except typer.Abort:  # Ctrl-C (the Optuna study keeps every finished trial)
+        err_console.print("[red]Aborted.[/red] Run the same command with --resume to continue the search.")
         return 130
     except typer.TyperException as exc:  # usage errors
         show = getattr(exc, "show", None)
@@ -148,7 +149,17 @@ def cli(args: Sequence[str] | None = None, prog_name: str = "stformer-tune") -> 
         else:
             err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         return int(getattr(exc, "exit_code", 2))
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except Exception as exc:
+        from stformer_tune import NoTrialCompleted, SearchInterrupted
+
+        if isinstance(exc, SearchInterrupted):
+            err_console.print(f"[red]Interrupted:[/red] {exc}", highlight=False, soft_wrap=True)
+            return 130
+        if isinstance(exc, NoTrialCompleted):
+            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            return 1
+        if not isinstance(exc, ValueError | FileNotFoundError | FileExistsError):
+            raise
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         return 2
     return rv if isinstance(rv, int) else 0

@@ -7,8 +7,15 @@ It does not import stformer-dist.
 """
 
 from stformer_tune._optuna import default_pruner
-from stformer_tune._ray import ensure_ray, validate_resources
-from stformer_tune._results import SearchResult, TrialRecord, best_trial, plot_trials, write_results
+from stformer_tune._ray import SearchInterrupted, ensure_ray, validate_resources
+from stformer_tune._results import (
+    NoTrialCompleted,
+    SearchResult,
+    TrialRecord,
+    best_trial,
+    plot_trials,
+    write_results,
+)
 from stformer_tune._search import BACKENDS, PretrainML, resolve_backend, run_search
 from stformer_tune._space import SEARCHABLE, SPACE_TYPES, ParamSpec, SearchSpace, load_search_space
 from stformer_tune._trial import METRIC, EvalLossReporter, apply_params
@@ -21,9 +28,11 @@ __all__ = [
     "SEARCHABLE",
     "SPACE_TYPES",
     "EvalLossReporter",
+    "NoTrialCompleted",
     "ParamSpec",
     "PretrainML",
     "SearchResult",
+    "SearchInterrupted",
     "SearchSpace",
     "TrialRecord",
     "apply_params",

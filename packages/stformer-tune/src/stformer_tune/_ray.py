@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,33 @@ def _evaluations(train: TrainConfig) -> int:
     return 1000
 
 
-def _records(results) -> list[TrialRecord]:
+class SearchInterrupted(RuntimeError):
+    """The search stopped before all its trials finished (Ctrl-C); ``resume=True`` continues it.
+
+    ``trials`` holds the trials as they were when it stopped.
+    """
+
+    def __init__(self, message: str, trials: list[TrialRecord]):
+        super().__init__(message)
+        self.trials = trials
+
+
+def _interrupted(results, n_trials: int) -> bool:
+    finished = results.num_terminated + results.num_errors
+    return finished < len(results) or len(results) < n_trials
+
+
+def _creation_order(result) -> tuple[int, str]:
+    """Tune names a trial folder ``<trainable>_<trial_id>_<index>_<params>_<date>``; sort by the index."""
+    name = Path(str(result.path)).name
+    trial_id = (result.metrics or {}).get("trial_id")
+    match = re.search(rf"_{re.escape(trial_id)}_(\d+)_" if trial_id else r"_[0-9a-f]{5,}_(\d+)_", name)
+    return (int(match.group(1)) if match else 1 << 30, name)
+
+
+def _records(results, *, interrupted: bool = False) -> list[TrialRecord]:
     records = []
-    ordered = sorted(results, key=lambda r: str(r.path))
+    ordered = sorted(results, key=_creation_order)
     for number, r in enumerate(ordered):
         inter: list[tuple[int, float]] = []
         df = r.metrics_dataframe
@@ -108,6 +133,8 @@ def _records(results) -> list[TrialRecord]:
             state = "FAIL"
         elif metrics.get("final"):
             state = "COMPLETE"
+        elif interrupted or METRIC not in metrics:
+            state = "RUNNING"  # cut off by an interruption (or never reached an evaluation)
         else:
             state = "PRUNED"  # stopped by ASHA before its last evaluation
         params = {k: v for k, v in (r.config or {}).items()}
@@ -157,7 +184,13 @@ def run_ray(corpus_path: Path, out_dir: Path, space: SearchSpace, model: ModelCo
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
             )
         results = tuner.fit()
-        return _records(results)
+        interrupted = _interrupted(results, n_trials)
+        records = _records(results, interrupted=interrupted)
     finally:
         if started:
             ray.shutdown()
+    if interrupted:
+        done = sum(r.state != "RUNNING" for r in records)
+        raise SearchInterrupted(f"the Ray Tune search in {experiment} stopped after {done} of {n_trials} trials; "
+                                "run it again with --resume (resume=True) to continue", records)
+    return records

@@ -56,6 +56,10 @@ class SearchResult:
         return dict(self.best.params)
 
 
+class NoTrialCompleted(RuntimeError):
+    """Every trial failed or was pruned, so there is no best config (the trials table is written)."""
+
+
 def _atomic_write(path: Path, text: str) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -68,7 +72,7 @@ def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord:
     done = [t for t in trials if t.state == "COMPLETE" and t.eval_loss is not None and math.isfinite(t.eval_loss)]
     if not done:
         states = {t.number: t.state for t in trials}
-        raise RuntimeError(f"no trial completed (states: {states}); see trials.csv, the log and the "
+        raise NoTrialCompleted(f"no trial completed (states: {states}); see trials.csv, the log and the "
                            "trials/ folders for the errors")
     return min(done, key=lambda t: (t.eval_loss, t.number))
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from stformer_train import ModelConfig, TrainConfig
 from stformer_train.hf import PretrainML as _BasePretrainML
-from stformer_tune._results import SearchResult, write_results
+from stformer_tune._results import SearchResult, write_results, write_trials_csv
 from stformer_tune._space import SearchSpace
 from stformer_tune._trial import require_eval_split
 
@@ -130,11 +130,15 @@ def run_search(
         trials = run_optuna(corpus_obj, out, space, model, train, n_trials=n_trials, resume=resume, seed=seed,
                             pruner=pruner, threads=max(1, int(resources["cpu"])))
     else:
-        from stformer_tune._ray import run_ray
+        from stformer_tune._ray import SearchInterrupted, run_ray
 
-        trials = run_ray(corpus_obj.path, out, space, model, train, n_trials=n_trials,
-                         resources_per_trial=resources, resume=resume, seed=seed, address=address,
-                         num_cpus=num_cpus)
+        try:
+            trials = run_ray(corpus_obj.path, out, space, model, train, n_trials=n_trials,
+                             resources_per_trial=resources, resume=resume, seed=seed, address=address,
+                             num_cpus=num_cpus)
+        except SearchInterrupted as exc:  # leave the table of what ran, then stop
+            write_trials_csv(exc.trials, space, out / "trials.csv")
+            raise
     return write_results(trials, space, model, train, out, backend=backend)
 
 
