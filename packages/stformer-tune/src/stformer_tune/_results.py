@@ -135,7 +135,8 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
         ax.step([t.number for t in done], running, where="post", color="black", lw=1, label="best so far")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial", ylabel=METRIC, title="objective per trial")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     for ax, spec in zip(axes[0][1:], space.params, strict=True):
         pts = [(t.params.get(spec.name), t.eval_loss, colors.get(t.state, "k")) for t in ordered
                if spec.name in t.params]
