@@ -17,6 +17,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "stformer_cli._demo",
     "stformer_cli._tokenize",
     "stformer_cli._train",
+    "stformer_cli._tune",
 )
 
 app = typer.Typer(
