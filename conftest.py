@@ -20,7 +20,9 @@ def shared_data() -> Path:
     """``../shared/data`` (or ``$STFORMER_SHARED_DATA``); the test is skipped when it is absent."""
     path = _shared_data_dir()
     if not path.is_dir():
-        pytest.skip(f"real test data not found at {path} (set STFORMER_SHARED_DATA or place shared/data beside the repo)")
+        pytest.skip(
+            f"real test data not found at {path} (set STFORMER_SHARED_DATA or place shared/data beside the repo)"
+        )
     return path
 
 

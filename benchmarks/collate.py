@@ -32,7 +32,6 @@ import torch
 FILES = ("sc/pbmc10k_protein_v3_200_scvi.h5ad", "sc/cxg_cortex_culture_hvg2000_counts.h5ad")
 
 
-
 def tokenize(files: list[Path], workdir: Path) -> tuple[list[dict], object]:
     """Rank-value tokenize ``files`` with a vocabulary of their own gene ids; return the rows."""
     from stformer_data import (

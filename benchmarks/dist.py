@@ -50,24 +50,61 @@ def _make_corpus(root: Path, n_cells: int, max_length: int):
     vocab = sd.GeneVocab.from_genes(sd.resolve_gene_ids(adata.var))
     medians = sd.compute_medians_exact([root / "cells.h5ad"])
     config = sd.TokenizeConfig(rank=sd.RankTokenizerConfig(model_input_size=max_length))
-    return sd.tokenize_files([root / "cells.h5ad"], root / "corpus", vocab=vocab, medians=medians, config=config,
-                             progress=False)
+    return sd.tokenize_files(
+        [root / "cells.h5ad"],
+        root / "corpus",
+        vocab=vocab,
+        medians=medians,
+        config=config,
+        progress=False,
+    )
 
 
 def _deepspeed(root: Path, corpus: Path, n: int, args) -> dict:
     (root / "worker.py").write_text(WORKER)
     run = root / f"ds{n}"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(root / "worker.py"), "pretrain", str(corpus), "--out", str(run),
-           "--deepspeed", "zero2", "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
-           "--layers", str(args.layers), "--hidden", str(args.hidden), "--heads", "4", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(n),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(root / "worker.py"),
+        "pretrain",
+        str(corpus),
+        "--out",
+        str(run),
+        "--deepspeed",
+        "zero2",
+        "--max-steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--layers",
+        str(args.layers),
+        "--hidden",
+        str(args.hidden),
+        "--heads",
+        "4",
+        "--no-progress",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        sys.exit(f"deepspeed run with {n} processes failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        sys.exit(
+            f"deepspeed run with {n} processes failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return {"wall_s": wall, "train_s": _train_runtime(run)}
 
 
@@ -76,13 +113,30 @@ def _ray(root: Path, corpus: Path, n: int, args) -> dict:
     from stformer_train import ModelConfig, TrainConfig
 
     run = root / f"ray{n}"
-    model = ModelConfig(num_layers=args.layers, hidden_size=args.hidden, num_heads=4,
-                        intermediate_size=2 * args.hidden, max_position_embeddings=max(args.max_length, 8))
-    train = TrainConfig(max_steps=args.steps, per_device_train_batch_size=args.batch_size, save_steps=args.steps,
-                        logging_steps=max(1, args.steps // 3))
+    model = ModelConfig(
+        num_layers=args.layers,
+        hidden_size=args.hidden,
+        num_heads=4,
+        intermediate_size=2 * args.hidden,
+        max_position_embeddings=max(args.max_length, 8),
+    )
+    train = TrainConfig(
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        save_steps=args.steps,
+        logging_steps=max(1, args.steps // 3),
+    )
     t0 = time.perf_counter()
-    ray_pretrain_mlm(corpus, run, model=model, train=train, num_workers=n, is_gpu=False,
-                     storage_path=root / "ray_results", name=f"bench{n}")
+    ray_pretrain_mlm(
+        corpus,
+        run,
+        model=model,
+        train=train,
+        num_workers=n,
+        is_gpu=False,
+        storage_path=root / "ray_results",
+        name=f"bench{n}",
+    )
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "train_s": _train_runtime(run)}
 
@@ -102,9 +156,14 @@ def main() -> None:
         root = Path(tmp)
         corpus = _make_corpus(root, args.cells, args.max_length)
         mean_len = sum(corpus.lengths) / len(corpus.lengths)
-        out: dict = {"benchmark": "dist", "steps": args.steps, "batch_size_per_worker": args.batch_size,
-                     "mean_tokens_per_cell": round(mean_len, 1), "model": f"{args.layers}x{args.hidden}",
-                     "cpu_count": os.cpu_count()}
+        out: dict = {
+            "benchmark": "dist",
+            "steps": args.steps,
+            "batch_size_per_worker": args.batch_size,
+            "mean_tokens_per_cell": round(mean_len, 1),
+            "model": f"{args.layers}x{args.hidden}",
+            "cpu_count": os.cpu_count(),
+        }
         for n in (1, 2):
             r = _deepspeed(root, corpus.path, n, args)
             tokens = args.steps * args.batch_size * n * mean_len
@@ -124,7 +183,9 @@ def main() -> None:
         finally:
             ray.shutdown()
         for engine in ("deepspeed_zero2", "ray_train"):
-            out[f"{engine}_2w_speedup"] = round(out[f"{engine}_2w_tokens_per_s"] / out[f"{engine}_1w_tokens_per_s"], 2)
+            out[f"{engine}_2w_speedup"] = round(
+                out[f"{engine}_2w_tokens_per_s"] / out[f"{engine}_1w_tokens_per_s"], 2
+            )
     print(json.dumps(out))
 
 

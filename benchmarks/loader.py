@@ -75,11 +75,17 @@ def make_file(path: Path, n_cells: int, n_genes: int, seed: int) -> None:
         parts.append(sp.csr_matrix((vals, (rows, cols)), shape=(m, n_genes)))
     X = sp.vstack(parts, format="csr")
     types = np.repeat(np.arange(N_TYPES), -(-n_cells // N_TYPES))[:n_cells]
-    obs = pd.DataFrame({"cell_type": [f"t{(t + seed) % N_TYPES}" for t in types],
-                        "n_counts": np.asarray(X.sum(axis=1)).ravel()},
-                       index=[f"f{seed}_c{i}" for i in range(n_cells)])
+    obs = pd.DataFrame(
+        {
+            "cell_type": [f"t{(t + seed) % N_TYPES}" for t in types],
+            "n_counts": np.asarray(X.sum(axis=1)).ravel(),
+        },
+        index=[f"f{seed}_c{i}" for i in range(n_cells)],
+    )
     tmp = path.with_name(f".{path.name}.partial")
-    ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"G{k}" for k in range(n_genes)])).write_h5ad(tmp)
+    ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"G{k}" for k in range(n_genes)])).write_h5ad(
+        tmp
+    )
     tmp.rename(path)
 
 
@@ -99,10 +105,15 @@ def measure(batches, seconds: float, labels_of) -> dict:
             complete = False
             break
     elapsed = time.perf_counter() - start
-    return {"cells_per_s": round(n / elapsed), "cells": n, "seconds": round(elapsed, 2), "full_epoch": complete,
-            "padding_fraction": round(padding_fraction(lengths), 4),
-            "diversity_file": round(batch_diversity(by_file), 4),
-            "diversity_cell_type": round(batch_diversity(by_label), 4)}
+    return {
+        "cells_per_s": round(n / elapsed),
+        "cells": n,
+        "seconds": round(elapsed, 2),
+        "full_epoch": complete,
+        "padding_fraction": round(padding_fraction(lengths), 4),
+        "diversity_file": round(batch_diversity(by_file), 4),
+        "diversity_cell_type": round(batch_diversity(by_label), 4),
+    }
 
 
 def _stformer_labels(batch):
@@ -110,8 +121,15 @@ def _stformer_labels(batch):
 
 
 def run_stformer(files, tokenizer, seconds, strategy, *, workers=0, bucketing=False):
-    ds = DistributedAnnDataset(files, batch_size=BATCH, strategy=strategy, tokenizer=tokenizer,
-                               obs_keys=("cell_type",), length_bucketing=bucketing, seed=0)
+    ds = DistributedAnnDataset(
+        files,
+        batch_size=BATCH,
+        strategy=strategy,
+        tokenizer=tokenizer,
+        obs_keys=("cell_type",),
+        length_bucketing=bucketing,
+        seed=0,
+    )
     loader = DataLoader(ds, batch_size=None, num_workers=workers)
     return measure(loader, seconds, _stformer_labels)
 
@@ -126,8 +144,8 @@ def run_anndata_blocks(files, seconds):
     def batches():
         for i in order:
             f, a = blocks[i]
-            X = handles[f].X[a: a + BATCH]
-            yield np.diff(X.indptr), np.full(X.shape[0], f), types[f][a: a + X.shape[0]]
+            X = handles[f].X[a : a + BATCH]
+            yield np.diff(X.indptr), np.full(X.shape[0], f), types[f][a : a + X.shape[0]]
 
     try:
         return measure(batches(), seconds, lambda b: b)
@@ -140,7 +158,9 @@ def run_hf_iterable(corpus_path, seconds, pad_id):
     """Hugging Face ``datasets`` iterable with a shuffle buffer; examples padded into batches of 256."""
     corpus = load_corpus(corpus_path)
     n_shards = max(1, len(corpus.dataset.cache_files))
-    stream = corpus.dataset.to_iterable_dataset(num_shards=n_shards).shuffle(seed=0, buffer_size=10_000)
+    stream = corpus.dataset.to_iterable_dataset(num_shards=n_shards).shuffle(
+        seed=0, buffer_size=10_000
+    )
 
     def batches():
         pending = []
@@ -161,12 +181,21 @@ def _pad(examples, pad_id):
     for i, e in enumerate(examples):
         ids[i, : lengths[i]] = e["input_ids"]
     torch.from_numpy(ids)
-    return lengths, np.array([e["file_index"] for e in examples]), np.array([e["cell_type"] for e in examples])
+    return (
+        lengths,
+        np.array([e["file_index"] for e in examples]),
+        np.array([e["cell_type"] for e in examples]),
+    )
 
 
 def run_corpus_stream(corpus_path, seconds, strategy, bucketing):
-    ds = CorpusStreamDataset(corpus_path, batch_size=BATCH, strategy=strategy, length_bucketing=bucketing,
-                             obs_keys=("cell_type",))
+    ds = CorpusStreamDataset(
+        corpus_path,
+        batch_size=BATCH,
+        strategy=strategy,
+        length_bucketing=bucketing,
+        obs_keys=("cell_type",),
+    )
     return measure(DataLoader(ds, batch_size=None), seconds, _stformer_labels)
 
 
@@ -184,14 +213,19 @@ def optional_loaders() -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small corpus, short runs (under a minute)")
-    p.add_argument("--data-dir", type=Path, default=None, help="where the generated files are kept (reused)")
+    p.add_argument(
+        "--data-dir", type=Path, default=None, help="where the generated files are kept (reused)"
+    )
     p.add_argument("--seconds", type=float, default=None, help="time cap per loader")
     args = p.parse_args(argv)
     n_files, n_cells, n_genes = (4, 2_500, 2_000) if args.quick else (8, 25_000, 2_000)
     seconds = args.seconds or (6.0 if args.quick else 60.0)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="Sparse (invariant checks|CSR tensor support)")
-    data_dir = args.data_dir or Path(tempfile.gettempdir()) / f"stformer-bench-loader-{n_files}x{n_cells}x{n_genes}"
+    data_dir = (
+        args.data_dir
+        or Path(tempfile.gettempdir()) / f"stformer-bench-loader-{n_files}x{n_cells}x{n_genes}"
+    )
     data_dir.mkdir(parents=True, exist_ok=True)
     files = [data_dir / f"part{i}.h5ad" for i in range(n_files)]
     t0 = time.perf_counter()
@@ -202,19 +236,31 @@ def main(argv: list[str] | None = None) -> dict:
 
     genes = [f"G{k}" for k in range(n_genes)]
     vocab = GeneVocab.from_genes(genes)
-    medians = {g: float(m) for g, m in zip(genes, np.random.default_rng(7).lognormal(0.5, 0.6, n_genes), strict=True)}
+    medians = {
+        g: float(m)
+        for g, m in zip(genes, np.random.default_rng(7).lognormal(0.5, 0.6, n_genes), strict=True)
+    }
     tokenizer = RankValueTokenizer(vocab, medians)
     block = ShuffleStrategy(block_size=256, buffer_size=16_384)
-    strategies = {"sequential": SequentialShuffleStrategy(), "block_shuffle": block,
-                  "random": RandomShuffleStrategy(buffer_size=16_384)}
+    strategies = {
+        "sequential": SequentialShuffleStrategy(),
+        "block_shuffle": block,
+        "random": RandomShuffleStrategy(buffer_size=16_384),
+    }
 
     results: dict[str, dict] = {}
     for name, strategy in strategies.items():
         results[f"stformer_{name}_raw"] = run_stformer(files, None, seconds, strategy)
-    results["stformer_block_shuffle_raw_2workers"] = run_stformer(files, None, seconds, block, workers=2)
+    results["stformer_block_shuffle_raw_2workers"] = run_stformer(
+        files, None, seconds, block, workers=2
+    )
     results["stformer_block_shuffle_tokens"] = run_stformer(files, tokenizer, seconds, block)
-    results["stformer_block_shuffle_tokens_bucketed"] = run_stformer(files, tokenizer, seconds, block, bucketing=True)
-    results["stformer_sequential_tokens"] = run_stformer(files, tokenizer, seconds, strategies["sequential"])
+    results["stformer_block_shuffle_tokens_bucketed"] = run_stformer(
+        files, tokenizer, seconds, block, bucketing=True
+    )
+    results["stformer_sequential_tokens"] = run_stformer(
+        files, tokenizer, seconds, strategies["sequential"]
+    )
     results["anndata_backed_random_blocks"] = run_anndata_blocks(files, seconds)
     results.update(optional_loaders())
 
@@ -223,36 +269,75 @@ def main(argv: list[str] | None = None) -> dict:
     if not is_complete_corpus(corpus_path):
         if corpus_path.exists():
             shutil.rmtree(corpus_path)
-        tokenize_files(files, corpus_path, vocab=vocab, medians=medians, progress=False,
-                       config=TokenizeConfig(obs_columns=("cell_type",)))
+        tokenize_files(
+            files,
+            corpus_path,
+            vocab=vocab,
+            medians=medians,
+            progress=False,
+            config=TokenizeConfig(obs_columns=("cell_type",)),
+        )
     tokenize_s = time.perf_counter() - t0
-    results["hf_datasets_iterable_shuffle_buffer"] = run_hf_iterable(corpus_path, seconds, vocab.pad_id)
-    results["stformer_corpus_stream_block_shuffle"] = run_corpus_stream(corpus_path, seconds, block, False)
-    results["stformer_corpus_stream_bucketed"] = run_corpus_stream(corpus_path, seconds, block, True)
+    results["hf_datasets_iterable_shuffle_buffer"] = run_hf_iterable(
+        corpus_path, seconds, vocab.pad_id
+    )
+    results["stformer_corpus_stream_block_shuffle"] = run_corpus_stream(
+        corpus_path, seconds, block, False
+    )
+    results["stformer_corpus_stream_bucketed"] = run_corpus_stream(
+        corpus_path, seconds, block, True
+    )
 
     ours = results["stformer_block_shuffle_raw"]
-    others = {k: v for k, v in results.items() if k.startswith(("anndata", "annbatch", "scdataset")) and "cells_per_s" in v}
+    others = {
+        k: v
+        for k, v in results.items()
+        if k.startswith(("anndata", "annbatch", "scdataset")) and "cells_per_s" in v
+    }
     fastest = max(others, key=lambda k: others[k]["cells_per_s"])
     targets = {
         "block_shuffle_vs_fastest_other": {
             "other": fastest,
             "ratio": round(ours["cells_per_s"] / others[fastest]["cells_per_s"], 2),
-            "diversity_file_ours_vs_other": [ours["diversity_file"], others[fastest]["diversity_file"]],
+            "diversity_file_ours_vs_other": [
+                ours["diversity_file"],
+                others[fastest]["diversity_file"],
+            ],
             "met": ours["cells_per_s"] >= others[fastest]["cells_per_s"]
-                   and ours["diversity_file"] >= others[fastest]["diversity_file"]},
+            and ours["diversity_file"] >= others[fastest]["diversity_file"],
+        },
         "tokens_vs_raw": {
-            "ratio": round(results["stformer_block_shuffle_tokens"]["cells_per_s"] / ours["cells_per_s"], 3),
-            "met": results["stformer_block_shuffle_tokens"]["cells_per_s"] >= 0.5 * ours["cells_per_s"]},
+            "ratio": round(
+                results["stformer_block_shuffle_tokens"]["cells_per_s"] / ours["cells_per_s"], 3
+            ),
+            "met": results["stformer_block_shuffle_tokens"]["cells_per_s"]
+            >= 0.5 * ours["cells_per_s"],
+        },
         "corpus_stream_vs_hf_iterable": {
-            "ratio": round(results["stformer_corpus_stream_block_shuffle"]["cells_per_s"]
-                           / results["hf_datasets_iterable_shuffle_buffer"]["cells_per_s"], 2),
+            "ratio": round(
+                results["stformer_corpus_stream_block_shuffle"]["cells_per_s"]
+                / results["hf_datasets_iterable_shuffle_buffer"]["cells_per_s"],
+                2,
+            ),
             "met": results["stformer_corpus_stream_block_shuffle"]["cells_per_s"]
-                   >= 5 * results["hf_datasets_iterable_shuffle_buffer"]["cells_per_s"]},
+            >= 5 * results["hf_datasets_iterable_shuffle_buffer"]["cells_per_s"],
+        },
     }
-    out = {"benchmark": "loader", "quick": args.quick, "files": n_files, "cells": n_files * n_cells,
-           "genes": n_genes, "batch_size": BATCH, "seconds_cap": seconds, "generate_s": round(generate_s, 1),
-           "tokenize_corpus_s": round(tokenize_s, 1), "machine": platform.machine(),
-           "torch_threads": torch.get_num_threads(), "results": results, "targets": targets}
+    out = {
+        "benchmark": "loader",
+        "quick": args.quick,
+        "files": n_files,
+        "cells": n_files * n_cells,
+        "genes": n_genes,
+        "batch_size": BATCH,
+        "seconds_cap": seconds,
+        "generate_s": round(generate_s, 1),
+        "tokenize_corpus_s": round(tokenize_s, 1),
+        "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "results": results,
+        "targets": targets,
+    }
     print(json.dumps(out))
     return out
 

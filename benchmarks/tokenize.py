@@ -70,8 +70,10 @@ def generate(out_dir: Path, n_cells: int, cells_per_file: int, seed: int = 0) ->
         nnz = np.diff(indptr)
         if nnz.min() < 1000:
             raise RuntimeError(f"generated a cell with {nnz.min()} non-zeros")
-        obs = pd.DataFrame({"n_counts": np.asarray(X.sum(axis=1)).ravel()},
-                           index=[f"c{start + i}" for i in range(n)])
+        obs = pd.DataFrame(
+            {"n_counts": np.asarray(X.sum(axis=1)).ravel()},
+            index=[f"c{start + i}" for i in range(n)],
+        )
         path = out_dir / f"part{fi:03d}.h5ad"
         ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(path)
         files.append(path)
@@ -97,7 +99,10 @@ def _cpu_seconds() -> float:
     """CPU time of this process and of its reaped children (the worker processes)."""
     import resource
 
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
@@ -105,10 +110,23 @@ def run_stformer(files: list[str], out: str, vocab: str, medians: str, num_proc:
     from stformer_data import GeneVocab, TokenizeConfig, load_medians, tokenize_files
 
     started, cpu = time.perf_counter(), _cpu_seconds()
-    corpus = tokenize_files(files, out, vocab=GeneVocab.load(vocab), medians=load_medians(medians),
-                            config=TokenizeConfig(num_proc=num_proc), progress=False)
-    print(json.dumps({"cells": corpus.manifest["counts"]["cells_written"],
-                      "seconds": time.perf_counter() - started, "cpu_seconds": _cpu_seconds() - cpu}))
+    corpus = tokenize_files(
+        files,
+        out,
+        vocab=GeneVocab.load(vocab),
+        medians=load_medians(medians),
+        config=TokenizeConfig(num_proc=num_proc),
+        progress=False,
+    )
+    print(
+        json.dumps(
+            {
+                "cells": corpus.manifest["counts"]["cells_written"],
+                "seconds": time.perf_counter() - started,
+                "cpu_seconds": _cpu_seconds() - cpu,
+            }
+        )
+    )
 
 
 def run_reference(files: list[str], out: str, vocab: str, medians: str) -> None:
@@ -138,12 +156,14 @@ def run_reference(files: list[str], out: str, vocab: str, medians: str) -> None:
         coding_tokens = np.array([gene_token_dict[i] for i in ids[coding_loc]])
         filter_pass_loc = np.arange(adata.n_obs)
         for i in range(0, len(filter_pass_loc), chunk_size):
-            idx = filter_pass_loc[i: i + chunk_size]
+            idx = filter_pass_loc[i : i + chunk_size]
             n_counts = adata[idx].obs["n_counts"].values[:, None]
             X_view = adata[idx, :].X[:, coding_loc]
             X_norm = sp.csr_matrix(X_view / n_counts * target_sum / norm_factor_vector)
-            tokenized_cells += [rank_genes(X_norm[r].data, coding_tokens[X_norm[r].indices])
-                                for r in range(X_norm.shape[0])]
+            tokenized_cells += [
+                rank_genes(X_norm[r].data, coding_tokens[X_norm[r].indices])
+                for r in range(X_norm.shape[0])
+            ]
         del adata
 
     def format_cell_features(example):  # Geneformer's truncation pass
@@ -154,8 +174,15 @@ def run_reference(files: list[str], out: str, vocab: str, medians: str) -> None:
     ds = datasets.Dataset.from_dict({"input_ids": tokenized_cells})
     ds = ds.map(format_cell_features)
     ds.save_to_disk(out)
-    print(json.dumps({"cells": len(ds), "seconds": time.perf_counter() - started,
-                      "cpu_seconds": _cpu_seconds() - cpu}))
+    print(
+        json.dumps(
+            {
+                "cells": len(ds),
+                "seconds": time.perf_counter() - started,
+                "cpu_seconds": _cpu_seconds() - cpu,
+            }
+        )
+    )
 
 
 # ---- measuring -------------------------------------------------------------------------------
@@ -201,9 +228,15 @@ def measure(args: list[str]) -> dict:
     report = json.loads(stdout.strip().splitlines()[-1])
     cells, work_s = report["cells"], report["seconds"]
     cpu_s = report["cpu_seconds"]
-    return {"cells": cells, "seconds": round(work_s, 2), "cells_per_s": round(cells / work_s, 1),
-            "cpu_seconds": round(cpu_s, 2), "cells_per_cpu_s": round(cells / cpu_s, 1),
-            "wall_s_with_startup": round(seconds, 2), "peak_rss_mb": round(peak / 2**20, 1)}
+    return {
+        "cells": cells,
+        "seconds": round(work_s, 2),
+        "cells_per_s": round(cells / work_s, 1),
+        "cpu_seconds": round(cpu_s, 2),
+        "cells_per_cpu_s": round(cells / cpu_s, 1),
+        "wall_s_with_startup": round(seconds, 2),
+        "peak_rss_mb": round(peak / 2**20, 1),
+    }
 
 
 def main() -> None:
@@ -233,21 +266,38 @@ def main() -> None:
 
     def common(out: str, fs: list[str]) -> list[str]:
         shutil.rmtree(work / out, ignore_errors=True)
-        return ["--_files", *fs, "--_out", str(work / out), "--_vocab", str(vocab), "--_medians", str(medians)]
+        return [
+            "--_files",
+            *fs,
+            "--_out",
+            str(work / out),
+            "--_vocab",
+            str(vocab),
+            "--_medians",
+            str(medians),
+        ]
 
     ref = measure(["--_run", "reference", *common("ref", files)])
     ours = measure(["--_run", "stformer", "--num-proc", str(a.num_proc), *common("ours", files)])
     result = {
-        "benchmark": "tokenize", "quick": a.quick, "cells": n_cells, "genes": N_GENES,
-        "nnz_per_cell_min": 1000, "generate_s": round(gen_s, 1), "num_proc": a.num_proc,
+        "benchmark": "tokenize",
+        "quick": a.quick,
+        "cells": n_cells,
+        "genes": N_GENES,
+        "nnz_per_cell_min": 1000,
+        "generate_s": round(gen_s, 1),
+        "num_proc": a.num_proc,
         "cpu_count": os.cpu_count(),
-        "stformer": ours, "reference": ref,
+        "stformer": ours,
+        "reference": ref,
         "speedup": round(ours["cells_per_s"] / ref["cells_per_s"], 2),
         "speedup_per_cpu_s": round(ours["cells_per_cpu_s"] / ref["cells_per_cpu_s"], 2),
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
     }
     if not a.quick:
-        big = measure(["--_run", "stformer", "--num-proc", str(a.num_proc), *common("ours4x", files * 4)])
+        big = measure(
+            ["--_run", "stformer", "--num-proc", str(a.num_proc), *common("ours4x", files * 4)]
+        )
         result["stformer_400k"] = big
         result["rss_ratio_400k_vs_100k"] = round(big["peak_rss_mb"] / ours["peak_rss_mb"], 2)
     print(json.dumps(result))

@@ -35,7 +35,6 @@ import torch
 FILES = ("sc/pbmc10k_protein_v3_200_scvi.h5ad", "sc/cxg_cortex_culture_hvg2000_counts.h5ad")
 
 
-
 def tokenize(root: Path, workdir: Path):
     import stformer_data as sd
 
@@ -44,8 +43,14 @@ def tokenize(root: Path, workdir: Path):
     medians = sd.load_medians(gf / "gene_median_dictionary.pkl", allow_pickle=True)
     with (gf / "gene_name_id_dict.pkl").open("rb") as fh:
         name_to_id = pickle.load(fh)  # noqa: S301 - the shared Geneformer dictionaries
-    corpus = sd.tokenize_files([root / f for f in FILES], workdir / "corpus", vocab=vocab, medians=medians,
-                               name_to_id=name_to_id, progress=False)
+    corpus = sd.tokenize_files(
+        [root / f for f in FILES],
+        workdir / "corpus",
+        vocab=vocab,
+        medians=medians,
+        name_to_id=name_to_id,
+        progress=False,
+    )
     return corpus.dataset["input_ids"], vocab
 
 
@@ -67,8 +72,12 @@ def run_setup(name, model, batches, collate, loss_fn, *, pad_to=None):
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
     seconds = time.perf_counter() - start
-    return {"real_tokens_per_s": round(real / seconds, 1), "seconds": round(seconds, 2),
-            "loss_last_step": round(losses[-1], 4), "loss_first_step": round(losses[0], 4)}
+    return {
+        "real_tokens_per_s": round(real / seconds, 1),
+        "seconds": round(seconds, 2),
+        "loss_last_step": round(losses[-1], 4),
+        "loss_first_step": round(losses[0], 4),
+    }
 
 
 def pad_batch(batch, length, pad_id):
@@ -87,7 +96,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--setups", default="a,b,c", help="which of a (naive), b (grouped), c (stformer) to run")
+    parser.add_argument(
+        "--setups", default="a,b,c", help="which of a (naive), b (grouped), c (stformer) to run"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -104,9 +115,16 @@ def main() -> None:
     examples = [{"input_ids": seqs[i]} for i in pick]
     lengths = [len(e["input_ids"]) for e in examples]
     order = list(EpochLengthGroupedSampler(args.batch_size, lengths, seed=args.seed))
-    batches = [[examples[i] for i in order[s:s + args.batch_size]] for s in range(0, n, args.batch_size)]
-    shape = ModelConfig(num_layers=6, hidden_size=256, num_heads=4, intermediate_size=512,
-                        max_position_embeddings=2048)
+    batches = [
+        [examples[i] for i in order[s : s + args.batch_size]] for s in range(0, n, args.batch_size)
+    ]
+    shape = ModelConfig(
+        num_layers=6,
+        hidden_size=256,
+        num_heads=4,
+        intermediate_size=512,
+        max_position_embeddings=2048,
+    )
     config = build_bert_config(vocab_size=len(vocab), pad_token_id=vocab.pad_id, model=shape)
 
     def fresh():
@@ -119,12 +137,24 @@ def main() -> None:
         return mlm_loss(model, batch)[0]
 
     setups = {
-        "a": ("naive_pad2048_full_logits", lambda: run_setup("a", fresh(), batches, dense_collator(),
-                                                             dense_mlm_loss, pad_to=2048)),
-        "b": ("length_grouped_full_logits", lambda: run_setup("b", fresh(), batches, dense_collator(),
-                                                              dense_mlm_loss)),
-        "c": ("stformer_default", lambda: run_setup("c", fresh(), batches, DataCollatorForMLM(
-            spec=vocab, seed=args.seed, return_masked_positions=True), sparse_loss)),
+        "a": (
+            "naive_pad2048_full_logits",
+            lambda: run_setup("a", fresh(), batches, dense_collator(), dense_mlm_loss, pad_to=2048),
+        ),
+        "b": (
+            "length_grouped_full_logits",
+            lambda: run_setup("b", fresh(), batches, dense_collator(), dense_mlm_loss),
+        ),
+        "c": (
+            "stformer_default",
+            lambda: run_setup(
+                "c",
+                fresh(),
+                batches,
+                DataCollatorForMLM(spec=vocab, seed=args.seed, return_masked_positions=True),
+                sparse_loss,
+            ),
+        ),
     }
     results = {}
     for key in args.setups.split(","):
@@ -135,15 +165,26 @@ def main() -> None:
     a = tps.get("naive_pad2048_full_logits")
     b = tps.get("length_grouped_full_logits")
     c = tps.get("stformer_default")
-    print(json.dumps({
-        "benchmark": "train", "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": args.threads,
-        "model": "bert 6x256, 4 heads, ffn 512, sdpa", "vocab": len(vocab), "steps": args.steps,
-        "batch_size": args.batch_size, "cells_available": len(seqs), "mean_length": round(float(np.mean(lengths)), 1),
-        "max_length": int(max(lengths)), **results,
-        "speedup_c_over_a": round(c / a, 2) if a and c else None,
-        "speedup_c_over_b": round(c / b, 2) if b and c else None,
-        "targets_met": bool(c >= 3 * a and c >= 1.5 * b) if a and b and c else None,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "train",
+                "device": "cuda" if torch.cuda.is_available() else "cpu",
+                "threads": args.threads,
+                "model": "bert 6x256, 4 heads, ffn 512, sdpa",
+                "vocab": len(vocab),
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "cells_available": len(seqs),
+                "mean_length": round(float(np.mean(lengths)), 1),
+                "max_length": int(max(lengths)),
+                **results,
+                "speedup_c_over_a": round(c / a, 2) if a and c else None,
+                "speedup_c_over_b": round(c / b, 2) if b and c else None,
+                "targets_met": bool(c >= 3 * a and c >= 1.5 * b) if a and b and c else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,26 +30,71 @@ def corpus(tmp_path_factory):
     vocab = sd.GeneVocab.from_genes(sd.resolve_gene_ids(adata.var))
     medians = sd.compute_medians_exact([root / "cells.h5ad"])
     config = sd.TokenizeConfig(rank=sd.RankTokenizerConfig(model_input_size=48))
-    return sd.tokenize_files([root / "cells.h5ad"], root / "corpus", vocab=vocab, medians=medians, config=config,
-                             progress=False).path
+    return sd.tokenize_files(
+        [root / "cells.h5ad"],
+        root / "corpus",
+        vocab=vocab,
+        medians=medians,
+        config=config,
+        progress=False,
+    ).path
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_process_zero2_run_learns_and_checkpoints(corpus, tmp_path):
     (tmp_path / "worker.py").write_text(WORKER)
-    (tmp_path / "cfg.yaml").write_text("train:\n  logging_steps: 5\n  save_steps: 20\n  warmup_steps: 0\n")
+    (tmp_path / "cfg.yaml").write_text(
+        "train:\n  logging_steps: 5\n  save_steps: 20\n  warmup_steps: 0\n"
+    )
     run = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(tmp_path / "worker.py"), "pretrain", str(corpus), "--out",
-           str(run), "--config", str(tmp_path / "cfg.yaml"), "--deepspeed", "zero2", "--max-steps", "40",
-           "--learning-rate", "0.01", "--batch-size", "16", "--layers", "2", "--hidden", "32", "--heads", "2",
-           "--no-progress"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(tmp_path / "worker.py"),
+        "pretrain",
+        str(corpus),
+        "--out",
+        str(run),
+        "--config",
+        str(tmp_path / "cfg.yaml"),
+        "--deepspeed",
+        "zero2",
+        "--max-steps",
+        "40",
+        "--learning-rate",
+        "0.01",
+        "--batch-size",
+        "16",
+        "--layers",
+        "2",
+        "--hidden",
+        "32",
+        "--heads",
+        "2",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=420)
     finally:
@@ -64,9 +109,14 @@ def test_two_process_zero2_run_learns_and_checkpoints(corpus, tmp_path):
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.02  # the loss falls
     state = json.loads((run / "checkpoints" / "checkpoint-40" / "trainer_state.json").read_text())
     assert state["global_step"] == 40
-    shards = sorted(p.name for p in (run / "checkpoints" / "checkpoint-40" / "global_step40").iterdir())
+    shards = sorted(
+        p.name for p in (run / "checkpoints" / "checkpoint-40" / "global_step40").iterdir()
+    )
     # ZeRO-2 over 2 ranks: each rank saved its own shard of the optimizer state
-    assert shards == ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                      "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert shards == [
+        "mp_rank_00_model_states.pt",
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
     assert (run / "model" / "model.safetensors").is_file()
     assert out.count("40 steps; model:") == 2  # both ranks finished

@@ -11,14 +11,29 @@ from transformers import AutoModelForMaskedLM
 from stformer_cli.main import cli
 from stformer_data import load_corpus
 
-TINY = ["--epochs", "1", "--max-length", "32", "--layers", "1", "--hidden", "32", "--heads", "2",
-        "--batch-size", "32"]
+TINY = [
+    "--epochs",
+    "1",
+    "--max-length",
+    "32",
+    "--layers",
+    "1",
+    "--hidden",
+    "32",
+    "--heads",
+    "2",
+    "--batch-size",
+    "32",
+]
 
 
 def _check_run(run, n_cells_at_least):
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["scores"]) == {"stformer (pretrained)", "random-init model (same shape)",
-                                      "PCA of log-normalised counts"}
+    assert set(metrics["scores"]) == {
+        "stformer (pretrained)",
+        "random-init model (same shape)",
+        "PCA of log-normalised counts",
+    }
     for score in metrics["scores"].values():
         assert 0.0 <= score["accuracy"] <= 1.0 and score["n_test"] > 0
     model = AutoModelForMaskedLM.from_pretrained(run / "model")
@@ -51,7 +66,10 @@ def test_demo_on_simulated_data(tmp_path, capsys):
 def test_demo_on_pbmc(shared_data, tmp_path):
     h5ad = shared_data / "sc" / "pbmc68k_reduced_700_counts.h5ad"
     run = tmp_path / "pbmc"
-    assert cli(["demo", "--h5ad", str(h5ad), "--label-key", "bulk_labels", "--out", str(run), *TINY]) == 0
+    assert (
+        cli(["demo", "--h5ad", str(h5ad), "--label-key", "bulk_labels", "--out", str(run), *TINY])
+        == 0
+    )
     _check_run(run, 600)
 
 

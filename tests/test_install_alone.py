@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ["transformers", "lightning", "pytorch_lightning", "ray", "deepspeed", "optuna", "accelerate"]
+HEAVY = [
+    "transformers",
+    "lightning",
+    "pytorch_lightning",
+    "ray",
+    "deepspeed",
+    "optuna",
+    "accelerate",
+]
 
 PROBE = """
 import importlib.util, json, sys
@@ -34,17 +42,30 @@ def _uv() -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("package", "module"), [("stformer-data", "stformer_data"),
-                                                  ("stformer-collate", "stformer_collate")])
+@pytest.mark.parametrize(
+    ("package", "module"),
+    [("stformer-data", "stformer_data"), ("stformer-collate", "stformer_collate")],
+)
 def test_package_installs_alone(tmp_path, package, module):
     env = dict(os.environ, UV_PROJECT_ENVIRONMENT=str(tmp_path / "venv"))
     env.pop("VIRTUAL_ENV", None)
-    sync = subprocess.run([_uv(), "sync", "--frozen", "--package", package, "--no-dev", "--quiet"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    sync = subprocess.run(
+        [_uv(), "sync", "--frozen", "--package", package, "--no-dev", "--quiet"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert sync.returncode == 0, sync.stderr
     python = tmp_path / "venv" / "bin" / "python"
-    probe = subprocess.run([str(python), "-c", PROBE, module, *HEAVY, "stformer_train"],
-                           capture_output=True, text=True, timeout=300, env=env)
+    probe = subprocess.run(
+        [str(python), "-c", PROBE, module, *HEAVY, "stformer_train"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert probe.returncode == 0, probe.stderr
     found = json.loads(probe.stdout.strip().splitlines()[-1])
     assert found["present"] == [], f"{package} pulled in {found['present']}"

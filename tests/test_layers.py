@@ -22,8 +22,14 @@ def _lint(config: Path, pythonpath: list[Path], cwd: Path) -> subprocess.Complet
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, pythonpath)))
     env.pop("GRIMP_CACHE_DIR", None)
     lint = Path(sys.executable).with_name("lint-imports")
-    return subprocess.run([str(lint), "--config", str(config), "--no-cache"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(lint), "--config", str(config), "--no-cache"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _copy_sources(tmp_path: Path) -> list[Path]:
@@ -46,10 +52,22 @@ def test_layers_hold():
 @pytest.mark.parametrize(
     ("module", "line", "contract"),
     [
-        ("packages/stformer-data/src/stformer_data/_vocab.py", "import transformers\n", "free of heavy training"),
-        ("packages/stformer-collate/src/stformer_collate/_spec.py", "import stformer_train\n", "Layers"),
+        (
+            "packages/stformer-data/src/stformer_data/_vocab.py",
+            "import transformers\n",
+            "free of heavy training",
+        ),
+        (
+            "packages/stformer-collate/src/stformer_collate/_spec.py",
+            "import stformer_train\n",
+            "Layers",
+        ),
         ("packages/stformer-train/src/stformer_train/config.py", "import ray\n", "neither Ray"),
-        ("packages/stformer-dist/src/stformer_dist/__init__.py", "import stformer_tune\n", "Layers"),
+        (
+            "packages/stformer-dist/src/stformer_dist/__init__.py",
+            "import stformer_tune\n",
+            "Layers",
+        ),
     ],
 )
 def test_checker_catches_a_violation(tmp_path, module, line, contract):

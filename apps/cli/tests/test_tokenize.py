@@ -17,8 +17,15 @@ def test_tokenize_every_real_sc_file_with_geneformer_dictionaries(shared_data, t
         if "mouse" in f.name:  # mouse Ensembl ids: vocabulary and medians from the data itself
             args += ["--add-cls"]
         else:
-            args += ["--vocab", str(gf / "token_dictionary.pkl"), "--medians", str(gf / "gene_median_dictionary.pkl"),
-                     "--name-to-id", str(gf / "gene_name_id_dict.pkl"), "--allow-pickle"]
+            args += [
+                "--vocab",
+                str(gf / "token_dictionary.pkl"),
+                "--medians",
+                str(gf / "gene_median_dictionary.pkl"),
+                "--name-to-id",
+                str(gf / "gene_name_id_dict.pkl"),
+                "--allow-pickle",
+            ]
         assert cli(args) == 0, f.name
         corpus = load_corpus(out)
         c = corpus.manifest["counts"]
@@ -47,12 +54,42 @@ def test_binned_with_phenotypes_and_medians_command(tmp_path):
     assert cli(["medians", str(f), "--out", str(tmp_path / "m.json")]) == 0
     assert cli(["medians", str(f), "--out", str(tmp_path / "e.json"), "--exact"]) == 0
     assert len(json.loads((tmp_path / "m.json").read_text())) == 60
-    assert cli(["tokenize", str(f), "--out", str(tmp_path / "b"), "--scheme", "binned", "--phenotypes",
-                "cell_type", "--obs-columns", "section,niche", "--num-proc", "2", "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "tokenize",
+                str(f),
+                "--out",
+                str(tmp_path / "b"),
+                "--scheme",
+                "binned",
+                "--phenotypes",
+                "cell_type",
+                "--obs-columns",
+                "section,niche",
+                "--num-proc",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     corpus = load_corpus(tmp_path / "b")
     assert {"token_type_ids", "section", "niche"} <= set(corpus.dataset.column_names)
-    assert cli(["tokenize", str(f), "--out", str(tmp_path / "r"), "--medians", str(tmp_path / "e.json"),
-                "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "tokenize",
+                str(f),
+                "--out",
+                str(tmp_path / "r"),
+                "--medians",
+                str(tmp_path / "e.json"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):

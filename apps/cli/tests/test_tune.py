@@ -24,35 +24,100 @@ def corpus(tmp_path_factory):
     vocab = sd.GeneVocab.from_genes(sd.resolve_gene_ids(adata.var))
     medians = sd.compute_medians_exact([root / "cells.h5ad"])
     config = sd.TokenizeConfig(rank=sd.RankTokenizerConfig(model_input_size=48))
-    return sd.tokenize_files([root / "cells.h5ad"], root / "corpus", vocab=vocab, medians=medians, config=config,
-                             progress=False).path
+    return sd.tokenize_files(
+        [root / "cells.h5ad"],
+        root / "corpus",
+        vocab=vocab,
+        medians=medians,
+        config=config,
+        progress=False,
+    ).path
 
 
 def test_stformer_tune_writes_a_best_config_that_pretrain_runs(corpus, tmp_path, capsys):
     (tmp_path / "base.yaml").write_text(BASE)
-    (tmp_path / "space.yaml").write_text("learning_rate: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n"
-                                         "weight_decay: {type: uniform, low: 0.0, high: 0.1}\n")
+    (tmp_path / "space.yaml").write_text(
+        "learning_rate: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n"
+        "weight_decay: {type: uniform, low: 0.0, high: 0.1}\n"
+    )
     out = tmp_path / "search"
-    assert cli(["tune", str(corpus), "--out", str(out), "--space", str(tmp_path / "space.yaml"),
-                "--config", str(tmp_path / "base.yaml"), "--trials", "2", "--backend", "optuna"]) == 0
+    assert (
+        cli(
+            [
+                "tune",
+                str(corpus),
+                "--out",
+                str(out),
+                "--space",
+                str(tmp_path / "space.yaml"),
+                "--config",
+                str(tmp_path / "base.yaml"),
+                "--trials",
+                "2",
+                "--backend",
+                "optuna",
+            ]
+        )
+        == 0
+    )
     assert "best trial" in capsys.readouterr().out
     run = tmp_path / "run"
-    assert cli(["pretrain", str(corpus), "--out", str(run), "--config", str(out / "best.yaml"),
-                "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "pretrain",
+                str(corpus),
+                "--out",
+                str(run),
+                "--config",
+                str(out / "best.yaml"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (run / "model" / "config.json").is_file()
-    assert cli(["pretrain", str(corpus), "--out", str(tmp_path / "run_json"), "--config", str(out / "best.json"),
-                "--max-steps", "2", "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "pretrain",
+                str(corpus),
+                "--out",
+                str(tmp_path / "run_json"),
+                "--config",
+                str(out / "best.json"),
+                "--max-steps",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 def test_stformer_tune_help_and_errors_come_from_the_app(tmp_path, capsys):
     assert cli(["tune", "--help"]) == 0
     assert "--backend" in capsys.readouterr().out
-    assert cli(["tune", str(tmp_path), "--out", str(tmp_path / "s"), "--space", str(tmp_path / "none.yaml")]) == 2
+    assert (
+        cli(
+            [
+                "tune",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "s"),
+                "--space",
+                str(tmp_path / "none.yaml"),
+            ]
+        )
+        == 2
+    )
     assert "none.yaml" in capsys.readouterr().err
 
 
 def test_missing_extra_raises_with_the_install_hint(monkeypatch):
-    monkeypatch.setitem(sys.modules, "stformer_tune_app.main", None)  # as if the extra were not installed
+    monkeypatch.setitem(
+        sys.modules, "stformer_tune_app.main", None
+    )  # as if the extra were not installed
     with pytest.raises(ImportError, match=r'pip install "stformer-cli\[tune\]"'):
         cli(["tune", "--help"])
     with pytest.raises(ImportError, match="stformer-tune-app"):

@@ -29,8 +29,14 @@ def tune_inputs(tmp_path_factory):
     vocab = sd.GeneVocab.from_genes(sd.resolve_gene_ids(adata.var))
     medians = sd.compute_medians_exact([root / "cells.h5ad"])
     config = sd.TokenizeConfig(rank=sd.RankTokenizerConfig(model_input_size=48))
-    corpus = sd.tokenize_files([root / "cells.h5ad"], root / "corpus", vocab=vocab, medians=medians,
-                               config=config, progress=False)
+    corpus = sd.tokenize_files(
+        [root / "cells.h5ad"],
+        root / "corpus",
+        vocab=vocab,
+        medians=medians,
+        config=config,
+        progress=False,
+    )
     (root / "base.yaml").write_text(BASE_CONFIG)
     (root / "space.yaml").write_text(SPACE_YAML)
     return corpus.path, root / "base.yaml", root / "space.yaml"

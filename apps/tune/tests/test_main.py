@@ -35,7 +35,9 @@ def test_bad_inputs_exit_2_with_a_clear_message(tune_inputs, tmp_path, capsys):
     assert cli([str(corpus), *args, "--space", str(bad_space)]) == 2
     assert "'lr': unknown hyperparameter" in capsys.readouterr().err
     assert cli([str(corpus), *args, "--space", str(space), "--eval-fraction", "0"]) == 2
-    assert "the search objective is the evaluation loss on a held-out split" in capsys.readouterr().err
+    assert (
+        "the search objective is the evaluation loss on a held-out split" in capsys.readouterr().err
+    )
     assert cli([str(tmp_path / "nope"), *args, "--space", str(space)]) == 2
     assert "is not a corpus folder" in capsys.readouterr().err
     assert cli([str(corpus), *args, "--space", str(space), "--backend", "hyperopt"]) == 2
@@ -47,8 +49,19 @@ def test_bad_inputs_exit_2_with_a_clear_message(tune_inputs, tmp_path, capsys):
 def test_optuna_search_then_resume_continues_to_the_requested_trials(tune_inputs, tmp_path, capsys):
     corpus, base, space = tune_inputs
     out = tmp_path / "search"
-    args = [str(corpus), "--out", str(out), "--space", str(space), "--config", str(base), "--backend", "optuna",
-            "--resources", "cpu=1"]
+    args = [
+        str(corpus),
+        "--out",
+        str(out),
+        "--space",
+        str(space),
+        "--config",
+        str(base),
+        "--backend",
+        "optuna",
+        "--resources",
+        "cpu=1",
+    ]
     assert cli([*args, "--trials", "2"]) == 0
     assert cli([*args, "--trials", "3"]) == 2  # an existing search needs --resume
     assert "pass --resume" in capsys.readouterr().err
@@ -56,7 +69,9 @@ def test_optuna_search_then_resume_continues_to_the_requested_trials(tune_inputs
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert [int(r["number"]) for r in rows] == [0, 1, 2]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_trials"] == 3 and summary["metric"] == "eval_loss" and summary["mode"] == "min"
+    assert (
+        summary["n_trials"] == 3 and summary["metric"] == "eval_loss" and summary["mode"] == "min"
+    )
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["train"]["learning_rate"] == summary["best_params"]["learning_rate"]
     assert best["model"]["hidden_size"] == 32 and best["model"]["max_position_embeddings"] >= 8

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def rank_cell_reference(counts: np.ndarray, column_token: np.ndarray, median_by_token: np.ndarray,
-                        *, target_sum: float = 10_000.0, limit: int = 2048) -> list[int]:
+def rank_cell_reference(
+    counts: np.ndarray,
+    column_token: np.ndarray,
+    median_by_token: np.ndarray,
+    *,
+    target_sum: float = 10_000.0,
+    limit: int = 2048,
+) -> list[int]:
     """One dense cell -> its rank-value tokens, by the documented rule, one gene at a time."""
     entries = []
     seen: dict[int, float] = {}

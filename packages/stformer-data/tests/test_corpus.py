@@ -39,9 +39,16 @@ def _expected(path, vocab, medians, config=None):
 
 def test_layout_manifest_and_datasets_load_from_disk(small_h5ad, tmp_path):
     path, adata, vocab, medians = small_h5ad
-    corpus = tokenize_files([path], tmp_path / "c", vocab=vocab, medians=medians, progress=False,
-                            config=TokenizeConfig(obs_columns=("cell_type", "n_counts"), rows_per_unit=150,
-                                                  chunk_size=64))
+    corpus = tokenize_files(
+        [path],
+        tmp_path / "c",
+        vocab=vocab,
+        medians=medians,
+        progress=False,
+        config=TokenizeConfig(
+            obs_columns=("cell_type", "n_counts"), rows_per_unit=150, chunk_size=64
+        ),
+    )
     ds = datasets.load_from_disk(str(tmp_path / "c" / "dataset"))
     assert ds["input_ids"] == _expected(path, vocab, medians)
     assert ds["cell_type"] == list(adata.obs["cell_type"].astype(str))
@@ -65,7 +72,9 @@ def test_empty_cells_are_skipped_and_counted(tmp_path, small_h5ad):
     X[[3, 10]] = 0
     a.X = sp.csr_matrix(X)
     a.write_h5ad(tmp_path / "e.h5ad")
-    corpus = tokenize_files([tmp_path / "e.h5ad"], tmp_path / "c", vocab=vocab, medians=medians, progress=False)
+    corpus = tokenize_files(
+        [tmp_path / "e.h5ad"], tmp_path / "c", vocab=vocab, medians=medians, progress=False
+    )
     assert corpus.manifest["counts"]["cells_skipped"] == {"empty_after_vocab_filter": 2}
     assert 3 not in corpus.dataset["cell_index"] and len(corpus.dataset) == 398
 
@@ -83,16 +92,30 @@ def test_dense_csc_and_layer_storage_give_the_same_tokens(tmp_path, small_h5ad, 
         a.X = sp.csr_matrix(a.X.multiply(0.5))  # not counts: only the layer is
     a.write_h5ad(tmp_path / "s.h5ad")
     cfg = TokenizeConfig(layer="counts" if storage == "layer" else None, chunk_size=50)
-    corpus = tokenize_files([tmp_path / "s.h5ad"], tmp_path / "c", vocab=vocab, medians=medians, config=cfg,
-                            progress=False)
+    corpus = tokenize_files(
+        [tmp_path / "s.h5ad"],
+        tmp_path / "c",
+        vocab=vocab,
+        medians=medians,
+        config=cfg,
+        progress=False,
+    )
     assert corpus.dataset["input_ids"] == _expected(path, vocab, medians)
 
 
 def test_num_proc_over_files_and_row_ranges_matches_one_process(tmp_path, small_h5ad):
     path, _, vocab, medians = small_h5ad
-    one = tokenize_files([path, path], tmp_path / "one", vocab=vocab, medians=medians, progress=False)
-    two = tokenize_files([path, path], tmp_path / "two", vocab=vocab, medians=medians, progress=False,
-                         config=TokenizeConfig(num_proc=2, rows_per_unit=90))
+    one = tokenize_files(
+        [path, path], tmp_path / "one", vocab=vocab, medians=medians, progress=False
+    )
+    two = tokenize_files(
+        [path, path],
+        tmp_path / "two",
+        vocab=vocab,
+        medians=medians,
+        progress=False,
+        config=TokenizeConfig(num_proc=2, rows_per_unit=90),
+    )
     assert one.dataset["input_ids"] == two.dataset["input_ids"]
     assert two.dataset["file_index"] == [0] * 400 + [1] * 400
 
@@ -111,14 +134,21 @@ def test_interrupted_run_leaves_no_corpus_and_resumes(tmp_path, small_h5ad, monk
 
     monkeypatch.setattr(corpus_mod, "_run_unit", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
-        tokenize_files([path], tmp_path / "c", vocab=vocab, medians=medians, config=cfg, progress=False)
+        tokenize_files(
+            [path], tmp_path / "c", vocab=vocab, medians=medians, config=cfg, progress=False
+        )
     assert not (tmp_path / "c").exists() and not is_complete_corpus(tmp_path / "c")
     with pytest.raises(InputError, match="not a complete"):
         load_corpus(tmp_path / ".c.partial")
     calls.clear()
-    monkeypatch.setattr(corpus_mod, "_run_unit", lambda job, on_chunk=None: (calls.append(job.unit.index),
-                                                                           real(job, on_chunk))[1])
-    corpus = tokenize_files([path], tmp_path / "c", vocab=vocab, medians=medians, config=cfg, progress=False)
+    monkeypatch.setattr(
+        corpus_mod,
+        "_run_unit",
+        lambda job, on_chunk=None: (calls.append(job.unit.index), real(job, on_chunk))[1],
+    )
+    corpus = tokenize_files(
+        [path], tmp_path / "c", vocab=vocab, medians=medians, config=cfg, progress=False
+    )
     assert calls == [2, 3]  # units 0 and 1 were reused
     assert corpus.dataset["input_ids"] == _expected(path, vocab, medians)
     assert corpus.manifest["counts"]["cells_in"] == 400
@@ -127,14 +157,27 @@ def test_interrupted_run_leaves_no_corpus_and_resumes(tmp_path, small_h5ad, monk
 def test_changed_settings_redo_instead_of_resuming(tmp_path, small_h5ad, monkeypatch):
     path, _, vocab, medians = small_h5ad
     real = corpus_mod._run_unit
-    monkeypatch.setattr(corpus_mod, "_run_unit", lambda job, on_chunk=None: (_ for _ in ()).throw(
-        KeyboardInterrupt) if job.unit.index == 1 else real(job, on_chunk))
+    monkeypatch.setattr(
+        corpus_mod,
+        "_run_unit",
+        lambda job, on_chunk=None: (
+            (_ for _ in ()).throw(KeyboardInterrupt) if job.unit.index == 1 else real(job, on_chunk)
+        ),
+    )
     with pytest.raises(KeyboardInterrupt):
-        tokenize_files([path], tmp_path / "c", vocab=vocab, medians=medians, progress=False,
-                       config=TokenizeConfig(rows_per_unit=200))
+        tokenize_files(
+            [path],
+            tmp_path / "c",
+            vocab=vocab,
+            medians=medians,
+            progress=False,
+            config=TokenizeConfig(rows_per_unit=200),
+        )
     monkeypatch.setattr(corpus_mod, "_run_unit", real)
     cfg = TokenizeConfig(rows_per_unit=200, rank=RankTokenizerConfig(model_input_size=10))
-    corpus = tokenize_files([path], tmp_path / "c", vocab=vocab, medians=medians, config=cfg, progress=False)
+    corpus = tokenize_files(
+        [path], tmp_path / "c", vocab=vocab, medians=medians, config=cfg, progress=False
+    )
     assert max(corpus.lengths) == 10
 
 
@@ -144,10 +187,22 @@ def test_existing_output_is_refused_or_replaced_atomically(tmp_path, small_h5ad)
     with pytest.raises(InputError, match="--overwrite"):
         tokenize_files([path], tmp_path / "c", vocab=vocab, medians=medians, progress=False)
     cfg = TokenizeConfig(rank=RankTokenizerConfig(model_input_size=5))
-    c = tokenize_files([path], tmp_path / "c", vocab=vocab, medians=medians, config=cfg, progress=False,
-                       overwrite=True)
+    c = tokenize_files(
+        [path],
+        tmp_path / "c",
+        vocab=vocab,
+        medians=medians,
+        config=cfg,
+        progress=False,
+        overwrite=True,
+    )
     assert max(c.lengths) == 5
-    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["settings"]["rank"]["model_input_size"] == 5
+    assert (
+        json.loads((tmp_path / "c" / "manifest.json").read_text())["settings"]["rank"][
+            "model_input_size"
+        ]
+        == 5
+    )
 
 
 def test_binned_corpus_has_gene_type_ids_and_phenotypes(tmp_path, small_h5ad):
@@ -158,9 +213,15 @@ def test_binned_corpus_has_gene_type_ids_and_phenotypes(tmp_path, small_h5ad):
     corpus = tokenize_files([path], tmp_path / "b", vocab=vocab, config=cfg, progress=False)
     row = corpus.dataset[0]
     assert row["token_type_ids"][1] == len(vocab)  # the phenotype's own type id
-    assert corpus.vocab.id_to_token(row["input_ids"][1]) == f"cell_type={adata.obs['cell_type'].iloc[0]}"
+    assert (
+        corpus.vocab.id_to_token(row["input_ids"][1])
+        == f"cell_type={adata.obs['cell_type'].iloc[0]}"
+    )
     assert corpus.manifest["type_vocab_size"] == len(vocab) + 1
-    assert GeneVocab.load(tmp_path / "b" / "gene_dictionary.json").content_hash() == vocab.content_hash()
+    assert (
+        GeneVocab.load(tmp_path / "b" / "gene_dictionary.json").content_hash()
+        == vocab.content_hash()
+    )
 
 
 @pytest.mark.slow
@@ -197,10 +258,19 @@ def test_killed_process_leaves_no_corpus_and_a_rerun_completes(tmp_path, small_h
     assert 2 <= finished < 8
     assert not (tmp_path / "c").exists() and not is_complete_corpus(tmp_path / "c")
     real, calls = corpus_mod._run_unit, []
-    monkeypatch.setattr(corpus_mod, "_run_unit", lambda job, on_chunk=None: (calls.append(job.unit.index),
-                                                                           real(job, on_chunk))[1])
-    corpus = tokenize_files([path], tmp_path / "c", vocab=vocab, medians=medians, progress=False,
-                            config=TokenizeConfig(rows_per_unit=50))
+    monkeypatch.setattr(
+        corpus_mod,
+        "_run_unit",
+        lambda job, on_chunk=None: (calls.append(job.unit.index), real(job, on_chunk))[1],
+    )
+    corpus = tokenize_files(
+        [path],
+        tmp_path / "c",
+        vocab=vocab,
+        medians=medians,
+        progress=False,
+        config=TokenizeConfig(rows_per_unit=50),
+    )
     assert len(calls) == 8 - finished  # the units finished before the kill were reused
     assert corpus.dataset["input_ids"] == _expected(path, vocab, medians)
     assert not (tmp_path / ".c.partial").exists()

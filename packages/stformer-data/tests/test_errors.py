@@ -25,7 +25,14 @@ def _write(tmp_path, adata, name="bad.h5ad"):
 def _fails(tmp_path, path, vocab, medians, match, **config):
     out = tmp_path / "out"
     with pytest.raises(InputError, match=match) as err:
-        tokenize_files([path], out, vocab=vocab, medians=medians, config=TokenizeConfig(**config), progress=False)
+        tokenize_files(
+            [path],
+            out,
+            vocab=vocab,
+            medians=medians,
+            config=TokenizeConfig(**config),
+            progress=False,
+        )
     assert str(path) in str(err.value) and "Fix:" in str(err.value)
     assert not out.exists() and not is_complete_corpus(out)
     return err.value
@@ -43,8 +50,14 @@ def test_non_integer_counts_refused_unless_allowed(tmp_path, small_h5ad):
     _, adata, vocab, med = small_h5ad
     path = _write(tmp_path, _with_value(adata, 5, 3, 1.5))
     _fails(tmp_path, path, vocab, med, "non-integer")
-    ok = tokenize_files([path], tmp_path / "ok", vocab=vocab, medians=med, progress=False,
-                        config=TokenizeConfig(allow_non_integer=True))
+    ok = tokenize_files(
+        [path],
+        tmp_path / "ok",
+        vocab=vocab,
+        medians=med,
+        progress=False,
+        config=TokenizeConfig(allow_non_integer=True),
+    )
     assert ok.manifest["counts"]["cells_written"] == 400
 
 
@@ -56,7 +69,9 @@ def test_negative_counts(tmp_path, small_h5ad):
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_nan_and_inf(tmp_path, small_h5ad, value):
     _, adata, vocab, med = small_h5ad
-    _fails(tmp_path, _write(tmp_path, _with_value(adata, 399, 7, value)), vocab, med, "NaN or infinite")
+    _fails(
+        tmp_path, _write(tmp_path, _with_value(adata, 399, 7, value)), vocab, med, "NaN or infinite"
+    )
 
 
 def test_duplicate_gene_ids_are_summed_with_a_warning_and_reported(tmp_path, small_h5ad):
@@ -71,7 +86,9 @@ def test_duplicate_gene_ids_are_summed_with_a_warning_and_reported(tmp_path, sma
 
 def test_no_gene_in_vocabulary(tmp_path, small_h5ad):
     path, _, _, med = small_h5ad
-    _fails(tmp_path, path, GeneVocab.from_genes(["ENSG_OTHER"]), med, "match no gene of the vocabulary")
+    _fails(
+        tmp_path, path, GeneVocab.from_genes(["ENSG_OTHER"]), med, "match no gene of the vocabulary"
+    )
 
 
 def test_missing_gene_id_column(tmp_path, small_h5ad):
@@ -81,7 +98,9 @@ def test_missing_gene_id_column(tmp_path, small_h5ad):
 
 def test_missing_obs_columns(tmp_path, small_h5ad):
     path, _, vocab, med = small_h5ad
-    _fails(tmp_path, path, vocab, med, r"obs columns \['donor'\] do not exist", obs_columns=("donor",))
+    _fails(
+        tmp_path, path, vocab, med, r"obs columns \['donor'\] do not exist", obs_columns=("donor",)
+    )
 
 
 def test_missing_layer(tmp_path, small_h5ad):
@@ -109,13 +128,22 @@ def test_input_errors_survive_pickling_from_worker_processes():
     import pickle
 
     err = pickle.loads(pickle.dumps(InputError("x.h5ad", "obs['a']", "is missing", "add it")))
-    assert isinstance(err, InputError) and err.field == "obs['a']" and str(err).endswith("Fix: add it")
+    assert (
+        isinstance(err, InputError) and err.field == "obs['a']" and str(err).endswith("Fix: add it")
+    )
 
 
 def test_missing_section_key_is_refused_before_any_work(tmp_path, small_h5ad):
     path, _, vocab, med = small_h5ad
-    _fails(tmp_path, path, vocab, med, r"obs\['slide'\] does not exist", mode="neighborhood",
-           neighborhood=NeighborhoodConfig(section_key="slide"))
+    _fails(
+        tmp_path,
+        path,
+        vocab,
+        med,
+        r"obs\['slide'\] does not exist",
+        mode="neighborhood",
+        neighborhood=NeighborhoodConfig(section_key="slide"),
+    )
 
 
 def test_bad_counts_found_by_a_worker_process_raise_the_same_error(tmp_path, small_h5ad):

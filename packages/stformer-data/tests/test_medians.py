@@ -29,7 +29,9 @@ def _values_by_gene(files) -> dict[str, np.ndarray]:
                     scale = np.where(n > 0, 10_000.0 / n, 0.0)
                 csc = (sp.diags(scale) @ block.astype(np.float64)).tocsc()
                 for j in np.flatnonzero(np.diff(csc.indptr)):
-                    parts.setdefault(str(ids[j]), []).append(csc.data[csc.indptr[j]: csc.indptr[j + 1]])
+                    parts.setdefault(str(ids[j]), []).append(
+                        csc.data[csc.indptr[j] : csc.indptr[j + 1]]
+                    )
         finally:
             adata.file.close()
     return {g: np.sort(np.concatenate(p)) for g, p in parts.items()}
@@ -39,7 +41,9 @@ def _values_by_gene(files) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("k", [200, 32])
 def test_sketch_medians_within_stated_rank_error_on_real_files(shared_data, k):
     files = sorted((shared_data / "sc").glob("*.h5ad"))
-    files = [f for f in files if "celltypist" not in f.name]  # (duplicate symbols; covered elsewhere)
+    files = [
+        f for f in files if "celltypist" not in f.name
+    ]  # (duplicate symbols; covered elsewhere)
     values = _values_by_gene(files)
     est = compute_medians(files, k=k)
     eps = MedianSketch(k).rank_error
@@ -47,7 +51,7 @@ def test_sketch_medians_within_stated_rank_error_on_real_files(shared_data, k):
     misses, estimated = 0, 0
     for g, v in values.items():
         m = est[g]
-        lo = np.searchsorted(v, m, side="left") / v.size   # fraction strictly below
+        lo = np.searchsorted(v, m, side="left") / v.size  # fraction strictly below
         hi = np.searchsorted(v, m, side="right") / v.size  # fraction at or below
         estimated += v.size > k
         if lo > 0.5 + eps or hi < 0.5 - eps:

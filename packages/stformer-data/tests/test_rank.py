@@ -54,7 +54,9 @@ def test_rank_matches_per_cell_reference_on_real_files(shared_data, name):
             got = tok.tokenize_block(block, np.asarray(block.sum(1)).ravel(), mapping)
             dense = block.toarray()
             for i in range(stop - start):
-                want = rank_cell_reference(dense[i], mapping.column_token, _median_by_token(tok), limit=limit)
+                want = rank_cell_reference(
+                    dense[i], mapping.column_token, _median_by_token(tok), limit=limit
+                )
                 assert got[i].tolist() == want, f"{name} row {start + i}"
                 checked += 1
         assert checked == adata.n_obs  # every cell of every file
@@ -74,8 +76,11 @@ def test_ties_break_by_lower_token_and_zeros_never_appear():
 
 def test_cls_eos_and_truncation_count_special_tokens():
     vocab = GeneVocab.from_genes([f"g{i}" for i in range(10)], cls_token=True, eos_token=True)
-    tok = RankValueTokenizer(vocab, {f"g{i}": 1.0 for i in range(10)},
-                             RankTokenizerConfig(model_input_size=5, add_cls=True, add_eos=True))
+    tok = RankValueTokenizer(
+        vocab,
+        {f"g{i}": 1.0 for i in range(10)},
+        RankTokenizerConfig(model_input_size=5, add_cls=True, add_eos=True),
+    )
     mapping = map_genes(np.array([f"g{i}" for i in range(10)]), vocab, vocab.special_ids)
     block = sp.csr_matrix(np.arange(1, 11, dtype=np.float32)[None, :])
     (seq,) = tok.tokenize_block(block, np.array([55.0]), mapping)
@@ -97,7 +102,9 @@ def test_compiled_kernel_and_numpy_path_give_identical_tokens(columns_in_token_o
     rng = np.random.default_rng(5)
     genes = [f"g{i}" for i in range(300)]
     vocab = GeneVocab.from_genes(genes if columns_in_token_order else genes[::-1], cls_token=True)
-    medians = {g: float(m) for g, m in zip(genes, rng.choice([0.5, 1.0, 2.0], 300), strict=True)}  # many ties
+    medians = {
+        g: float(m) for g, m in zip(genes, rng.choice([0.5, 1.0, 2.0], 300), strict=True)
+    }  # many ties
     block = sp.random(64, 300, density=0.3, format="csr", random_state=1, dtype=np.float32)
     block.data = np.ceil(block.data * 5)
     mapping = map_genes(np.array(genes), vocab, vocab.special_ids)

@@ -15,17 +15,21 @@ def test_memory_mapped_slices_equal_hdf5_reads(tmp_path, layout):
     path = tmp_path / "x.h5"
     rng = np.random.default_rng(0)
     a, b = rng.random(10_000).astype(np.float32), rng.integers(0, 99, 10_000).astype(np.int32)
-    with h5py.File(path, "w", rdcc_nbytes=0) as f:  # no chunk cache: chunks are written as they come
+    with h5py.File(
+        path, "w", rdcc_nbytes=0
+    ) as f:  # no chunk cache: chunks are written as they come
         if layout == "contiguous":
             f.create_dataset("a", data=a)
             f.create_dataset("b", data=b)
         else:  # grown piece by piece, two datasets at once: chunks of each are not back to back
-            da = f.create_dataset("a", shape=(0,), maxshape=(None,), chunks=(512,), dtype=np.float32)
+            da = f.create_dataset(
+                "a", shape=(0,), maxshape=(None,), chunks=(512,), dtype=np.float32
+            )
             db = f.create_dataset("b", shape=(0,), maxshape=(None,), chunks=(512,), dtype=np.int32)
             for s in range(0, 10_000, 1500):
                 for d, x in ((da, a), (db, b)):
                     d.resize((min(s + 1500, 10_000),))
-                    d[s: s + 1500] = x[s: s + 1500]
+                    d[s : s + 1500] = x[s : s + 1500]
     with h5py.File(path, "r") as f:
         for name, truth in (("a", a), ("b", b)):
             view = _direct_view(path, f[name])

@@ -13,14 +13,23 @@ def _cover(starts, stops):
     return np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)])
 
 
-@pytest.mark.parametrize("strategy", [ShuffleStrategy(block_size=3), BlockShuffleStrategy(block_size=4),
-                                      SequentialShuffleStrategy(block_size=2), RandomShuffleStrategy()])
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        ShuffleStrategy(block_size=3),
+        BlockShuffleStrategy(block_size=4),
+        SequentialShuffleStrategy(block_size=2),
+        RandomShuffleStrategy(),
+    ],
+)
 def test_blocks_cover_every_cell_once_and_never_cross_files(strategy):
     counts = np.array([7, 0, 5, 1])
     starts, stops = strategy.block_order(counts, np.random.default_rng(3))
     assert sorted(_cover(starts, stops).tolist()) == list(range(13))
     offsets = np.concatenate([[0], np.cumsum(counts)])
-    assert np.array_equal(np.searchsorted(offsets, starts, "right"), np.searchsorted(offsets, stops - 1, "right"))
+    assert np.array_equal(
+        np.searchsorted(offsets, starts, "right"), np.searchsorted(offsets, stops - 1, "right")
+    )
     assert np.all(stops - starts <= strategy.block_size)
 
 

@@ -11,9 +11,11 @@ from stformer_data import InputError, SplitInfo, category_random_split
 
 def _write(path, donors):
     n = len(donors)
-    a = ad.AnnData(X=sp.csr_matrix(np.ones((n, 3), dtype=np.float32)),
-                   obs=pd.DataFrame({"donor": donors}, index=[f"c{i}" for i in range(n)]),
-                   var=pd.DataFrame(index=["g0", "g1", "g2"]))
+    a = ad.AnnData(
+        X=sp.csr_matrix(np.ones((n, 3), dtype=np.float32)),
+        obs=pd.DataFrame({"donor": donors}, index=[f"c{i}" for i in range(n)]),
+        var=pd.DataFrame(index=["g0", "g1", "g2"]),
+    )
     a.write_h5ad(path)
     return path
 
@@ -36,15 +38,26 @@ def test_fraction_split_counts_are_exact_and_disjoint():
 
 
 def test_grouped_split_from_files_saved_and_reloaded_on_resume(tmp_path):
-    files = [_write(tmp_path / "a.h5ad", ["d1"] * 5 + ["d2"] * 5), _write(tmp_path / "b.h5ad", ["d2"] * 3 + ["d3"] * 4 + ["d4"] * 2)]
+    files = [
+        _write(tmp_path / "a.h5ad", ["d1"] * 5 + ["d2"] * 5),
+        _write(tmp_path / "b.h5ad", ["d2"] * 3 + ["d3"] * 4 + ["d4"] * 2),
+    ]
     run = tmp_path / "run"
-    info = SplitInfo.load_or_create(run, files, fractions=(0.5, 0.25, 0.25), group_key="donor", seed=1)
+    info = SplitInfo.load_or_create(
+        run, files, fractions=(0.5, 0.25, 0.25), group_key="donor", seed=1
+    )
     donors = [np.array(["d1"] * 5 + ["d2"] * 5), np.array(["d2"] * 3 + ["d3"] * 4 + ["d4"] * 2)]
     for split in ("train", "val", "test"):
-        in_split = set(np.concatenate([d[r] for d, r in zip(donors, info.indices(split), strict=True)]).tolist())
+        in_split = set(
+            np.concatenate(
+                [d[r] for d, r in zip(donors, info.indices(split), strict=True)]
+            ).tolist()
+        )
         assert in_split == set(info.groups[split])
     assert json.loads((run / "split.json").read_text())["group_key"] == "donor"
-    again = SplitInfo.load_or_create(run, files, fractions=(0.9, 0.05, 0.05), seed=99)  # resumed: saved split wins
+    again = SplitInfo.load_or_create(
+        run, files, fractions=(0.9, 0.05, 0.05), seed=99
+    )  # resumed: saved split wins
     assert again.groups == info.groups
     assert all(np.array_equal(a, b) for a, b in zip(again.codes, info.codes, strict=True))
 

@@ -21,9 +21,18 @@ def _all_batches(counts, strategy, *, world, workers, batch_size, even, epoch=0,
     for rank in range(world):
         batches = []
         for worker in range(workers):
-            for plan in plan_epoch(counts, strategy, batch_size=batch_size, world_size=world, rank=rank,
-                                   num_workers=workers, worker_id=worker, even_batches=even,
-                                   epoch=epoch, seed=seed):
+            for plan in plan_epoch(
+                counts,
+                strategy,
+                batch_size=batch_size,
+                world_size=world,
+                rank=rank,
+                num_workers=workers,
+                worker_id=worker,
+                even_batches=even,
+                epoch=epoch,
+                seed=seed,
+            ):
                 batches += [plan.cells[p] for p in plan.batches()]
         per_rank.append(batches)
     return per_rank
@@ -31,10 +40,18 @@ def _all_batches(counts, strategy, *, world, workers, batch_size, even, epoch=0,
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 @pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("strategy", [ShuffleStrategy(block_size=8, buffer_size=32), SequentialShuffleStrategy(),
-                                      RandomShuffleStrategy(buffer_size=16)])
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        ShuffleStrategy(block_size=8, buffer_size=32),
+        SequentialShuffleStrategy(),
+        RandomShuffleStrategy(buffer_size=16),
+    ],
+)
 def test_even_every_cell_exactly_once_and_equal_batch_counts(world, workers, strategy):
-    per_rank = _all_batches(COUNTS, strategy, world=world, workers=workers, batch_size=16, even="even")
+    per_rank = _all_batches(
+        COUNTS, strategy, world=world, workers=workers, batch_size=16, even="even"
+    )
     cells = np.concatenate([b for batches in per_rank for b in batches])
     assert sorted(cells.tolist()) == list(range(COUNTS.sum()))
     n = batches_per_rank(int(COUNTS.sum()), batch_size=16, world_size=world, even_batches="even")
@@ -44,8 +61,14 @@ def test_even_every_cell_exactly_once_and_equal_batch_counts(world, workers, str
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_drop_gives_full_batches_and_at_most_once(world):
-    per_rank = _all_batches(COUNTS, ShuffleStrategy(block_size=8, buffer_size=32), world=world, workers=2,
-                            batch_size=16, even="drop")
+    per_rank = _all_batches(
+        COUNTS,
+        ShuffleStrategy(block_size=8, buffer_size=32),
+        world=world,
+        workers=2,
+        batch_size=16,
+        even="drop",
+    )
     cells = np.concatenate([b for batches in per_rank for b in batches])
     assert np.unique(cells).size == cells.size
     assert cells.size == (COUNTS.sum() // (world * 16)) * world * 16
@@ -54,8 +77,14 @@ def test_drop_gives_full_batches_and_at_most_once(world):
 
 @pytest.mark.parametrize("world", [1, 3, 4])
 def test_pad_covers_every_cell_with_full_batches(world):
-    per_rank = _all_batches(COUNTS, ShuffleStrategy(block_size=8, buffer_size=32), world=world, workers=1,
-                            batch_size=16, even="pad")
+    per_rank = _all_batches(
+        COUNTS,
+        ShuffleStrategy(block_size=8, buffer_size=32),
+        world=world,
+        workers=1,
+        batch_size=16,
+        even="pad",
+    )
     cells = np.concatenate([b for batches in per_rank for b in batches])
     assert set(cells.tolist()) == set(range(COUNTS.sum()))
     assert cells.size - COUNTS.sum() < world * 16
@@ -66,7 +95,9 @@ def test_order_is_deterministic_per_epoch_and_changes_between_epochs():
     strategy = ShuffleStrategy(block_size=4, buffer_size=32)
 
     def order(epoch, seed=0):
-        return np.concatenate([p.cells for p in plan_epoch(COUNTS, strategy, batch_size=8, epoch=epoch, seed=seed)])
+        return np.concatenate(
+            [p.cells for p in plan_epoch(COUNTS, strategy, batch_size=8, epoch=epoch, seed=seed)]
+        )
 
     assert np.array_equal(order(1), order(1))
     assert not np.array_equal(order(0), order(1))
@@ -74,11 +105,20 @@ def test_order_is_deterministic_per_epoch_and_changes_between_epochs():
 
 
 def test_workers_read_disjoint_buffers():
-    plans = [plan_epoch(COUNTS, ShuffleStrategy(block_size=4, buffer_size=32), batch_size=8, num_workers=2,
-                        worker_id=w) for w in range(2)]
+    plans = [
+        plan_epoch(
+            COUNTS,
+            ShuffleStrategy(block_size=4, buffer_size=32),
+            batch_size=8,
+            num_workers=2,
+            worker_id=w,
+        )
+        for w in range(2)
+    ]
     assert {p.index % 2 for p in plans[0]} == {0} and {p.index % 2 for p in plans[1]} == {1}
     assert not set(np.concatenate([p.cells for p in plans[0]]).tolist()) & set(
-        np.concatenate([p.cells for p in plans[1]]).tolist())
+        np.concatenate([p.cells for p in plans[1]]).tolist()
+    )
 
 
 def test_even_refuses_when_ranks_cannot_all_get_a_batch():
@@ -90,7 +130,7 @@ def test_bucketing_lowers_padding_and_keeps_batch_sizes():
     rng = np.random.default_rng(0)
     lengths = rng.integers(10, 2048, size=512)
     sizes = np.full(16, 32)
-    plain = [lengths[i * 32:(i + 1) * 32] for i in range(16)]
+    plain = [lengths[i * 32 : (i + 1) * 32] for i in range(16)]
     bucketed = bucket_batches(lengths, sizes, np.random.default_rng(1))
     assert sorted(np.concatenate(bucketed).tolist()) == list(range(512))
     assert [b.size for b in bucketed] == [32] * 16

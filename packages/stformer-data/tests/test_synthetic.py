@@ -28,15 +28,21 @@ def test_cell_types_have_distinct_programs():
     adata = simulate_counts(n_cells=600, n_genes=300, n_cell_types=3, program_size=20, seed=1)
     X = adata.X.toarray()
     X = X / X.sum(axis=1, keepdims=True)
-    means = np.stack([X[(adata.obs["cell_type"] == t).to_numpy()].mean(0)
-                      for t in adata.obs["cell_type"].cat.categories])
+    means = np.stack(
+        [
+            X[(adata.obs["cell_type"] == t).to_numpy()].mean(0)
+            for t in adata.obs["cell_type"].cat.categories
+        ]
+    )
     # the most enriched gene of each type differs between types
     top = [int(np.argmax(m / means.mean(0))) for m in means]
     assert len(set(top)) == len(top)
 
 
 def test_spatial_niches_are_compact():
-    adata = simulate_counts(n_cells=400, n_genes=100, program_size=10, n_sections=1, n_niches=4, seed=2)
+    adata = simulate_counts(
+        n_cells=400, n_genes=100, program_size=10, n_sections=1, n_niches=4, seed=2
+    )
     xy = adata.obsm["spatial"]
     niche = adata.obs["niche"].to_numpy()
     within = np.mean([xy[niche == k].std(0).mean() for k in np.unique(niche)])
@@ -44,7 +50,9 @@ def test_spatial_niches_are_compact():
     assert adata.var_names[0].startswith("ENSG9") and "gene_symbol" in adata.var
 
 
-@pytest.mark.parametrize("bad", [dict(n_cells=0), dict(theta=0.0), dict(n_genes=10, program_size=6)])
+@pytest.mark.parametrize(
+    "bad", [dict(n_cells=0), dict(theta=0.0), dict(n_genes=10, program_size=6)]
+)
 def test_invalid_settings_are_rejected(bad):
     with pytest.raises(ValueError):
         SimulationConfig(**bad)

@@ -37,15 +37,21 @@ GENES = [f"ENSG{k:05d}" for k in range(30)]
 def _write(path, n, genes=GENES, seed=0, density=0.3):
     X = sp.random(n, len(genes), density=density, format="csr", dtype=np.float32, random_state=seed)
     X.data = np.ceil(X.data * 9)
-    obs = pd.DataFrame({"donor": [f"{path.stem}_d{i % 3}" for i in range(n)]}, index=[f"c{i}" for i in range(n)])
+    obs = pd.DataFrame(
+        {"donor": [f"{path.stem}_d{i % 3}" for i in range(n)]}, index=[f"c{i}" for i in range(n)]
+    )
     ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(genes))).write_h5ad(path)
     return path
 
 
 @pytest.fixture
 def files(tmp_path):
-    return [_write(tmp_path / "a.h5ad", 45, seed=1), _write(tmp_path / "b.h5ad", 0, seed=2),
-            _write(tmp_path / "c.h5ad", 71, seed=3), _write(tmp_path / "d.h5ad", 13, seed=4)]
+    return [
+        _write(tmp_path / "a.h5ad", 45, seed=1),
+        _write(tmp_path / "b.h5ad", 0, seed=2),
+        _write(tmp_path / "c.h5ad", 71, seed=3),
+        _write(tmp_path / "d.h5ad", 13, seed=4),
+    ]
 
 
 @pytest.fixture
@@ -61,7 +67,9 @@ def _consume(ds, world, workers):
         ds.rank, ds.world_size = rank, world
         cells, count = [], 0
         for batch in DataLoader(ds, batch_size=None, num_workers=workers):
-            cells += list(zip(batch["file_index"].tolist(), batch["cell_index"].tolist(), strict=True))
+            cells += list(
+                zip(batch["file_index"].tolist(), batch["cell_index"].tolist(), strict=True)
+            )
             count += 1
         assert count == len(ds)
         seen.append(cells)
@@ -73,7 +81,9 @@ def _consume(ds, world, workers):
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_every_cell_exactly_once_across_ranks_and_workers(files, world, workers):
-    ds = DistributedAnnDataset(files, batch_size=8, strategy=ShuffleStrategy(block_size=5, buffer_size=24))
+    ds = DistributedAnnDataset(
+        files, batch_size=8, strategy=ShuffleStrategy(block_size=5, buffer_size=24)
+    )
     seen, n_batches = _consume(ds, world, workers)
     everything = [c for cells in seen for c in cells]
     expected = [(f, r) for f, n in enumerate([45, 0, 71, 13]) for r in range(n)]
@@ -98,7 +108,9 @@ def test_raw_batches_match_the_file_rows(files):
     truth = [ad.io.read_h5ad(f) for f in files]
     for batch in ds:
         dense = batch["X"].to_dense().numpy()
-        for i, (f, r) in enumerate(zip(batch["file_index"].tolist(), batch["cell_index"].tolist(), strict=True)):
+        for i, (f, r) in enumerate(
+            zip(batch["file_index"].tolist(), batch["cell_index"].tolist(), strict=True)
+        ):
             assert np.array_equal(dense[i], truth[f].X[r].toarray().ravel())
             assert batch["donor"][i] == truth[f].obs["donor"].iloc[r]
         assert batch["length"].tolist() == (dense != 0).sum(1).tolist()
@@ -110,7 +122,11 @@ def test_epochs_are_deterministic_and_differ(files):
 
     def order(epoch):
         ds.set_epoch(epoch)
-        return [c for b in ds for c in zip(b["file_index"].tolist(), b["cell_index"].tolist(), strict=True)]
+        return [
+            c
+            for b in ds
+            for c in zip(b["file_index"].tolist(), b["cell_index"].tolist(), strict=True)
+        ]
 
     assert order(2) == order(2)
     assert order(0) != order(1)
@@ -120,10 +136,14 @@ def test_epochs_are_deterministic_and_differ(files):
 def test_on_the_fly_tokens_equal_the_tokenizer_output(files, tokenizer):
     ds = DistributedAnnDataset(files, batch_size=8, tokenizer=tokenizer, length_bucketing=True)
     for batch in ds:
-        for i, (f, r) in enumerate(zip(batch["file_index"].tolist(), batch["cell_index"].tolist(), strict=True)):
+        for i, (f, r) in enumerate(
+            zip(batch["file_index"].tolist(), batch["cell_index"].tolist(), strict=True)
+        ):
             row = ad.io.read_h5ad(files[f])[r]
             mapping = map_genes(np.array(GENES), tokenizer.vocab, tokenizer.vocab.special_ids)
-            want = tokenizer.tokenize_block(sp.csr_matrix(row.X), np.asarray(row.X.sum(1)).ravel(), mapping)[0]
+            want = tokenizer.tokenize_block(
+                sp.csr_matrix(row.X), np.asarray(row.X.sum(1)).ravel(), mapping
+            )[0]
             n = int(batch["length"][i])
             assert batch["input_ids"][i, :n].tolist() == want.tolist()
             assert batch["attention_mask"][i].sum() == n
@@ -140,7 +160,9 @@ def test_per_cell_examples_feed_a_collating_dataloader(tmp_path, tokenizer):
 
     def pad(batch):
         width = max(len(e["input_ids"]) for e in batch)
-        return torch.tensor(np.stack([np.pad(e["input_ids"], (0, width - len(e["input_ids"]))) for e in batch]))
+        return torch.tensor(
+            np.stack([np.pad(e["input_ids"], (0, width - len(e["input_ids"]))) for e in batch])
+        )
 
     shapes = [b.shape[0] for b in DataLoader(ds, batch_size=8, collate_fn=pad)]
     assert shapes == [8] * 5
@@ -162,7 +184,9 @@ def test_files_with_other_genes_are_aligned_to_the_vocabulary(tmp_path, tokenize
     b = _write(tmp_path / "b.h5ad", 10, genes=GENES[10:] + ["NOT_IN_VOCAB"], seed=5)
     with pytest.raises(InputError, match="b.h5ad.*var gene ids.*genes="):
         DistributedAnnDataset([a, b])
-    ds = DistributedAnnDataset([a, b], genes=tokenizer.vocab, strategy=SequentialShuffleStrategy(), batch_size=10)
+    ds = DistributedAnnDataset(
+        [a, b], genes=tokenizer.vocab, strategy=SequentialShuffleStrategy(), batch_size=10
+    )
     batches = list(ds)
     assert batches[0]["X"].shape[1] == len(tokenizer.vocab)
     second = ad.io.read_h5ad(b)
@@ -173,7 +197,9 @@ def test_files_with_other_genes_are_aligned_to_the_vocabulary(tmp_path, tokenize
 
 def test_a_file_that_vanishes_mid_epoch_is_named(tmp_path):
     a, b = _write(tmp_path / "a.h5ad", 20), _write(tmp_path / "b.h5ad", 20)
-    ds = DistributedAnnDataset([a, b], batch_size=10, strategy=SequentialShuffleStrategy(buffer_size=10))
+    ds = DistributedAnnDataset(
+        [a, b], batch_size=10, strategy=SequentialShuffleStrategy(buffer_size=10)
+    )
     it = iter(ds)
     next(it)
     os.remove(b)
@@ -192,7 +218,9 @@ def test_a_truncated_file_is_named(tmp_path):
 
 def test_a_file_truncated_while_open_is_named(tmp_path):
     a = _write(tmp_path / "a.h5ad", 400, density=0.9)
-    ds = DistributedAnnDataset([a], batch_size=10, strategy=SequentialShuffleStrategy(buffer_size=10, block_size=10))
+    ds = DistributedAnnDataset(
+        [a], batch_size=10, strategy=SequentialShuffleStrategy(buffer_size=10, block_size=10)
+    )
     it = iter(ds)
     next(it)
     with open(a, "r+b") as fh:
@@ -214,17 +242,38 @@ def test_empty_files_are_skipped_and_all_empty_is_an_error(tmp_path):
 def test_corpus_streaming_yields_every_tokenized_cell_once(tmp_path, tokenizer):
     fs = [_write(tmp_path / "a.h5ad", 50), _write(tmp_path / "b.h5ad", 30, seed=9)]
     medians = {g: 1.0 + i for i, g in enumerate(GENES)}
-    corpus = tokenize_files(fs, tmp_path / "corpus", vocab=tokenizer.vocab, medians=medians,
-                            config=TokenizeConfig(obs_columns=("donor",)), progress=False)
-    rows = {(int(f), int(c)): ids for f, c, ids in zip(corpus.dataset["file_index"], corpus.dataset["cell_index"],
-                                                       corpus.dataset["input_ids"], strict=True)}
+    corpus = tokenize_files(
+        fs,
+        tmp_path / "corpus",
+        vocab=tokenizer.vocab,
+        medians=medians,
+        config=TokenizeConfig(obs_columns=("donor",)),
+        progress=False,
+    )
+    rows = {
+        (int(f), int(c)): ids
+        for f, c, ids in zip(
+            corpus.dataset["file_index"],
+            corpus.dataset["cell_index"],
+            corpus.dataset["input_ids"],
+            strict=True,
+        )
+    }
     for world in (1, 2):
         seen = []
         for rank in range(world):
-            ds = CorpusStreamDataset(tmp_path / "corpus", batch_size=8, length_bucketing=True, rank=rank,
-                                     world_size=world, obs_keys=("donor",))
+            ds = CorpusStreamDataset(
+                tmp_path / "corpus",
+                batch_size=8,
+                length_bucketing=True,
+                rank=rank,
+                world_size=world,
+                obs_keys=("donor",),
+            )
             for batch in DataLoader(ds, batch_size=None, num_workers=2 if rank == 0 else 0):
-                for i, key in enumerate(zip(batch["file_index"].tolist(), batch["cell_index"].tolist(), strict=True)):
+                for i, key in enumerate(
+                    zip(batch["file_index"].tolist(), batch["cell_index"].tolist(), strict=True)
+                ):
                     n = int(batch["length"][i])
                     assert batch["input_ids"][i, :n].tolist() == list(rows[key])
                     seen.append(key)

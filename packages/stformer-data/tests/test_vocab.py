@@ -24,7 +24,11 @@ def test_geneformer_pickles_load_only_when_allowed_and_convert_to_json(shared_da
     back = GeneVocab.load(vocab.save_json(tmp_path / "v.json"))
     assert back.content_hash() == vocab.content_hash()
     with_cls = vocab.with_special_tokens(cls_token=True, eos_token=True)
-    assert with_cls[CLS] == 25426 and with_cls[EOS] == 25427 and with_cls["ENSG00000000003"] == vocab["ENSG00000000003"]
+    assert (
+        with_cls[CLS] == 25426
+        and with_cls[EOS] == 25427
+        and with_cls["ENSG00000000003"] == vocab["ENSG00000000003"]
+    )
     assert with_cls.special_ids == frozenset({0, 1, 25426, 25427})
 
 
@@ -45,4 +49,7 @@ def test_vocab_from_files_keeps_first_appearance_order(tmp_path):
     b.write_h5ad(tmp_path / "b.h5ad")
     v = GeneVocab.from_files([tmp_path / "a.h5ad", tmp_path / "b.h5ad"], cls_token=True)
     assert v.genes == list(a.var_names) and v.cls_id == 2
-    assert GeneVocab.from_files([tmp_path / "a.h5ad"], gene_id_key="gene_symbol").genes[0] == "SIMGENE0"
+    assert (
+        GeneVocab.from_files([tmp_path / "a.h5ad"], gene_id_key="gene_symbol").genes[0]
+        == "SIMGENE0"
+    )

@@ -12,8 +12,15 @@ from stformer_train import ModelConfig
 
 torch.set_num_threads(1)
 
-TINY = ModelConfig(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=64,
-                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = ModelConfig(
+    num_layers=2,
+    hidden_size=32,
+    num_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +40,14 @@ def tiny_corpus(tiny_h5ad, tmp_path_factory):
     vocab = sd.GeneVocab.from_genes(sd.resolve_gene_ids(sd.open_h5ad(tiny_h5ad, backed=False).var))
     medians = sd.compute_medians_exact([tiny_h5ad])
     config = sd.TokenizeConfig(rank=sd.RankTokenizerConfig(model_input_size=48))
-    return sd.tokenize_files([tiny_h5ad], tmp_path_factory.mktemp("corpus") / "corpus", vocab=vocab,
-                             medians=medians, config=config, progress=False)
+    return sd.tokenize_files(
+        [tiny_h5ad],
+        tmp_path_factory.mktemp("corpus") / "corpus",
+        vocab=vocab,
+        medians=medians,
+        config=config,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -72,9 +72,17 @@ def test_config_per_stage(stage):
     assert cfg["zero_optimization"]["stage"] == stage
     assert cfg["gradient_accumulation_steps"] == cfg["gradient_clipping"] == "auto"
     assert cfg["bf16"] == cfg["fp16"] == {"enabled": "auto"}
-    assert cfg["optimizer"] == {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
-                                                             "weight_decay": "auto", "torch_adam": True,
-                                                             "adam_w_mode": True}}
+    assert cfg["optimizer"] == {
+        "type": "AdamW",
+        "params": {
+            "lr": "auto",
+            "betas": "auto",
+            "eps": "auto",
+            "weight_decay": "auto",
+            "torch_adam": True,
+            "adam_w_mode": True,
+        },
+    }
     assert ("stage3_prefetch_bucket_size" in cfg["zero_optimization"]) == (stage == 3)
     json.dumps(cfg)  # a DeepSpeed JSON file
 
@@ -86,14 +94,21 @@ def test_config_offload_precision_scheduler_and_validation():
     assert off["zero_force_ds_cpu_optimizer"] is False
     bf = DeepSpeedConfig(precision="bf16", scheduler="warmupdecaylr", optimizer="lamb").to_dict()
     assert bf["bf16"] == {"enabled": True} and bf["fp16"] == {"enabled": False}
-    assert bf["scheduler"]["type"] == "WarmupDecayLR" and bf["scheduler"]["params"]["total_num_steps"] == "auto"
+    assert (
+        bf["scheduler"]["type"] == "WarmupDecayLR"
+        and bf["scheduler"]["params"]["total_num_steps"] == "auto"
+    )
     assert "torch_adam" not in bf["optimizer"]["params"]
     assert "optimizer" not in DeepSpeedConfig(optimizer=None).to_dict()
-    for kwargs, field in [({"stage": 4}, "stage"), ({"offload_param": True}, "offload_param"),
-                          ({"stage": 0, "offload_optimizer": True}, "offload_optimizer"),
-                          ({"precision": "fp8"}, "precision"), ({"scheduler": "OneCycle"}, "scheduler_params"),
-                          ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps"),
-                          ({"gradient_clipping": -1.0}, "gradient_clipping")]:
+    for kwargs, field in [
+        ({"stage": 4}, "stage"),
+        ({"offload_param": True}, "offload_param"),
+        ({"stage": 0, "offload_optimizer": True}, "offload_optimizer"),
+        ({"precision": "fp8"}, "precision"),
+        ({"scheduler": "OneCycle"}, "scheduler_params"),
+        ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps"),
+        ({"gradient_clipping": -1.0}, "gradient_clipping"),
+    ]:
         with pytest.raises(ValueError, match=field):
             DeepSpeedConfig(**kwargs)
 
@@ -118,18 +133,32 @@ def test_resolve_deepspeed_specs(tmp_path):
 
 
 def test_build_deepspeed_fills_auto_from_training_arguments(tmp_path, no_launcher):
-    args = build_deepspeed(tmp_path, deepspeed="zero2", train=TrainConfig(per_device_train_batch_size=4,
-                                                                          learning_rate=3e-4),
-                           gradient_accumulation_steps=3, max_grad_norm=0.5)
+    args = build_deepspeed(
+        tmp_path,
+        deepspeed="zero2",
+        train=TrainConfig(per_device_train_batch_size=4, learning_rate=3e-4),
+        gradient_accumulation_steps=3,
+        max_grad_norm=0.5,
+    )
     ds = args.hf_deepspeed_config.config
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["gradient_clipping"]) == (
-        4, 3, 0.5)
-    assert ds["optimizer"]["params"]["lr"] == 3e-4 and "train_batch_size" not in ds  # DeepSpeed derives it
+    assert (
+        ds["train_micro_batch_size_per_gpu"],
+        ds["gradient_accumulation_steps"],
+        ds["gradient_clipping"],
+    ) == (4, 3, 0.5)
+    assert (
+        ds["optimizer"]["params"]["lr"] == 3e-4 and "train_batch_size" not in ds
+    )  # DeepSpeed derives it
     assert args.gradient_accumulation_steps == 3
-    assert args.distributed_state.distributed_type == "DEEPSPEED"  # on CPU too (gloo), not one lone process
+    assert (
+        args.distributed_state.distributed_type == "DEEPSPEED"
+    )  # on CPU too (gloo), not one lone process
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
-        build_deepspeed(tmp_path, deepspeed=DeepSpeedConfig(gradient_accumulation_steps=2),
-                        gradient_accumulation_steps=3)
+        build_deepspeed(
+            tmp_path,
+            deepspeed=DeepSpeedConfig(gradient_accumulation_steps=2),
+            gradient_accumulation_steps=3,
+        )
 
 
 def test_ensure_distributed_env_keeps_a_launchers_values(no_launcher, monkeypatch):
@@ -140,28 +169,56 @@ def test_ensure_distributed_env_keeps_a_launchers_values(no_launcher, monkeypatc
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("MASTER_PORT", "29511")
     monkeypatch.delenv("LOCAL_RANK")
-    assert ensure_distributed_env() == {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2",
-                                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}
+    assert ensure_distributed_env() == {
+        "RANK": "1",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29511",
+    }
 
 
 def test_pretrain_ml_builds_the_deepspeed_config():
     kw = dict(dataset_path="d", example_lengths_file="l", token_dictionary_file="t", output_dir="o")
-    assert PretrainML(**kw, deepspeed=True).training_overrides["deepspeed"]["zero_optimization"]["stage"] == 2
-    assert PretrainML(**kw, deepspeed="zero3").training_overrides["deepspeed"]["zero_optimization"]["stage"] == 3
+    assert (
+        PretrainML(**kw, deepspeed=True).training_overrides["deepspeed"]["zero_optimization"][
+            "stage"
+        ]
+        == 2
+    )
+    assert (
+        PretrainML(**kw, deepspeed="zero3").training_overrides["deepspeed"]["zero_optimization"][
+            "stage"
+        ]
+        == 3
+    )
     assert "deepspeed" not in PretrainML(**kw).training_overrides
 
 
 @pytest.mark.slow
-def test_zero3_in_one_process_trains_and_saves_gathered_weights(tiny_corpus, tiny, tmp_path, no_launcher):
+def test_zero3_in_one_process_trains_and_saves_gathered_weights(
+    tiny_corpus, tiny, tmp_path, no_launcher
+):
     from safetensors.torch import load_file
 
     from stformer_train.hf import pretrain_mlm
 
-    train = TrainConfig(max_steps=4, save_steps=4, logging_steps=2, per_device_train_batch_size=8, warmup_steps=0)
-    result = pretrain_mlm(tiny_corpus, tmp_path / "run", model=tiny, train=train, progress=False,
-                          **deepspeed_overrides("zero3"))
+    train = TrainConfig(
+        max_steps=4, save_steps=4, logging_steps=2, per_device_train_batch_size=8, warmup_steps=0
+    )
+    result = pretrain_mlm(
+        tiny_corpus,
+        tmp_path / "run",
+        model=tiny,
+        train=train,
+        progress=False,
+        **deepspeed_overrides("zero3"),
+    )
     assert result.global_step == 4
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-4" / "global_step4").is_dir()
     weights = load_file(tmp_path / "run" / "model" / "model.safetensors")
     # ZeRO-3 keeps only placeholders in the module; the saved model has the full, gathered tensors
-    assert weights["bert.embeddings.word_embeddings.weight"].shape == (len(tiny_corpus.vocab), tiny.hidden_size)
+    assert weights["bert.embeddings.word_embeddings.weight"].shape == (
+        len(tiny_corpus.vocab),
+        tiny.hidden_size,
+    )

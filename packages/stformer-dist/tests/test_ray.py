@@ -22,7 +22,11 @@ class KillOnce(pl.Callback):
         self.step, self.marker = step, marker
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step and trainer.global_rank == 1 and not os.path.exists(self.marker):
+        if (
+            trainer.global_step == self.step
+            and trainer.global_rank == 1
+            and not os.path.exists(self.marker)
+        ):
             open(self.marker, "w").close()
             # the Ray controller registers reported checkpoints when it polls the workers (every 2 s);
             # a node lost later than that resumes from the last checkpoint
@@ -33,7 +37,9 @@ class KillOnce(pl.Callback):
 def _by_value():
     import ray.cloudpickle
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    ray.cloudpickle.register_pickle_by_value(
+        sys.modules[__name__]
+    )  # the workers cannot import this test module
 
 
 def test_scaling_config_falls_back_to_cpu_with_a_warning(local_ray):
@@ -55,23 +61,44 @@ def test_runner_rejects_bad_inputs(tiny_corpus, tiny, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_lightning_runner_survives_a_killed_worker(local_ray, tiny_h5ad, tiny_corpus, tiny, tmp_path):
+def test_lightning_runner_survives_a_killed_worker(
+    local_ray, tiny_h5ad, tiny_corpus, tiny, tmp_path
+):
     _by_value()
     medians = json.loads((tiny_corpus.path / "gene_medians.json").read_text())
-    runner = RayTrainRunner(vocab=tiny_corpus.vocab, medians=medians, model=tiny, model_input_size=48,
-                            learning_rate=5e-3)
+    runner = RayTrainRunner(
+        vocab=tiny_corpus.vocab,
+        medians=medians,
+        model=tiny,
+        model_input_size=48,
+        learning_rate=5e-3,
+    )
     marker = tmp_path / "killed"
-    result = runner.train([tiny_h5ad], batch_size=16, val_size=0.1, max_steps=12, num_workers=2, is_gpu=False,
-                          result_storage_path=tmp_path / "ray", name="ft", checkpoint_every_n_steps=4,
-                          max_failures=1, callbacks=[KillOnce(6, str(marker))])
+    result = runner.train(
+        [tiny_h5ad],
+        batch_size=16,
+        val_size=0.1,
+        max_steps=12,
+        num_workers=2,
+        is_gpu=False,
+        result_storage_path=tmp_path / "ray",
+        name="ft",
+        checkpoint_every_n_steps=4,
+        max_failures=1,
+        callbacks=[KillOnce(6, str(marker))],
+    )
     assert marker.exists()  # a worker really died at step 6
     assert result.error is None
     assert result.metrics["step"] == 12  # the run finished with the right number of steps
-    assert result.metrics["resumed_from_step"] == 4  # ... after restarting from the step-4 checkpoint
+    assert (
+        result.metrics["resumed_from_step"] == 4
+    )  # ... after restarting from the step-4 checkpoint
     with result.checkpoint.as_directory() as folder:
         import torch
 
-        state = torch.load(os.path.join(folder, "checkpoint.ckpt"), weights_only=False, map_location="cpu")
+        state = torch.load(
+            os.path.join(folder, "checkpoint.ckpt"), weights_only=False, map_location="cpu"
+        )
     assert state["global_step"] == 12
 
 
@@ -79,10 +106,24 @@ def test_lightning_runner_survives_a_killed_worker(local_ray, tiny_h5ad, tiny_co
 @pytest.mark.distributed
 def test_hf_pretrainer_on_ray(local_ray, tiny_corpus, tiny, tmp_path):
     run = tmp_path / "run"
-    train = TrainConfig(max_steps=8, save_steps=4, logging_steps=2, per_device_train_batch_size=8,
-                        learning_rate=5e-3, warmup_steps=0)
-    result = ray_pretrain_mlm(tiny_corpus.path, run, model=tiny, train=train, num_workers=2, is_gpu=False,
-                              storage_path=tmp_path / "ray", name="hf")
+    train = TrainConfig(
+        max_steps=8,
+        save_steps=4,
+        logging_steps=2,
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        warmup_steps=0,
+    )
+    result = ray_pretrain_mlm(
+        tiny_corpus.path,
+        run,
+        model=tiny,
+        train=train,
+        num_workers=2,
+        is_gpu=False,
+        storage_path=tmp_path / "ray",
+        name="hf",
+    )
     assert result.error is None and result.checkpoint is not None
     state = json.loads((run / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8

@@ -10,13 +10,29 @@ from stformer_train import ModelConfig, TrainConfig
 
 torch.set_num_threads(1)
 
-TINY = ModelConfig(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=64,
-                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = ModelConfig(
+    num_layers=2,
+    hidden_size=32,
+    num_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 #: 6 steps, an evaluation every 2 steps on 20% held-out cells; no checkpoint before the end.
-FEW_STEPS = TrainConfig(max_steps=6, eval_fraction=0.2, eval_steps=2, logging_steps=2, save_steps=100,
-                        per_device_train_batch_size=8, warmup_steps=0)
-SPACE = {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
-         "per_device_train_batch_size": {"type": "categorical", "values": [4, 8]}}
+FEW_STEPS = TrainConfig(
+    max_steps=6,
+    eval_fraction=0.2,
+    eval_steps=2,
+    logging_steps=2,
+    save_steps=100,
+    per_device_train_batch_size=8,
+    warmup_steps=0,
+)
+SPACE = {
+    "learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+    "per_device_train_batch_size": {"type": "categorical", "values": [4, 8]},
+}
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +43,14 @@ def tiny_corpus(tmp_path_factory):
     vocab = sd.GeneVocab.from_genes(sd.resolve_gene_ids(adata.var))
     medians = sd.compute_medians_exact([root / "cells.h5ad"])
     config = sd.TokenizeConfig(rank=sd.RankTokenizerConfig(model_input_size=48))
-    return sd.tokenize_files([root / "cells.h5ad"], root / "corpus", vocab=vocab, medians=medians, config=config,
-                             progress=False)
+    return sd.tokenize_files(
+        [root / "cells.h5ad"],
+        root / "corpus",
+        vocab=vocab,
+        medians=medians,
+        config=config,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="session")

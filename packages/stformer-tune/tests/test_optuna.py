@@ -13,10 +13,20 @@ from stformer_train import ModelConfig, TrainConfig
 from stformer_tune import run_search
 
 
-def test_three_trial_search_writes_study_table_plot_and_best_config(tiny_corpus, tmp_path, tiny, few_steps, space):
+def test_three_trial_search_writes_study_table_plot_and_best_config(
+    tiny_corpus, tmp_path, tiny, few_steps, space
+):
     out = tmp_path / "search"
-    result = run_search(tiny_corpus.path, out, space, model=tiny, train=few_steps, backend="optuna", n_trials=3,
-                        pruner=optuna.pruners.NopPruner())
+    result = run_search(
+        tiny_corpus.path,
+        out,
+        space,
+        model=tiny,
+        train=few_steps,
+        backend="optuna",
+        n_trials=3,
+        pruner=optuna.pruners.NopPruner(),
+    )
     assert [t.number for t in result.trials] == [0, 1, 2]
     assert all(t.state == "COMPLETE" and t.steps == 6 for t in result.trials)
     # the objective is the last evaluation's loss; every evaluation (steps 2, 4, 6) was reported
@@ -45,9 +55,18 @@ class _PruneFromSecondTrial(optuna.pruners.BasePruner):
         return trial.number >= 1 and bool(trial.intermediate_values)
 
 
-def test_pruning_stops_a_trial_at_its_first_evaluation(tiny_corpus, tmp_path, tiny, few_steps, space):
-    result = run_search(tiny_corpus.path, tmp_path / "s", space, model=tiny, train=few_steps, n_trials=2,
-                        pruner=_PruneFromSecondTrial())
+def test_pruning_stops_a_trial_at_its_first_evaluation(
+    tiny_corpus, tmp_path, tiny, few_steps, space
+):
+    result = run_search(
+        tiny_corpus.path,
+        tmp_path / "s",
+        space,
+        model=tiny,
+        train=few_steps,
+        n_trials=2,
+        pruner=_PruneFromSecondTrial(),
+    )
     first, second = result.trials
     assert first.state == "COMPLETE" and second.state == "PRUNED"
     assert second.intermediate and second.intermediate[0][0] == 2 and len(second.intermediate) == 1
@@ -59,7 +78,9 @@ def test_default_pruner_is_median_on_evaluation_losses():
     assert isinstance(tune_optuna.default_pruner(), optuna.pruners.MedianPruner)
 
 
-def test_resume_after_an_interruption_continues_the_trial_count(tiny_corpus, tmp_path, monkeypatch, tiny, few_steps, space):
+def test_resume_after_an_interruption_continues_the_trial_count(
+    tiny_corpus, tmp_path, monkeypatch, tiny, few_steps, space
+):
     out = tmp_path / "search"
     real = tune_optuna.run_trial
 
@@ -68,12 +89,20 @@ def test_resume_after_an_interruption_continues_the_trial_count(tiny_corpus, tmp
             report(step, loss, final)
             if trial_dir.name == "trial_0001":
                 raise KeyboardInterrupt  # Ctrl-C in the middle of the second trial
+
         return real(corpus, trial_dir, model, train, report_then_stop, **kw)
 
     monkeypatch.setattr(tune_optuna, "run_trial", interrupted_at_trial_1)
     with pytest.raises(KeyboardInterrupt):
-        run_search(tiny_corpus.path, out, space, model=tiny, train=few_steps, n_trials=3,
-                   pruner=optuna.pruners.NopPruner())
+        run_search(
+            tiny_corpus.path,
+            out,
+            space,
+            model=tiny,
+            train=few_steps,
+            n_trials=3,
+            pruner=optuna.pruners.NopPruner(),
+        )
     monkeypatch.setattr(tune_optuna, "run_trial", real)
     # a killed process leaves its trial RUNNING in the database
     storage = f"sqlite:///{out / 'study.db'}"
@@ -81,23 +110,46 @@ def test_resume_after_an_interruption_continues_the_trial_count(tiny_corpus, tmp
 
     with pytest.raises(FileExistsError, match="pass --resume"):
         run_search(tiny_corpus.path, out, space, model=tiny, train=few_steps, n_trials=3)
-    result = run_search(tiny_corpus.path, out, space, model=tiny, train=few_steps, n_trials=3, resume=True,
-                        pruner=optuna.pruners.NopPruner())
+    result = run_search(
+        tiny_corpus.path,
+        out,
+        space,
+        model=tiny,
+        train=few_steps,
+        n_trials=3,
+        resume=True,
+        pruner=optuna.pruners.NopPruner(),
+    )
     states = {t.number: t.state for t in result.trials}
     assert states == {0: "COMPLETE", 1: "FAIL", 2: "FAIL", 3: "COMPLETE", 4: "COMPLETE"}
-    assert not (out / "trials" / "trial_0001").exists()  # the interrupted trial's partial run is removed
+    assert not (
+        out / "trials" / "trial_0001"
+    ).exists()  # the interrupted trial's partial run is removed
     # the count continues: a further resume with the same total has nothing left to do
-    again = run_search(tiny_corpus.path, out, space, model=tiny, train=few_steps, n_trials=3, resume=True)
+    again = run_search(
+        tiny_corpus.path, out, space, model=tiny, train=few_steps, n_trials=3, resume=True
+    )
     assert len(again.trials) == 5
     with pytest.raises(ValueError, match="different search_space"):
-        run_search(tiny_corpus.path, out, {"weight_decay": {"type": "uniform", "low": 0, "high": 0.1}},
-                   model=tiny, train=few_steps, n_trials=4, resume=True)
+        run_search(
+            tiny_corpus.path,
+            out,
+            {"weight_decay": {"type": "uniform", "low": 0, "high": 0.1}},
+            model=tiny,
+            train=few_steps,
+            n_trials=4,
+            resume=True,
+        )
 
 
-def test_a_failing_trial_is_recorded_and_no_complete_trial_is_an_error(tiny_corpus, tmp_path, tiny, few_steps):
+def test_a_failing_trial_is_recorded_and_no_complete_trial_is_an_error(
+    tiny_corpus, tmp_path, tiny, few_steps
+):
     # num_heads=3 does not divide hidden_size=32: every trial's ModelConfig is invalid
     space = {"num_heads": {"type": "categorical", "values": [3]}}
-    with pytest.raises(RuntimeError, match=r"no trial completed \(states: \{0: 'FAIL', 1: 'FAIL'\}\)"):
+    with pytest.raises(
+        RuntimeError, match=r"no trial completed \(states: \{0: 'FAIL', 1: 'FAIL'\}\)"
+    ):
         run_search(tiny_corpus.path, tmp_path / "s", space, model=tiny, train=few_steps, n_trials=2)
     rows = list(csv.DictReader((tmp_path / "s" / "trials.csv").open()))
     assert [(r["state"], r["num_heads"]) for r in rows] == [("FAIL", "3"), ("FAIL", "3")]

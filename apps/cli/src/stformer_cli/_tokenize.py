@@ -29,36 +29,85 @@ def _name_to_id(path: Path | None, allow_pickle: bool):
 def tokenize(
     inputs: Annotated[list[Path], _INPUTS],
     out: Annotated[Path, typer.Option("--out", help="Corpus directory to write (atomically).")],
-    scheme: Annotated[str, typer.Option(help="rank (Geneformer rank-value) or binned (expression bins).")] = "rank",
-    mode: Annotated[str, typer.Option(help="spot, or neighborhood (stFormer: spot + neighbours).")] = "spot",
-    vocab: Annotated[Path | None, typer.Option(help="Gene vocabulary .json (or Geneformer .pkl with "
-                                               "--allow-pickle); default: built from the inputs.")] = None,
-    medians: Annotated[Path | None, typer.Option(help="Gene medians .json (or .pkl with --allow-pickle); "
-                                                 "default for rank: computed from the inputs (KLL sketch).")] = None,
-    name_to_id: Annotated[Path | None, typer.Option(help="Gene symbol -> Ensembl id dictionary (.json/.pkl).")] = None,
-    allow_pickle: Annotated[bool, typer.Option(help="Allow loading .pkl dictionaries (this runs code from "
-                                               "the file: only for files you trust).")] = False,
-    gene_id_key: Annotated[str | None, typer.Option(help="var column with gene ids (default: var_names).")] = None,
+    scheme: Annotated[
+        str, typer.Option(help="rank (Geneformer rank-value) or binned (expression bins).")
+    ] = "rank",
+    mode: Annotated[
+        str, typer.Option(help="spot, or neighborhood (stFormer: spot + neighbours).")
+    ] = "spot",
+    vocab: Annotated[
+        Path | None,
+        typer.Option(
+            help="Gene vocabulary .json (or Geneformer .pkl with "
+            "--allow-pickle); default: built from the inputs."
+        ),
+    ] = None,
+    medians: Annotated[
+        Path | None,
+        typer.Option(
+            help="Gene medians .json (or .pkl with --allow-pickle); "
+            "default for rank: computed from the inputs (KLL sketch)."
+        ),
+    ] = None,
+    name_to_id: Annotated[
+        Path | None, typer.Option(help="Gene symbol -> Ensembl id dictionary (.json/.pkl).")
+    ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            help="Allow loading .pkl dictionaries (this runs code from "
+            "the file: only for files you trust)."
+        ),
+    ] = False,
+    gene_id_key: Annotated[
+        str | None, typer.Option(help="var column with gene ids (default: var_names).")
+    ] = None,
     layer: Annotated[str | None, typer.Option(help="Layer with raw counts (default: X).")] = None,
-    obs_columns: Annotated[list[str] | None, typer.Option(help="obs columns to copy (repeat or comma-list).")] = None,
-    phenotypes: Annotated[list[str] | None, typer.Option(help="binned: obs columns written as phenotype "
-                                                         "tokens (repeat or comma-list).")] = None,
-    model_input_size: Annotated[int, typer.Option(help="Longest sequence (per half in neighborhood mode).")] = 2048,
-    add_cls: Annotated[bool, typer.Option(help="Prepend <cls> (added to the vocabulary if missing).")] = False,
-    add_eos: Annotated[bool, typer.Option(help="Append <eos> (added to the vocabulary if missing).")] = False,
+    obs_columns: Annotated[
+        list[str] | None, typer.Option(help="obs columns to copy (repeat or comma-list).")
+    ] = None,
+    phenotypes: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="binned: obs columns written as phenotype tokens (repeat or comma-list)."
+        ),
+    ] = None,
+    model_input_size: Annotated[
+        int, typer.Option(help="Longest sequence (per half in neighborhood mode).")
+    ] = 2048,
+    add_cls: Annotated[
+        bool, typer.Option(help="Prepend <cls> (added to the vocabulary if missing).")
+    ] = False,
+    add_eos: Annotated[
+        bool, typer.Option(help="Append <eos> (added to the vocabulary if missing).")
+    ] = False,
     n_bins: Annotated[int, typer.Option(help="binned: number of bins (bin 0 = unexpressed).")] = 51,
     gene_order: Annotated[str, typer.Option(help="binned: ranked or index.")] = "ranked",
-    n_counts_key: Annotated[str, typer.Option(help="obs column with library sizes ('' = row sums).")] = "n_counts",
-    graph: Annotated[str, typer.Option(help="neighborhood: auto, obsp, delaunay, knn or radius.")] = "auto",
-    section_key: Annotated[str | None, typer.Option(help="neighborhood: obs column of tissue sections.")] = None,
-    spatial_key: Annotated[str, typer.Option(help="neighborhood: obsm key of coordinates.")] = "spatial",
+    n_counts_key: Annotated[
+        str, typer.Option(help="obs column with library sizes ('' = row sums).")
+    ] = "n_counts",
+    graph: Annotated[
+        str, typer.Option(help="neighborhood: auto, obsp, delaunay, knn or radius.")
+    ] = "auto",
+    section_key: Annotated[
+        str | None, typer.Option(help="neighborhood: obs column of tissue sections.")
+    ] = None,
+    spatial_key: Annotated[
+        str, typer.Option(help="neighborhood: obsm key of coordinates.")
+    ] = "spatial",
     n_neighbors: Annotated[int, typer.Option(help="neighborhood: k for knn.")] = 6,
-    radius: Annotated[float | None, typer.Option(help="neighborhood: radius for graph=radius.")] = None,
+    radius: Annotated[
+        float | None, typer.Option(help="neighborhood: radius for graph=radius.")
+    ] = None,
     aggregate: Annotated[str, typer.Option(help="neighborhood: sum or mean.")] = "sum",
-    distance_weighting: Annotated[str, typer.Option(help="neighborhood: none, inverse or gaussian.")] = "none",
+    distance_weighting: Annotated[
+        str, typer.Option(help="neighborhood: none, inverse or gaussian.")
+    ] = "none",
     num_proc: Annotated[int, typer.Option(help="Worker processes (files x row ranges).")] = 1,
     chunk_size: Annotated[int, typer.Option(help="Rows read at a time (bounds memory).")] = 2048,
-    allow_non_integer: Annotated[bool, typer.Option(help="Accept non-integer (normalised) values.")] = False,
+    allow_non_integer: Annotated[
+        bool, typer.Option(help="Accept non-integer (normalised) values.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing corpus at --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -76,15 +125,33 @@ def tokenize(
 
     n_key = n_counts_key or None
     config = TokenizeConfig(
-        scheme=scheme, mode=mode, gene_id_key=gene_id_key, layer=layer, obs_columns=_split(obs_columns),
-        chunk_size=chunk_size, num_proc=num_proc, allow_non_integer=allow_non_integer,
-        rank=RankTokenizerConfig(model_input_size=model_input_size, add_cls=add_cls, add_eos=add_eos,
-                                 n_counts_key=n_key),
-        binned=BinnedTokenizerConfig(n_bins=n_bins, gene_order=gene_order, model_input_size=model_input_size,
-                                     phenotypes=_split(phenotypes), n_counts_key=n_key),
-        neighborhood=NeighborhoodConfig(graph=graph, section_key=section_key, spatial_key=spatial_key,
-                                        n_neighbors=n_neighbors, radius=radius, aggregate=aggregate,
-                                        distance_weighting=distance_weighting),
+        scheme=scheme,
+        mode=mode,
+        gene_id_key=gene_id_key,
+        layer=layer,
+        obs_columns=_split(obs_columns),
+        chunk_size=chunk_size,
+        num_proc=num_proc,
+        allow_non_integer=allow_non_integer,
+        rank=RankTokenizerConfig(
+            model_input_size=model_input_size, add_cls=add_cls, add_eos=add_eos, n_counts_key=n_key
+        ),
+        binned=BinnedTokenizerConfig(
+            n_bins=n_bins,
+            gene_order=gene_order,
+            model_input_size=model_input_size,
+            phenotypes=_split(phenotypes),
+            n_counts_key=n_key,
+        ),
+        neighborhood=NeighborhoodConfig(
+            graph=graph,
+            section_key=section_key,
+            spatial_key=spatial_key,
+            n_neighbors=n_neighbors,
+            radius=radius,
+            aggregate=aggregate,
+            distance_weighting=distance_weighting,
+        ),
     )
     names = _name_to_id(name_to_id, allow_pickle)
     if vocab is None:
@@ -99,39 +166,80 @@ def tokenize(
             med = load_medians(medians, allow_pickle=allow_pickle)
         else:
             typer.echo("no --medians given: computing them from the inputs (KLL sketch)", err=True)
-            med = compute_medians(inputs, gene_id_key=gene_id_key, name_to_id=names, n_counts_key=n_key,
-                                  layer=layer, allow_non_integer=allow_non_integer, num_proc=num_proc)
-    corpus = tokenize_files(inputs, out, vocab=gene_vocab, medians=med, config=config, name_to_id=names,
-                            overwrite=overwrite, progress=progress)
+            med = compute_medians(
+                inputs,
+                gene_id_key=gene_id_key,
+                name_to_id=names,
+                n_counts_key=n_key,
+                layer=layer,
+                allow_non_integer=allow_non_integer,
+                num_proc=num_proc,
+            )
+    corpus = tokenize_files(
+        inputs,
+        out,
+        vocab=gene_vocab,
+        medians=med,
+        config=config,
+        name_to_id=names,
+        overwrite=overwrite,
+        progress=progress,
+    )
     counts = corpus.manifest["counts"]
     for src in corpus.manifest["sources"]:
-        typer.echo(f"{src['path']}: {src['n_genes_in_vocab']}/{src['n_genes']} genes in the vocabulary, "
-                   f"{src['cells_written']}/{src['cells_in']} cells written", err=True)
-    extra = (f"; {counts['spots_without_neighbours']} spots without neighbours"
-             if "spots_without_neighbours" in counts else "")
-    typer.echo(f"wrote {counts['cells_written']} sequences ({counts['cells_in']} cells in; skipped "
-               f"{counts['cells_skipped']}{extra}) to {corpus.path}")
+        typer.echo(
+            f"{src['path']}: {src['n_genes_in_vocab']}/{src['n_genes']} genes in the vocabulary, "
+            f"{src['cells_written']}/{src['cells_in']} cells written",
+            err=True,
+        )
+    extra = (
+        f"; {counts['spots_without_neighbours']} spots without neighbours"
+        if "spots_without_neighbours" in counts
+        else ""
+    )
+    typer.echo(
+        f"wrote {counts['cells_written']} sequences ({counts['cells_in']} cells in; skipped "
+        f"{counts['cells_skipped']}{extra}) to {corpus.path}"
+    )
 
 
 def medians(
     inputs: Annotated[list[Path], _INPUTS],
     out: Annotated[Path, typer.Option("--out", help="Medians .json file to write.")],
-    exact: Annotated[bool, typer.Option(help="Exact medians (holds every non-zero value: small data only).")] = False,
+    exact: Annotated[
+        bool, typer.Option(help="Exact medians (holds every non-zero value: small data only).")
+    ] = False,
     k: Annotated[int, typer.Option(help="KLL sketch size (rank error 1.33% at 200).")] = 200,
-    gene_id_key: Annotated[str | None, typer.Option(help="var column with gene ids (default: var_names).")] = None,
-    name_to_id: Annotated[Path | None, typer.Option(help="Gene symbol -> Ensembl id dictionary.")] = None,
-    allow_pickle: Annotated[bool, typer.Option(help="Allow loading a .pkl name dictionary.")] = False,
+    gene_id_key: Annotated[
+        str | None, typer.Option(help="var column with gene ids (default: var_names).")
+    ] = None,
+    name_to_id: Annotated[
+        Path | None, typer.Option(help="Gene symbol -> Ensembl id dictionary.")
+    ] = None,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Allow loading a .pkl name dictionary.")
+    ] = False,
     layer: Annotated[str | None, typer.Option(help="Layer with raw counts (default: X).")] = None,
-    n_counts_key: Annotated[str, typer.Option(help="obs column with library sizes ('' = row sums).")] = "n_counts",
+    n_counts_key: Annotated[
+        str, typer.Option(help="obs column with library sizes ('' = row sums).")
+    ] = "n_counts",
     num_proc: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     allow_non_integer: Annotated[bool, typer.Option(help="Accept non-integer values.")] = False,
 ) -> None:
     """Per-gene medians of non-zero normalised expression over INPUT files (one pass, mergeable)."""
     from stformer_data import compute_medians, save_medians
 
-    result = compute_medians(inputs, exact=exact, k=k, gene_id_key=gene_id_key,
-                             name_to_id=_name_to_id(name_to_id, allow_pickle), n_counts_key=n_counts_key or None,
-                             layer=layer, num_proc=num_proc, allow_non_integer=allow_non_integer)
+    result = compute_medians(
+        inputs,
+        exact=exact,
+        k=k,
+        gene_id_key=gene_id_key,
+        name_to_id=_name_to_id(name_to_id, allow_pickle),
+        n_counts_key=n_counts_key or None,
+        layer=layer,
+        num_proc=num_proc,
+        allow_non_integer=allow_non_integer,
+    )
     save_medians(result, out)
     typer.echo(f"wrote medians of {len(result)} genes to {out}")
 

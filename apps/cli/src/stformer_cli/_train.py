@@ -33,8 +33,12 @@ def load_config_file(path: Path) -> dict[str, Any]:
     else:
         data = json.loads(text)
     if not isinstance(data, dict) or set(data) - {"model", "train", "tokenize"}:
-        raise InputError(path, "top-level keys", f"must be among model, train, tokenize; got {sorted(data)}",
-                         "put ModelConfig fields under `model:` and TrainConfig fields under `train:`")
+        raise InputError(
+            path,
+            "top-level keys",
+            f"must be among model, train, tokenize; got {sorted(data)}",
+            "put ModelConfig fields under `model:` and TrainConfig fields under `train:`",
+        )
     return data
 
 
@@ -44,13 +48,19 @@ def _corpus_from_inputs(inputs: list[Path], out: Path, tok: dict[str, Any], prog
     corpora = [p for p in inputs if p.is_dir()]
     files = [p for p in inputs if not p.is_dir()]
     if corpora and files or len(corpora) > 1:
-        raise sd.InputError(inputs[0], "INPUTS", "mixes corpora and h5ad files or names several corpora",
-                            "pass one tokenized corpus folder, or one or more .h5ad files")
+        raise sd.InputError(
+            inputs[0],
+            "INPUTS",
+            "mixes corpora and h5ad files or names several corpora",
+            "pass one tokenized corpus folder, or one or more .h5ad files",
+        )
     if corpora:
         return sd.load_corpus(corpora[0])
     for f in files:
         if not f.is_file():
-            raise sd.InputError(f, "INPUTS", "does not exist", "pass existing .h5ad files or a corpus folder")
+            raise sd.InputError(
+                f, "INPUTS", "does not exist", "pass existing .h5ad files or a corpus folder"
+            )
     gene_id_key, layer = tok.get("gene_id_key"), tok.get("layer")
     genes: list[str] = []
     for f in files:
@@ -61,32 +71,60 @@ def _corpus_from_inputs(inputs: list[Path], out: Path, tok: dict[str, Any], prog
             adata.file.close()
     vocab = sd.GeneVocab.from_genes(dict.fromkeys(genes))
     medians = sd.compute_medians_exact(files, gene_id_key=gene_id_key, layer=layer)
-    config = sd.TokenizeConfig(gene_id_key=gene_id_key, layer=layer,
-                               rank=sd.RankTokenizerConfig(model_input_size=int(tok.get("max_length", 2048))))
-    return sd.tokenize_files(files, out / "corpus", vocab=vocab, medians=medians, config=config, overwrite=True,
-                           progress=progress)
+    config = sd.TokenizeConfig(
+        gene_id_key=gene_id_key,
+        layer=layer,
+        rank=sd.RankTokenizerConfig(model_input_size=int(tok.get("max_length", 2048))),
+    )
+    return sd.tokenize_files(
+        files,
+        out / "corpus",
+        vocab=vocab,
+        medians=medians,
+        config=config,
+        overwrite=True,
+        progress=progress,
+    )
 
 
 def pretrain(
-    inputs: Annotated[list[Path], typer.Argument(help="A tokenized corpus folder, or raw-count .h5ad files.")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="A tokenized corpus folder, or raw-count .h5ad files.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Run directory (started again, it resumes).")],
-    config: Annotated[Path | None, typer.Option(help="YAML/JSON with model:, train:, tokenize: sections.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON with model:, train:, tokenize: sections.")
+    ] = None,
     engine: Annotated[str, typer.Option(help="hf (transformers Trainer) or lightning.")] = "hf",
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimiser steps.")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Training epochs (when --max-steps is not set).")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Stop after this many optimiser steps.")
+    ] = None,
+    epochs: Annotated[
+        float | None, typer.Option(help="Training epochs (when --max-steps is not set).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Per-device batch size.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    eval_fraction: Annotated[float | None, typer.Option(help="Held-out fraction for validation loss.")] = None,
+    eval_fraction: Annotated[
+        float | None, typer.Option(help="Held-out fraction for validation loss.")
+    ] = None,
     layers: Annotated[int | None, typer.Option(help="Transformer layers.")] = None,
     hidden: Annotated[int | None, typer.Option(help="Hidden size.")] = None,
     heads: Annotated[int | None, typer.Option(help="Attention heads.")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Longest sequence when tokenizing .h5ad inputs.")] = None,
-    gene_id_key: Annotated[str | None, typer.Option(help="var column with gene ids (h5ad inputs).")] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Longest sequence when tokenizing .h5ad inputs.")
+    ] = None,
+    gene_id_key: Annotated[
+        str | None, typer.Option(help="var column with gene ids (h5ad inputs).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of model, masking and sampling.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    deepspeed: Annotated[str | None, typer.Option(
-        help="DeepSpeed ZeRO (hf engine): zero0..zero3, zero2-offload, zero3-offload or a DeepSpeed .json. "
-             "Launch with torchrun for several processes.")] = None,
+    deepspeed: Annotated[
+        str | None,
+        typer.Option(
+            help="DeepSpeed ZeRO (hf engine): zero0..zero3, zero2-offload, zero3-offload or a DeepSpeed .json. "
+            "Launch with torchrun for several processes."
+        ),
+    ] = None,
 ) -> None:
     """Pretrain a masked-language model; the run directory gets config, logs, checkpoints and model/."""
     from stformer_train import ModelConfig, TrainConfig
@@ -95,13 +133,24 @@ def pretrain(
         raise ValueError(f"--engine must be 'hf' or 'lightning', got {engine!r}")
     overrides = _deepspeed_overrides(deepspeed, engine) if deepspeed else {}
     data = load_config_file(config) if config else {}
-    model_d, train_d, tok = dict(data.get("model") or {}), dict(data.get("train") or {}), dict(data.get("tokenize") or {})
-    for d, key, value in ((train_d, "max_steps", max_steps), (train_d, "num_train_epochs", epochs),
-                          (train_d, "per_device_train_batch_size", batch_size),
-                          (train_d, "learning_rate", learning_rate), (train_d, "eval_fraction", eval_fraction),
-                          (train_d, "seed", seed), (model_d, "num_layers", layers), (model_d, "hidden_size", hidden),
-                          (model_d, "num_heads", heads), (tok, "max_length", max_length),
-                          (tok, "gene_id_key", gene_id_key)):
+    model_d, train_d, tok = (
+        dict(data.get("model") or {}),
+        dict(data.get("train") or {}),
+        dict(data.get("tokenize") or {}),
+    )
+    for d, key, value in (
+        (train_d, "max_steps", max_steps),
+        (train_d, "num_train_epochs", epochs),
+        (train_d, "per_device_train_batch_size", batch_size),
+        (train_d, "learning_rate", learning_rate),
+        (train_d, "eval_fraction", eval_fraction),
+        (train_d, "seed", seed),
+        (model_d, "num_layers", layers),
+        (model_d, "hidden_size", hidden),
+        (model_d, "num_heads", heads),
+        (tok, "max_length", max_length),
+        (tok, "gene_id_key", gene_id_key),
+    ):
         if value is not None:
             d[key] = value
     if hidden is not None and "intermediate_size" not in model_d:
@@ -112,11 +161,15 @@ def pretrain(
     longest = max(corpus.lengths) if corpus.lengths else 1
     model_d.setdefault("max_position_embeddings", max(longest, 8))
     model_cfg = ModelConfig.from_dict(model_d)
-    console.print(f"pretraining ({engine}) on {len(corpus.dataset)} cells from {corpus.path} -> {out}")
+    console.print(
+        f"pretraining ({engine}) on {len(corpus.dataset)} cells from {corpus.path} -> {out}"
+    )
     if engine == "hf":
         from stformer_train.hf import pretrain_mlm
 
-        result = pretrain_mlm(corpus, out, model=model_cfg, train=train_cfg, progress=progress, **overrides)
+        result = pretrain_mlm(
+            corpus, out, model=model_cfg, train=train_cfg, progress=progress, **overrides
+        )
         step, model_dir = result.global_step, result.model_dir
     else:
         from stformer_train.lightning import pretrain_lightning
@@ -133,7 +186,9 @@ def _deepspeed_overrides(spec: str, engine: str) -> dict[str, Any]:
     try:
         from stformer_dist import deepspeed_overrides, resolve_deepspeed
     except ImportError as exc:  # pragma: no cover - stformer-dist is part of the workspace
-        raise ImportError('--deepspeed needs stformer-dist: pip install "stformer-cli[dist]"') from exc
+        raise ImportError(
+            '--deepspeed needs stformer-dist: pip install "stformer-cli[dist]"'
+        ) from exc
     resolve_deepspeed(spec)  # a bad spec fails before anything starts
     return deepspeed_overrides(spec)
 
@@ -142,7 +197,9 @@ def embed(
     run: Annotated[Path, typer.Argument(help="Run directory (or its model/ folder).")],
     h5ad: Annotated[Path, typer.Argument(help="Raw-count .h5ad to embed.")],
     out: Annotated[Path, typer.Option("--out", help="Output .h5ad with obsm['X_stformer'].")],
-    pooling: Annotated[str, typer.Option(help="mean (non-pad tokens) or cls (first token).")] = "mean",
+    pooling: Annotated[
+        str, typer.Option(help="mean (non-pad tokens) or cls (first token).")
+    ] = "mean",
     batch_size: Annotated[int, typer.Option(help="Cells per forward pass.")] = 64,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
@@ -157,7 +214,9 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="Run directory (or its model/ folder).")],
     h5ad: Annotated[Path, typer.Argument(help="Raw-count .h5ad with labels.")],
     label_key: Annotated[str, typer.Option(help="obs column with the labels.")] = "cell_type",
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for evaluation.json and the plot.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for evaluation.json and the plot.")
+    ] = None,
     test_fraction: Annotated[float, typer.Option(help="Held-out fraction.")] = 0.2,
     k: Annotated[int, typer.Option(help="Neighbours of the kNN classifier.")] = 15,
     seed: Annotated[int, typer.Option(help="Seed of the split and the random-init baseline.")] = 0,
@@ -169,9 +228,19 @@ def evaluate(
     from stformer_train.downstream import evaluate_run
 
     out = out or Path(run) / "evaluation"
-    result = evaluate_run(run, h5ad, label_key=label_key, out_dir=out, test_fraction=test_fraction, k=k, seed=seed,
-                          progress=progress)
-    table = Table(title=f"{k}-NN {label_key} on {next(iter(result['scores'].values()))['n_test']} held-out cells")
+    result = evaluate_run(
+        run,
+        h5ad,
+        label_key=label_key,
+        out_dir=out,
+        test_fraction=test_fraction,
+        k=k,
+        seed=seed,
+        progress=progress,
+    )
+    table = Table(
+        title=f"{k}-NN {label_key} on {next(iter(result['scores'].values()))['n_test']} held-out cells"
+    )
     for col in ("embedding", "accuracy", "macro-F1"):
         table.add_column(col)
     for name, s in result["scores"].items():
@@ -184,7 +253,9 @@ def finetune(
     run: Annotated[Path, typer.Argument(help="Run directory (or its model/ folder).")],
     h5ad: Annotated[Path, typer.Argument(help="Raw-count .h5ad with labels.")],
     label_key: Annotated[str, typer.Option(help="obs column with the labels.")],
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for the classifier and finetune.json.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the classifier and finetune.json.")
+    ] = None,
     epochs: Annotated[float, typer.Option(help="Fine-tuning epochs.")] = 3.0,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
@@ -196,7 +267,19 @@ def finetune(
     from stformer_train.downstream import finetune_classifier
 
     out = out or Path(run) / "finetune"
-    r = finetune_classifier(run, h5ad, label_key=label_key, out_dir=out, epochs=epochs, batch_size=batch_size,
-                            learning_rate=learning_rate, test_fraction=test_fraction, seed=seed, progress=progress)
-    console.print(f"held-out accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f} "
-                  f"({r['n_test']} cells, {len(r['classes'])} classes) -> {out}")
+    r = finetune_classifier(
+        run,
+        h5ad,
+        label_key=label_key,
+        out_dir=out,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        test_fraction=test_fraction,
+        seed=seed,
+        progress=progress,
+    )
+    console.print(
+        f"held-out accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f} "
+        f"({r['n_test']} cells, {len(r['classes'])} classes) -> {out}"
+    )

@@ -15,17 +15,23 @@ def _load_tune_cli():
     try:
         from stformer_tune_app.main import cli
     except ImportError as exc:
-        raise ImportError(f"`stformer tune` needs the stformer-tune-app package (Optuna, Ray Tune): "
-                          f"{INSTALL_HINT}") from exc
+        raise ImportError(
+            f"`stformer tune` needs the stformer-tune-app package (Optuna, Ray Tune): "
+            f"{INSTALL_HINT}"
+        ) from exc
     return cli
 
 
 def register(app: typer.Typer) -> None:
     app.command(
         "tune",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+        context_settings={
+            "allow_extra_args": True,
+            "ignore_unknown_options": True,
+            "help_option_names": [],
+        },
         help="Search pretraining hyperparameters (Optuna or Ray Tune); see `stformer tune --help`. "
-             'Needs pip install "stformer-cli\\[tune]".',  # \\[ is a literal [ in rich markup
+        'Needs pip install "stformer-cli\\[tune]".',  # \\[ is a literal [ in rich markup
     )(tune)
 
 

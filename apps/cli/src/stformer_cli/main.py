@@ -29,7 +29,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _main() -> None:
     """Pretrain transformer foundation models on single-cell and spatial transcriptomics."""

@@ -43,8 +43,10 @@ def parse_resources(text: str | None) -> dict[str, float] | None:
                 raise ValueError
             out[key.strip().lower()] = float(value)
         except ValueError:
-            raise ValueError(f"--resources: cannot read {part!r}; write e.g. 'cpu=0.5,gpu=0' or '0.5' "
-                             "(CPUs per trial)") from None
+            raise ValueError(
+                f"--resources: cannot read {part!r}; write e.g. 'cpu=0.5,gpu=0' or '0.5' "
+                "(CPUs per trial)"
+            ) from None
     return out
 
 
@@ -62,8 +64,12 @@ def load_base_config(path: Path) -> dict[str, Any]:
     else:
         data = json.loads(text)
     if not isinstance(data, dict) or set(data) - {"model", "train", "tokenize"}:
-        raise InputError(path, "top-level keys", f"must be among model, train, tokenize; got {sorted(data)}",
-                         "put ModelConfig fields under `model:` and TrainConfig fields under `train:`")
+        raise InputError(
+            path,
+            "top-level keys",
+            f"must be among model, train, tokenize; got {sorted(data)}",
+            "put ModelConfig fields under `model:` and TrainConfig fields under `train:`",
+        )
     return data
 
 
@@ -72,8 +78,12 @@ def _base_configs(corpus_path: Path, config: Path | None, overrides: dict[str, A
     from stformer_train import ModelConfig, TrainConfig
 
     if not corpus_path.is_dir():
-        raise InputError(corpus_path, "CORPUS", "is not a corpus folder",
-                         "tokenize the .h5ad files first (stformer_data.tokenize_files) and pass that folder")
+        raise InputError(
+            corpus_path,
+            "CORPUS",
+            "is not a corpus folder",
+            "tokenize the .h5ad files first (stformer_data.tokenize_files) and pass that folder",
+        )
     data = load_base_config(config) if config else {}
     model_d, train_d = dict(data.get("model") or {}), dict(data.get("train") or {})
     train_d.update({k: v for k, v in overrides.items() if v is not None})
@@ -87,17 +97,33 @@ def _base_configs(corpus_path: Path, config: Path | None, overrides: dict[str, A
 @app.command()
 def tune(
     corpus: Annotated[Path, typer.Argument(help="A tokenized stformer corpus folder.")],
-    out: Annotated[Path, typer.Option("--out", help="Search folder (study, trials, best.yaml, plots).")],
-    space: Annotated[Path, typer.Option("--space", help="YAML/JSON search space (stFormer's dict form).")],
-    backend: Annotated[str, typer.Option(help="optuna (SQLite study, pruning) or ray (Tune + ASHA).")] = "optuna",
+    out: Annotated[
+        Path, typer.Option("--out", help="Search folder (study, trials, best.yaml, plots).")
+    ],
+    space: Annotated[
+        Path, typer.Option("--space", help="YAML/JSON search space (stFormer's dict form).")
+    ],
+    backend: Annotated[
+        str, typer.Option(help="optuna (SQLite study, pruning) or ray (Tune + ASHA).")
+    ] = "optuna",
     trials: Annotated[int, typer.Option("--trials", help="Trials in the whole search.")] = 8,
-    resources: Annotated[str | None, typer.Option(help="Per trial: 'cpu=0.5,gpu=0' or a CPU count.")] = None,
+    resources: Annotated[
+        str | None, typer.Option(help="Per trial: 'cpu=0.5,gpu=0' or a CPU count.")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the search stored in --out.")] = False,
-    config: Annotated[Path | None, typer.Option(help="Base model:/train: YAML/JSON every trial starts from.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Base model:/train: YAML/JSON every trial starts from.")
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimiser steps per trial.")] = None,
-    eval_fraction: Annotated[float | None, typer.Option(help="Held-out fraction (objective); default 0.1.")] = None,
-    eval_steps: Annotated[int | None, typer.Option(help="Evaluate (and maybe prune) every N steps.")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local Ray).")] = None,
+    eval_fraction: Annotated[
+        float | None, typer.Option(help="Held-out fraction (objective); default 0.1.")
+    ] = None,
+    eval_steps: Annotated[
+        int | None, typer.Option(help="Evaluate (and maybe prune) every N steps.")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: local Ray).")
+    ] = None,
     num_cpus: Annotated[int, typer.Option(help="CPUs of a local Ray.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the sampler.")] = 0,
 ) -> None:
@@ -108,21 +134,44 @@ def tune(
 
     search_space = load_search_space(space)
     corpus_obj, model_cfg, train_cfg = _base_configs(
-        corpus, config, {"max_steps": max_steps, "eval_fraction": eval_fraction, "eval_steps": eval_steps})
-    console.print(f"{backend}: {trials} trials over {', '.join(search_space.names)} on "
-                  f"{len(corpus_obj.dataset)} cells -> {out}")
-    result = run_search(corpus_obj.path, out, search_space, model=model_cfg, train=train_cfg, backend=backend,
-                        n_trials=trials, resources_per_trial=parse_resources(resources), resume=resume, seed=seed,
-                        address=address, num_cpus=num_cpus)
+        corpus,
+        config,
+        {"max_steps": max_steps, "eval_fraction": eval_fraction, "eval_steps": eval_steps},
+    )
+    console.print(
+        f"{backend}: {trials} trials over {', '.join(search_space.names)} on "
+        f"{len(corpus_obj.dataset)} cells -> {out}"
+    )
+    result = run_search(
+        corpus_obj.path,
+        out,
+        search_space,
+        model=model_cfg,
+        train=train_cfg,
+        backend=backend,
+        n_trials=trials,
+        resources_per_trial=parse_resources(resources),
+        resume=resume,
+        seed=seed,
+        address=address,
+        num_cpus=num_cpus,
+    )
     table = Table(title=f"{len(result.trials)} trials (objective: eval_loss, lower is better)")
     for col in ("trial", "state", "eval_loss", *search_space.names):
         table.add_column(col)
     for t in sorted(result.trials, key=lambda t: t.number):
         loss = "" if t.eval_loss is None else f"{t.eval_loss:.4f}"
-        table.add_row(str(t.number), t.state.lower(), loss, *(f"{t.params.get(n)!s:.8}" for n in search_space.names))
+        table.add_row(
+            str(t.number),
+            t.state.lower(),
+            loss,
+            *(f"{t.params.get(n)!s:.8}" for n in search_space.names),
+        )
     console.print(table)
-    console.print(f"best trial {result.best.number}: eval_loss {result.best.eval_loss:.4f}; "
-                  f"config -> {result.best_config} (stformer pretrain CORPUS --out RUN --config {result.best_config})")
+    console.print(
+        f"best trial {result.best.number}: eval_loss {result.best.eval_loss:.4f}; "
+        f"config -> {result.best_config} (stformer pretrain CORPUS --out RUN --config {result.best_config})"
+    )
     console.print(f"table -> {result.trials_csv}; plot -> {result.plot}")
 
 
@@ -135,12 +184,17 @@ def cli(args: Sequence[str] | None = None, prog_name: str = "stformer-tune") -> 
     """
     command = typer.main.get_command(app)
     try:
-        rv = command.main(args=list(sys.argv[1:] if args is None else args), prog_name=prog_name,
-                          standalone_mode=False)
+        rv = command.main(
+            args=list(sys.argv[1:] if args is None else args),
+            prog_name=prog_name,
+            standalone_mode=False,
+        )
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:  # Ctrl-C (the Optuna study keeps every finished trial)
-        err_console.print("[red]Aborted.[/red] Run the same command with --resume to continue the search.")
+        err_console.print(
+            "[red]Aborted.[/red] Run the same command with --resume to continue the search."
+        )
         return 130
     except typer.TyperException as exc:  # usage errors
         show = getattr(exc, "show", None)

@@ -69,19 +69,27 @@ class BinnedTokenizerConfig:
         if self.gene_order not in _ORDERS:
             raise ValueError(f"gene_order must be one of {_ORDERS}, got {self.gene_order!r}")
         if self.binning == "edges":
-            edges = np.asarray(self.bin_edges if self.bin_edges is not None else [], dtype=np.float64)
+            edges = np.asarray(
+                self.bin_edges if self.bin_edges is not None else [], dtype=np.float64
+            )
             if edges.size != self.n_bins - 2 or np.any(np.diff(edges) <= 0):
-                raise ValueError(f"bin_edges must be {self.n_bins - 2} increasing values for binning='edges'")
+                raise ValueError(
+                    f"bin_edges must be {self.n_bins - 2} increasing values for binning='edges'"
+                )
             object.__setattr__(self, "bin_edges", tuple(float(e) for e in edges))
         n_fixed = int(self.add_cls) + int(self.add_eos) + len(self.phenotypes)
         if self.model_input_size <= n_fixed:
-            raise ValueError(f"model_input_size must be > {n_fixed} (special + phenotype tokens), "
-                             f"got {self.model_input_size}")
+            raise ValueError(
+                f"model_input_size must be > {n_fixed} (special + phenotype tokens), "
+                f"got {self.model_input_size}"
+            )
         if not self.target_sum > 0:
             raise ValueError(f"target_sum must be > 0, got {self.target_sum}")
 
 
-def binned_vocab(n_bins: int, phenotype_values: Mapping[str, Sequence[str]] | None = None) -> GeneVocab:
+def binned_vocab(
+    n_bins: int, phenotype_values: Mapping[str, Sequence[str]] | None = None
+) -> GeneVocab:
     """The token vocabulary of binned sequences: specials, ``bin_1..bin_{n-1}``, ``column=value``.
 
     >>> v = binned_vocab(4, {"sex": ["F", "M"]})
@@ -111,16 +119,28 @@ class BinnedTokenizer:
     ([2, 5, 4, 3], [0, 2, 3, 0])
     """
 
-    def __init__(self, gene_vocab: GeneVocab, token_vocab: GeneVocab, config: BinnedTokenizerConfig | None = None):
+    def __init__(
+        self,
+        gene_vocab: GeneVocab,
+        token_vocab: GeneVocab,
+        config: BinnedTokenizerConfig | None = None,
+    ):
         self.gene_vocab = gene_vocab
         self.token_vocab = token_vocab
         self.config = config or BinnedTokenizerConfig()
-        missing = [f"bin_{b}" for b in range(1, self.config.n_bins) if f"bin_{b}" not in token_vocab]
+        missing = [
+            f"bin_{b}" for b in range(1, self.config.n_bins) if f"bin_{b}" not in token_vocab
+        ]
         if missing:
-            raise InputError(None, "binned token dictionary", f"lacks {missing[:3]}",
-                             f"build it with binned_vocab(n_bins={self.config.n_bins}, ...)")
-        self._bin_token = np.array([-1] + [token_vocab[f"bin_{b}"] for b in range(1, self.config.n_bins)],
-                                   dtype=np.int32)
+            raise InputError(
+                None,
+                "binned token dictionary",
+                f"lacks {missing[:3]}",
+                f"build it with binned_vocab(n_bins={self.config.n_bins}, ...)",
+            )
+        self._bin_token = np.array(
+            [-1] + [token_vocab[f"bin_{b}"] for b in range(1, self.config.n_bins)], dtype=np.int32
+        )
 
     @property
     def type_vocab_size(self) -> int:
@@ -137,13 +157,21 @@ class BinnedTokenizer:
         ids = np.array([lookup[v] for v in values], dtype=np.int32)
         if np.any(ids < 0):
             bad = sorted({v for v, i in lookup.items() if i < 0})[:3]
-            raise InputError(path, f"obs[{column!r}]", f"has values missing from the token dictionary ({bad})",
-                             "rebuild the binned vocabulary with every file's phenotype values")
+            raise InputError(
+                path,
+                f"obs[{column!r}]",
+                f"has values missing from the token dictionary ({bad})",
+                "rebuild the binned vocabulary with every file's phenotype values",
+            )
         return ids
 
-    def tokenize_block(self, block: sp.csr_matrix, n_counts: np.ndarray, mapping: GeneMapping,
-                       phenotype_ids: np.ndarray | None = None,
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def tokenize_block(
+        self,
+        block: sp.csr_matrix,
+        n_counts: np.ndarray,
+        mapping: GeneMapping,
+        phenotype_ids: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Tokenize a CSR chunk: ``(input_ids, token_type_ids, offsets)`` flat; empty cells give empty rows.
 
         ``phenotype_ids`` is ``(n_rows, len(config.phenotypes))`` from :meth:`phenotype_ids`.
@@ -180,7 +208,9 @@ class BinnedTokenizer:
         ids_parts.append((body_ids, offsets))
         type_parts.append((body_types, offsets))
         if c.add_eos:
-            ids_parts.append(fixed_rows(np.full((n_rows, 1), self.token_vocab.eos_id, dtype=np.int32), nonempty))
+            ids_parts.append(
+                fixed_rows(np.full((n_rows, 1), self.token_vocab.eos_id, dtype=np.int32), nonempty)
+            )
             type_parts.append(fixed_rows(np.zeros((n_rows, 1), dtype=np.int32), nonempty))
         ids, out_offsets = concat_rows(ids_parts)
         types, _ = concat_rows(type_parts)
@@ -192,10 +222,14 @@ class BinnedTokenizer:
         lengths = np.diff(bounds)
         row = np.repeat(np.arange(lengths.size), lengths)
         if c.binning == "edges":
-            counts = (np.int64(0x7FFFFFFF) - (keys >> np.int64(32))).astype(np.int32).view(np.float32)
+            counts = (
+                (np.int64(0x7FFFFFFF) - (keys >> np.int64(32))).astype(np.int32).view(np.float32)
+            )
             with np.errstate(divide="ignore", invalid="ignore"):
                 value = np.log1p(counts.astype(np.float64) / n_counts[row] * c.target_sum)
-            return (1 + np.searchsorted(np.asarray(c.bin_edges), value, side="right")).astype(np.int64)
+            return (1 + np.searchsorted(np.asarray(c.bin_edges), value, side="right")).astype(
+                np.int64
+            )
         # quantile: keys are sorted by value descending; find the end of each run of equal values
         value_key = keys >> np.int64(32)
         n = keys.size

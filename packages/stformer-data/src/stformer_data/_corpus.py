@@ -126,16 +126,23 @@ class TokenizeConfig:
 
         ``overrides`` win (e.g. other ``obs_columns`` when a model's settings are reused on new data).
         """
-        nested = {"rank": RankTokenizerConfig, "binned": BinnedTokenizerConfig,
-                  "neighborhood": NeighborhoodConfig}
+        nested = {
+            "rank": RankTokenizerConfig,
+            "binned": BinnedTokenizerConfig,
+            "neighborhood": NeighborhoodConfig,
+        }
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(settings) - known)
         if unknown:
-            raise ValueError(f"TokenizeConfig: unknown setting(s) {unknown}; allowed: {sorted(known)}")
+            raise ValueError(
+                f"TokenizeConfig: unknown setting(s) {unknown}; allowed: {sorted(known)}"
+            )
         kwargs: dict[str, Any] = {}
         for key, value in {**settings, **overrides}.items():
             if key in nested and isinstance(value, Mapping):
-                value = nested[key](**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+                value = nested[key](
+                    **{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+                )
             elif isinstance(value, list):
                 value = tuple(value)
             kwargs[key] = value
@@ -182,11 +189,20 @@ def load_corpus(path: str | PathLike[str]) -> Corpus:
     """Open a corpus written by :func:`tokenize_files` (memory-mapped Arrow; nothing is copied)."""
     path = Path(path)
     if not is_complete_corpus(path):
-        raise InputError(path, MANIFEST, "is missing: this is not a complete stformer corpus",
-                         "tokenize again with `stformer tokenize` (an interrupted run leaves no corpus)")
+        raise InputError(
+            path,
+            MANIFEST,
+            "is missing: this is not a complete stformer corpus",
+            "tokenize again with `stformer tokenize` (an interrupted run leaves no corpus)",
+        )
     manifest = json.loads((path / MANIFEST).read_text())
     vocab = GeneVocab.load(path / "token_dictionary.json")
-    return Corpus(path=path, dataset=datasets.load_from_disk(str(path / "dataset")), vocab=vocab, manifest=manifest)
+    return Corpus(
+        path=path,
+        dataset=datasets.load_from_disk(str(path / "dataset")),
+        vocab=vocab,
+        manifest=manifest,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,22 +239,36 @@ def _obs_kind(series: pd.Series) -> str:
     return "string"
 
 
-def _plan_files(files: list[Path], vocab: GeneVocab, config: TokenizeConfig,
-                name_to_id: Mapping[str, str] | None) -> tuple[list[_FilePlan], dict[str, str], dict[str, set]]:
+def _plan_files(
+    files: list[Path],
+    vocab: GeneVocab,
+    config: TokenizeConfig,
+    name_to_id: Mapping[str, str] | None,
+) -> tuple[list[_FilePlan], dict[str, str], dict[str, set]]:
     plans: list[_FilePlan] = []
     kinds: dict[str, set[str]] = {c: set() for c in config.obs_columns}
     phenotype_values: dict[str, set] = {c: set() for c in config.binned.phenotypes}
     for f in files:
         adata = open_h5ad(f, lazy=True)
         try:
-            wanted = list(config.obs_columns) + (list(config.binned.phenotypes) if config.scheme == "binned" else [])
+            wanted = list(config.obs_columns) + (
+                list(config.binned.phenotypes) if config.scheme == "binned" else []
+            )
             missing = [c for c in wanted if c not in adata.obs.columns]
             if missing:
-                raise InputError(f, f"obs columns {missing}", "do not exist",
-                                 f"choose among {list(adata.obs.columns)}")
+                raise InputError(
+                    f,
+                    f"obs columns {missing}",
+                    "do not exist",
+                    f"choose among {list(adata.obs.columns)}",
+                )
             if config.layer is not None and config.layer not in adata.layers:
-                raise InputError(f, f"layers[{config.layer!r}]", "does not exist",
-                                 f"choose one of {list(adata.layers.keys())} or omit --layer to use X")
+                raise InputError(
+                    f,
+                    f"layers[{config.layer!r}]",
+                    "does not exist",
+                    f"choose one of {list(adata.layers.keys())} or omit --layer to use X",
+                )
             for c in config.obs_columns:
                 kinds[c].add(_obs_kind(adata.obs[c]))
             if config.scheme == "binned":
@@ -246,21 +276,46 @@ def _plan_files(files: list[Path], vocab: GeneVocab, config: TokenizeConfig,
                     phenotype_values[c].update(adata.obs[c].astype(str).unique().tolist())
             if config.mode == "neighborhood":
                 nb = config.neighborhood
-                use_obsp = nb.graph == "obsp" or (nb.graph == "auto" and nb.connectivities_key in adata.obsp)
-                if not use_obsp and nb.section_key is not None and nb.section_key not in adata.obs.columns:
-                    raise InputError(f, f"obs[{nb.section_key!r}]", "does not exist (the section key)",
-                                     f"choose a section column among {list(adata.obs.columns)} or omit "
-                                     "--section-key; tokenize files with different keys separately")
+                use_obsp = nb.graph == "obsp" or (
+                    nb.graph == "auto" and nb.connectivities_key in adata.obsp
+                )
+                if (
+                    not use_obsp
+                    and nb.section_key is not None
+                    and nb.section_key not in adata.obs.columns
+                ):
+                    raise InputError(
+                        f,
+                        f"obs[{nb.section_key!r}]",
+                        "does not exist (the section key)",
+                        f"choose a section column among {list(adata.obs.columns)} or omit "
+                        "--section-key; tokenize files with different keys separately",
+                    )
                 if nb.connectivities_key not in adata.obsp and nb.spatial_key not in adata.obsm:
-                    raise InputError(f, f"obsm[{nb.spatial_key!r}]", "does not exist (nor obsp"
-                                     f"[{nb.connectivities_key!r}]): neighbourhood mode needs spot coordinates",
-                                     "add coordinates, name their key with --spatial-key, or use --mode spot")
-            ids = resolve_gene_ids(adata.var, gene_id_key=config.gene_id_key, name_to_id=name_to_id, path=f)
+                    raise InputError(
+                        f,
+                        f"obsm[{nb.spatial_key!r}]",
+                        "does not exist (nor obsp"
+                        f"[{nb.connectivities_key!r}]): neighbourhood mode needs spot coordinates",
+                        "add coordinates, name their key with --spatial-key, or use --mode spot",
+                    )
+            ids = resolve_gene_ids(
+                adata.var, gene_id_key=config.gene_id_key, name_to_id=name_to_id, path=f
+            )
             mapping = map_genes(ids, vocab, vocab.special_ids, path=f)
             stat = f.stat()
-            plans.append(_FilePlan(path=str(f.resolve()), size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                                   n_obs=adata.n_obs, n_genes=mapping.n_genes, n_genes_in_vocab=mapping.n_in_vocab,
-                                   n_duplicate_gene_columns=mapping.n_duplicate_columns, mapping=mapping))
+            plans.append(
+                _FilePlan(
+                    path=str(f.resolve()),
+                    size_bytes=stat.st_size,
+                    mtime_ns=stat.st_mtime_ns,
+                    n_obs=adata.n_obs,
+                    n_genes=mapping.n_genes,
+                    n_genes_in_vocab=mapping.n_in_vocab,
+                    n_duplicate_gene_columns=mapping.n_duplicate_columns,
+                    mapping=mapping,
+                )
+            )
         finally:
             adata.file.close()
     obs_kinds = {c: (k.pop() if len(k) == 1 else "string") for c, k in kinds.items()}
@@ -272,13 +327,17 @@ def _units(plans: list[_FilePlan], config: TokenizeConfig) -> list[_Unit]:
     for fi, p in enumerate(plans):
         step = p.n_obs if config.mode == "neighborhood" else config.rows_per_unit
         for start in range(0, p.n_obs, max(step, 1)):
-            units.append(_Unit(index=len(units), file_index=fi, start=start, stop=min(start + step, p.n_obs)))
+            units.append(
+                _Unit(index=len(units), file_index=fi, start=start, stop=min(start + step, p.n_obs))
+            )
     return units
 
 
 def _features(config: TokenizeConfig, obs_kinds: Mapping[str, str]) -> datasets.Features:
-    cols: dict[str, Any] = {"input_ids": datasets.Sequence(datasets.Value("int32")),
-                            "length": datasets.Value("int32")}
+    cols: dict[str, Any] = {
+        "input_ids": datasets.Sequence(datasets.Value("int32")),
+        "length": datasets.Value("int32"),
+    }
     if config.scheme == "binned" or config.mode == "neighborhood":
         cols["token_type_ids"] = datasets.Sequence(datasets.Value("int32"))
     cols["file_index"] = datasets.Value("int32")
@@ -306,10 +365,14 @@ class _Job:
 
 
 def _list_array(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32, copy=False)))
+    return pa.ListArray.from_arrays(
+        pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32, copy=False))
+    )
 
 
-def _select_rows(values: np.ndarray, offsets: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _select_rows(
+    values: np.ndarray, offsets: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     if keep.all():
         return values, offsets
     lengths = np.diff(offsets)
@@ -330,16 +393,32 @@ def _run_unit(job: _Job, on_chunk: Callable[[int], None] | None = None) -> dict[
     shard = Path(job.shard_dir) / f"{unit.index:05d}.arrow"
     tmp = shard.with_name(f".{shard.name}.tmp")
     schema = _features(cfg, job.obs_kinds).arrow_schema
-    counts = {"cells_in": 0, "cells_written": 0, "empty_after_vocab_filter": 0, "spots_without_neighbours": 0}
+    counts = {
+        "cells_in": 0,
+        "cells_written": 0,
+        "empty_after_vocab_filter": 0,
+        "spots_without_neighbours": 0,
+    }
     lengths_parts: list[np.ndarray] = []
     adata = open_h5ad(job.path, lazy=True)
     try:
         encode = _encoder(adata, job)
         obs = _obs_arrays(adata, job)
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            for start, stop, block in iter_row_chunks(adata, cfg.chunk_size, layer=cfg.layer, path=job.path,
-                                                      start=unit.start, stop=unit.stop):
-                check_counts(block, path=job.path, rows=(start, stop), allow_non_integer=cfg.allow_non_integer)
+            for start, stop, block in iter_row_chunks(
+                adata,
+                cfg.chunk_size,
+                layer=cfg.layer,
+                path=job.path,
+                start=unit.start,
+                stop=unit.stop,
+            ):
+                check_counts(
+                    block,
+                    path=job.path,
+                    rows=(start, stop),
+                    allow_non_integer=cfg.allow_non_integer,
+                )
                 ids, types, offsets, extra = encode(start, stop, block)
                 keep = np.diff(offsets) > 0
                 counts["cells_in"] += stop - start
@@ -353,19 +432,25 @@ def _run_unit(job: _Job, on_chunk: Callable[[int], None] | None = None) -> dict[
                 sel_ids, sel_off = _select_rows(ids, offsets, keep)
                 arrays = {"input_ids": _list_array(sel_ids, sel_off), "length": pa.array(lengths)}
                 if types is not None:
-                    arrays["token_type_ids"] = _list_array(_select_rows(types, offsets, keep)[0], sel_off)
+                    arrays["token_type_ids"] = _list_array(
+                        _select_rows(types, offsets, keep)[0], sel_off
+                    )
                 arrays["file_index"] = pa.array(np.full(rows.size, unit.file_index, dtype=np.int32))
                 arrays["cell_index"] = pa.array((start + rows).astype(np.int64))
                 for c, values in obs.items():
                     arrays[c] = pa.array(values[start + rows], type=schema.field(c).type)
-                writer.write_batch(pa.RecordBatch.from_arrays([arrays[n] for n in schema.names], schema=schema))
+                writer.write_batch(
+                    pa.RecordBatch.from_arrays([arrays[n] for n in schema.names], schema=schema)
+                )
                 if on_chunk is not None:
                     on_chunk(stop - start)
     finally:
         adata.file.close()
     os.replace(tmp, shard)
-    np.save(shard.with_suffix(".lengths.npy"), np.concatenate(lengths_parts) if lengths_parts else
-            np.zeros(0, np.int32))
+    np.save(
+        shard.with_suffix(".lengths.npy"),
+        np.concatenate(lengths_parts) if lengths_parts else np.zeros(0, np.int32),
+    )
     done = shard.with_suffix(".json")
     done_tmp = done.with_name(f".{done.name}.tmp")
     done_tmp.write_text(json.dumps({"unit": asdict(unit), "counts": counts}))
@@ -378,12 +463,20 @@ def _encoder(adata, job: _Job):
     cfg, mapping = job.config, job.mapping
     if cfg.scheme == "binned":
         tok = BinnedTokenizer(job.vocab, job.token_vocab, cfg.binned)
-        pheno = {c: tok.phenotype_ids(c, adata.obs[c].astype(str).to_numpy(), job.path)
-                 for c in cfg.binned.phenotypes}
+        pheno = {
+            c: tok.phenotype_ids(c, adata.obs[c].astype(str).to_numpy(), job.path)
+            for c in cfg.binned.phenotypes
+        }
 
         def encode_binned(start, stop, block):
-            n_counts = library_sizes(adata, block, start, stop, n_counts_key=cfg.binned.n_counts_key, path=job.path)
-            ph = np.stack([pheno[c][start:stop] for c in cfg.binned.phenotypes], axis=1) if pheno else None
+            n_counts = library_sizes(
+                adata, block, start, stop, n_counts_key=cfg.binned.n_counts_key, path=job.path
+            )
+            ph = (
+                np.stack([pheno[c][start:stop] for c in cfg.binned.phenotypes], axis=1)
+                if pheno
+                else None
+            )
             ids, types, offsets = tok.tokenize_block(block, n_counts, mapping, ph)
             return ids, types, offsets, None
 
@@ -391,6 +484,7 @@ def _encoder(adata, job: _Job):
     rank = RankValueTokenizer(job.vocab, job.medians, cfg.rank)
     factors = rank.column_factors(mapping)
     if cfg.mode == "spot":
+
         def encode_spot(start, stop, block):
             ids, offsets = rank.tokenize_block_flat(block, None, mapping, factors)
             return ids, None, offsets, None
@@ -401,8 +495,18 @@ def _encoder(adata, job: _Job):
     library = _all_library_sizes(adata, cfg, job.path)
 
     def encode_hood(start, stop, block):
-        return hood.tokenize_block(adata, graph, library, start, stop, block, mapping, factors,
-                                   layer=cfg.layer, path=job.path)
+        return hood.tokenize_block(
+            adata,
+            graph,
+            library,
+            start,
+            stop,
+            block,
+            mapping,
+            factors,
+            layer=cfg.layer,
+            path=job.path,
+        )
 
     return encode_hood
 
@@ -411,8 +515,10 @@ def _all_library_sizes(adata, cfg: TokenizeConfig, path) -> np.ndarray:
     key = cfg.rank.n_counts_key
     if key is not None and key in adata.obs.columns:
         return library_sizes(adata, None, 0, adata.n_obs, n_counts_key=key, path=path)
-    parts = [np.asarray(b.sum(axis=1), dtype=np.float64).ravel()
-             for _, _, b in iter_row_chunks(adata, cfg.chunk_size, layer=cfg.layer, path=path)]
+    parts = [
+        np.asarray(b.sum(axis=1), dtype=np.float64).ravel()
+        for _, _, b in iter_row_chunks(adata, cfg.chunk_size, layer=cfg.layer, path=path)
+    ]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -452,49 +558,87 @@ def tokenize_files(
     if not files:
         raise ValueError("no input files given")
     if out_dir.exists() and not overwrite:
-        what = "a complete corpus" if is_complete_corpus(out_dir) else "a directory that is not a corpus"
-        raise InputError(out_dir, "output directory", f"already exists and holds {what}",
-                         "choose another --out or pass --overwrite")
+        what = (
+            "a complete corpus"
+            if is_complete_corpus(out_dir)
+            else "a directory that is not a corpus"
+        )
+        raise InputError(
+            out_dir,
+            "output directory",
+            f"already exists and holds {what}",
+            "choose another --out or pass --overwrite",
+        )
     if config.scheme == "rank":
         if medians is None:
-            raise InputError(None, "gene medians", "are required by the rank scheme",
-                             "pass --medians (compute them with `stformer medians`)")
+            raise InputError(
+                None,
+                "gene medians",
+                "are required by the rank scheme",
+                "pass --medians (compute them with `stformer medians`)",
+            )
         if not isinstance(medians, Mapping):
             medians = load_medians(medians)
         RankValueTokenizer(vocab, medians, config.rank)  # validates cls/eos against the vocabulary
     medians = dict(medians or {})
     started = time.time()
     plans, obs_kinds, phenotype_values = _plan_files(files, vocab, config, name_to_id)
-    token_vocab = binned_vocab(config.binned.n_bins, phenotype_values) if config.scheme == "binned" else vocab
+    token_vocab = (
+        binned_vocab(config.binned.n_bins, phenotype_values) if config.scheme == "binned" else vocab
+    )
     units = _units(plans, config)
     fingerprint = _fingerprint(config, vocab, token_vocab, medians, plans, obs_kinds)
 
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shard_dir = tmp / "shards"
     plan_file = tmp / "plan.json"
-    if tmp.exists() and not (resume and plan_file.is_file()
-                             and json.loads(plan_file.read_text()).get("fingerprint") == fingerprint):
+    if tmp.exists() and not (
+        resume
+        and plan_file.is_file()
+        and json.loads(plan_file.read_text()).get("fingerprint") == fingerprint
+    ):
         shutil.rmtree(tmp)
     shard_dir.mkdir(parents=True, exist_ok=True)
     if not plan_file.is_file():
         plan_file.write_text(json.dumps({"fingerprint": fingerprint, "units": len(units)}))
 
-    done = {u.index: json.loads((shard_dir / f"{u.index:05d}.json").read_text())
-            for u in units if (shard_dir / f"{u.index:05d}.json").is_file()}
+    done = {
+        u.index: json.loads((shard_dir / f"{u.index:05d}.json").read_text())
+        for u in units
+        if (shard_dir / f"{u.index:05d}.json").is_file()
+    }
     todo = [u for u in units if u.index not in done]
-    jobs = [_Job(unit=u, path=plans[u.file_index].path, mapping=plans[u.file_index].mapping, config=config,
-                 vocab=vocab, token_vocab=token_vocab, medians=medians, obs_kinds=obs_kinds,
-                 shard_dir=str(shard_dir)) for u in todo]
+    jobs = [
+        _Job(
+            unit=u,
+            path=plans[u.file_index].path,
+            mapping=plans[u.file_index].mapping,
+            config=config,
+            vocab=vocab,
+            token_vocab=token_vocab,
+            medians=medians,
+            obs_kinds=obs_kinds,
+            shard_dir=str(shard_dir),
+        )
+        for u in todo
+    ]
     total = sum(p.n_obs for p in plans)
     # checksums for the manifest, computed while the work runs (xxhash releases the GIL)
     hashing = ThreadPoolExecutor(max_workers=1)
     checksums: list = []
 
-    def start_hashing() -> None:  # called once worker processes exist: never fork with this thread alive
+    def start_hashing() -> (
+        None
+    ):  # called once worker processes exist: never fork with this thread alive
         checksums.extend(hashing.submit(checksum_file, p.path) for p in plans)
 
-    bar = tqdm(total=total, initial=sum(u.stop - u.start for u in units if u.index in done),
-               desc="tokenize", unit="cell", disable=not progress)
+    bar = tqdm(
+        total=total,
+        initial=sum(u.stop - u.start for u in units if u.index in done),
+        desc="tokenize",
+        unit="cell",
+        disable=not progress,
+    )
     try:
         for result in _execute(jobs, config.num_proc, bar, start_hashing):
             done[result["unit"]["index"]] = result
@@ -502,7 +646,20 @@ def tokenize_files(
         bar.close()
         hashing.shutdown(wait=True, cancel_futures=True)
     sha = [c.result() for c in checksums]
-    _finalize(tmp, units, done, plans, config, vocab, token_vocab, medians, obs_kinds, started, fingerprint, sha)
+    _finalize(
+        tmp,
+        units,
+        done,
+        plans,
+        config,
+        vocab,
+        token_vocab,
+        medians,
+        obs_kinds,
+        started,
+        fingerprint,
+        sha,
+    )
     if out_dir.exists():  # overwrite=True: replace only once the new corpus is complete
         old = out_dir.with_name(f".{out_dir.name}.old")
         if old.exists():
@@ -539,7 +696,9 @@ def _execute(jobs: list[_Job], num_proc: int, bar, started: Callable[[], None]):
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
     if method == "fork":
         _kernel.warm_up()  # compiled once here, inherited by the forked workers
-    with ProcessPoolExecutor(max_workers=min(num_proc, len(jobs)), mp_context=get_context(method)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(num_proc, len(jobs)), mp_context=get_context(method)
+    ) as pool:
         futures = [pool.submit(_run_unit, job) for job in jobs]  # forks every worker now
         started()
         try:
@@ -553,8 +712,20 @@ def _execute(jobs: list[_Job], num_proc: int, bar, started: Callable[[], None]):
             raise
 
 
-def _finalize(tmp: Path, units, done, plans, config, vocab, token_vocab, medians, obs_kinds, started,
-              fingerprint: str, sha: list[str]) -> None:
+def _finalize(
+    tmp: Path,
+    units,
+    done,
+    plans,
+    config,
+    vocab,
+    token_vocab,
+    medians,
+    obs_kinds,
+    started,
+    fingerprint: str,
+    sha: list[str],
+) -> None:
     """Move the shards into datasets' save_to_disk layout and write the describing files."""
     shard_dir = tmp / "shards"
     data_dir = tmp / "dataset"
@@ -571,9 +742,15 @@ def _finalize(tmp: Path, units, done, plans, config, vocab, token_vocab, medians
         names.append({"filename": name})
     features = _features(config, obs_kinds)
     datasets.DatasetInfo(features=features).write_to_directory(str(data_dir))
-    state = {"_data_files": names, "_fingerprint": fingerprint[:16],
-             "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
-             "_output_all_columns": False, "_split": None}
+    state = {
+        "_data_files": names,
+        "_fingerprint": fingerprint[:16],
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
     (data_dir / "state.json").write_text(json.dumps(state, indent=2))
     all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
     with (tmp / "example_lengths.pkl").open("wb") as fh:
@@ -593,17 +770,32 @@ def _finalize(tmp: Path, units, done, plans, config, vocab, token_vocab, medians
 
 
 def _manifest(units, done, plans, config, vocab, token_vocab, started) -> dict[str, Any]:
-    per_file = [{"cells_in": 0, "cells_written": 0, "empty_after_vocab_filter": 0, "spots_without_neighbours": 0}
-                for _ in plans]
+    per_file = [
+        {
+            "cells_in": 0,
+            "cells_written": 0,
+            "empty_after_vocab_filter": 0,
+            "spots_without_neighbours": 0,
+        }
+        for _ in plans
+    ]
     for u in units:
         for k, v in done[u.index]["counts"].items():
             per_file[u.file_index][k] += v
     sources = []
     for p, c in zip(plans, per_file, strict=True):
-        sources.append({"path": p.path, "size_bytes": p.size_bytes, "n_obs": p.n_obs,
-                        "n_genes": p.n_genes, "n_genes_in_vocab": p.n_genes_in_vocab,
-                        "fraction_genes_in_vocab": round(p.n_genes_in_vocab / max(p.n_genes, 1), 4),
-                        "n_duplicate_gene_columns_summed": p.n_duplicate_gene_columns, **c})
+        sources.append(
+            {
+                "path": p.path,
+                "size_bytes": p.size_bytes,
+                "n_obs": p.n_obs,
+                "n_genes": p.n_genes,
+                "n_genes_in_vocab": p.n_genes_in_vocab,
+                "fraction_genes_in_vocab": round(p.n_genes_in_vocab / max(p.n_genes, 1), 4),
+                "n_duplicate_gene_columns_summed": p.n_duplicate_gene_columns,
+                **c,
+            }
+        )
     total = {k: sum(c[k] for c in per_file) for k in per_file[0]} if per_file else {}
     if config.scheme == "binned":
         max_length = config.binned.model_input_size

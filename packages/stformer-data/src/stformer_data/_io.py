@@ -17,7 +17,9 @@ import scipy.sparse as sp
 from stformer_data._errors import InputError
 
 
-def open_h5ad(path: str | PathLike[str], *, backed: bool = True, lazy: bool = False) -> ad.AnnData | H5adReader:
+def open_h5ad(
+    path: str | PathLike[str], *, backed: bool = True, lazy: bool = False
+) -> ad.AnnData | H5adReader:
     """Open an ``.h5ad`` file read-only, with a clear error when it is unreadable.
 
     ``backed=True`` (default) gives anndata's backed ``AnnData`` (``X`` on disk; layers, obsm and
@@ -32,8 +34,12 @@ def open_h5ad(path: str | PathLike[str], *, backed: bool = True, lazy: bool = Fa
             return H5adReader(path)
         return ad.io.read_h5ad(path, backed="r" if backed else None)
     except Exception as exc:  # h5py/anndata raise many types for truncated or corrupt files
-        raise InputError(path, "file", f"cannot be read as h5ad ({type(exc).__name__}: {exc})",
-                         "re-export or re-download the file; it may be truncated or corrupt") from exc
+        raise InputError(
+            path,
+            "file",
+            f"cannot be read as h5ad ({type(exc).__name__}: {exc})",
+            "re-export or re-download the file; it may be truncated or corrupt",
+        ) from exc
 
 
 def _on_disk(elem):
@@ -124,11 +130,17 @@ class H5adReader:
 def _matrix(adata, layer: str | None, path: Path | None):
     if layer is None:
         if adata.X is None:
-            raise InputError(path, "X", "is missing", "pass --layer with the layer holding raw counts")
+            raise InputError(
+                path, "X", "is missing", "pass --layer with the layer holding raw counts"
+            )
         return adata.X
     if layer not in adata.layers:
-        raise InputError(path, f"layers[{layer!r}]", "does not exist",
-                         f"choose one of {list(adata.layers.keys())} or omit --layer to use X")
+        raise InputError(
+            path,
+            f"layers[{layer!r}]",
+            "does not exist",
+            f"choose one of {list(adata.layers.keys())} or omit --layer to use X",
+        )
     return adata.layers[layer]
 
 
@@ -149,9 +161,9 @@ def _csc_rows(X, rows: np.ndarray) -> sp.csr_matrix:
     while c0 < n_cols:
         c1 = int(np.searchsorted(indptr, indptr[c0] + _CSC_BUDGET, side="right")) - 1
         c1 = min(max(c1, c0 + 1), n_cols)
-        idx = np.asarray(g["indices"][indptr[c0]: indptr[c1]], dtype=np.int64)
-        val = np.asarray(g["data"][indptr[c0]: indptr[c1]])
-        col = np.repeat(np.arange(c0, c1), np.diff(indptr[c0: c1 + 1]))
+        idx = np.asarray(g["indices"][indptr[c0] : indptr[c1]], dtype=np.int64)
+        val = np.asarray(g["data"][indptr[c0] : indptr[c1]])
+        col = np.repeat(np.arange(c0, c1), np.diff(indptr[c0 : c1 + 1]))
         pos = np.searchsorted(rows, idx)
         hit = pos < rows.size
         hit[hit] = rows[pos[hit]] == idx[hit]
@@ -159,12 +171,17 @@ def _csc_rows(X, rows: np.ndarray) -> sp.csr_matrix:
         out_c.append(col[hit])
         out_v.append(val[hit])
         c0 = c1
-    cat = (lambda p, dt: np.concatenate(p) if p else np.zeros(0, dt))  # noqa: E731
-    return sp.csr_matrix((cat(out_v, np.float32), (cat(out_r, np.int64), cat(out_c, np.int64))),
-                         shape=(rows.size, n_cols), dtype=np.float32)
+    cat = lambda p, dt: np.concatenate(p) if p else np.zeros(0, dt)  # noqa: E731
+    return sp.csr_matrix(
+        (cat(out_v, np.float32), (cat(out_r, np.int64), cat(out_c, np.int64))),
+        shape=(rows.size, n_cols),
+        dtype=np.float32,
+    )
 
 
-def _iter_csc(X, start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+def _iter_csc(
+    X, start: int, stop: int, chunk_size: int
+) -> Iterator[tuple[int, int, sp.csr_matrix]]:
     """Row chunks of a backed CSC matrix: one bounded column scan per block of many rows."""
     nnz = int(X.group["indptr"][-1])
     per_row = max(nnz / max(X.shape[0], 1), 1.0)
@@ -173,7 +190,7 @@ def _iter_csc(X, start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, 
         b = min(a + rows_per_pass, stop)
         block = _csc_rows(X, np.arange(a, b))
         for s in range(a, b, chunk_size):
-            yield s, min(s + chunk_size, b), block[s - a: min(s + chunk_size, b) - a]
+            yield s, min(s + chunk_size, b), block[s - a : min(s + chunk_size, b) - a]
 
 
 def iter_row_chunks(
@@ -206,14 +223,22 @@ def iter_row_chunks(
         try:
             block = X[start:stop]
         except Exception as exc:
-            raise InputError(path, f"rows {start}:{stop} of {'X' if layer is None else layer}",
-                             f"cannot be read ({type(exc).__name__}: {exc})",
-                             "the file may be truncated or corrupt; re-export it") from exc
+            raise InputError(
+                path,
+                f"rows {start}:{stop} of {'X' if layer is None else layer}",
+                f"cannot be read ({type(exc).__name__}: {exc})",
+                "the file may be truncated or corrupt; re-export it",
+            ) from exc
         yield start, stop, _as_csr32(block)
 
 
-def read_rows(adata: ad.AnnData, rows: np.ndarray, *, layer: str | None = None,
-              path: str | PathLike[str] | None = None) -> sp.csr_matrix:
+def read_rows(
+    adata: ad.AnnData,
+    rows: np.ndarray,
+    *,
+    layer: str | None = None,
+    path: str | PathLike[str] | None = None,
+) -> sp.csr_matrix:
     """Read the (sorted, unique) ``rows`` of ``X`` or a layer as float32 CSR, whatever the storage."""
     path = None if path is None else Path(path)
     X = _matrix(adata, layer, path)
@@ -221,9 +246,12 @@ def read_rows(adata: ad.AnnData, rows: np.ndarray, *, layer: str | None = None,
     try:
         block = _csc_rows(X, rows) if _is_backed_csc(X) else X[rows]
     except Exception as exc:
-        raise InputError(path, f"{len(rows)} rows of {'X' if layer is None else layer}",
-                         f"cannot be read ({type(exc).__name__}: {exc})",
-                         "the file may be truncated or corrupt; re-export it") from exc
+        raise InputError(
+            path,
+            f"{len(rows)} rows of {'X' if layer is None else layer}",
+            f"cannot be read ({type(exc).__name__}: {exc})",
+            "the file may be truncated or corrupt; re-export it",
+        ) from exc
     return _as_csr32(block)
 
 
@@ -239,19 +267,34 @@ def _as_csr32(block) -> sp.csr_matrix:
     return block
 
 
-def check_counts(block: sp.csr_matrix, *, path: str | PathLike[str] | None, rows: tuple[int, int],
-                 allow_non_integer: bool = False) -> None:
+def check_counts(
+    block: sp.csr_matrix,
+    *,
+    path: str | PathLike[str] | None,
+    rows: tuple[int, int],
+    allow_non_integer: bool = False,
+) -> None:
     """Raise :class:`InputError` for NaN/inf, negative or (unless allowed) non-integer values."""
     data = block.data
     where = f"X rows {rows[0]}:{rows[1]}"
     if not np.all(np.isfinite(data)):
-        raise InputError(path, where, "contains NaN or infinite values", "clean the matrix before tokenizing")
+        raise InputError(
+            path, where, "contains NaN or infinite values", "clean the matrix before tokenizing"
+        )
     if data.size and data.min() < 0:
-        raise InputError(path, where, "contains negative values; raw counts are expected",
-                         "pass raw counts (e.g. --layer counts) instead of scaled data")
+        raise InputError(
+            path,
+            where,
+            "contains negative values; raw counts are expected",
+            "pass raw counts (e.g. --layer counts) instead of scaled data",
+        )
     if not allow_non_integer and data.size and not np.all(data == np.round(data)):
-        raise InputError(path, where, "contains non-integer values; raw counts are expected",
-                         "point --layer at raw counts, or pass --allow-non-integer for normalised input")
+        raise InputError(
+            path,
+            where,
+            "contains non-integer values; raw counts are expected",
+            "point --layer at raw counts, or pass --allow-non-integer for normalised input",
+        )
 
 
 @dataclass(frozen=True)
@@ -285,7 +328,9 @@ class GeneMapping:
         if self.representative is None:
             return block
         n = self.n_genes
-        agg = sp.csr_matrix((np.ones(n, dtype=np.float32), self.representative, np.arange(n + 1)), shape=(n, n))
+        agg = sp.csr_matrix(
+            (np.ones(n, dtype=np.float32), self.representative, np.arange(n + 1)), shape=(n, n)
+        )
         out = sp.csr_matrix(block @ agg)
         out.sort_indices()
         return out
@@ -303,16 +348,25 @@ def resolve_gene_ids(
         ids = np.asarray(var.index.astype(str))
     else:
         if gene_id_key not in var.columns:
-            raise InputError(path, f"var[{gene_id_key!r}]", "does not exist",
-                             f"choose one of {list(var.columns)} or omit the gene id key to use var_names")
+            raise InputError(
+                path,
+                f"var[{gene_id_key!r}]",
+                "does not exist",
+                f"choose one of {list(var.columns)} or omit the gene id key to use var_names",
+            )
         ids = np.asarray(var[gene_id_key].astype(str))
     if name_to_id is not None:
         ids = np.asarray([name_to_id.get(g, g) for g in ids])
     return ids
 
 
-def map_genes(gene_ids: np.ndarray, vocab: Mapping[str, int], special_ids: frozenset[int],
-              *, path: str | PathLike[str] | None = None) -> GeneMapping:
+def map_genes(
+    gene_ids: np.ndarray,
+    vocab: Mapping[str, int],
+    special_ids: frozenset[int],
+    *,
+    path: str | PathLike[str] | None = None,
+) -> GeneMapping:
     """Map gene ids to tokens; raise when none of them is in the vocabulary; sum duplicate ids.
 
     Duplicate gene ids among the columns found in the vocabulary are summed (with a warning), the
@@ -325,9 +379,13 @@ def map_genes(gene_ids: np.ndarray, vocab: Mapping[str, int], special_ids: froze
     n_in = int((tokens >= 0).sum())
     if n_in == 0:
         example = ", ".join(map(str, gene_ids[:3]))
-        raise InputError(path, "var gene ids", f"match no gene of the vocabulary (first ids: {example})",
-                         "use the vocabulary's id type (e.g. Ensembl ids via --gene-id-key or a symbol->id "
-                         "dictionary), or build the vocabulary from this data")
+        raise InputError(
+            path,
+            "var gene ids",
+            f"match no gene of the vocabulary (first ids: {example})",
+            "use the vocabulary's id type (e.g. Ensembl ids via --gene-id-key or a symbol->id "
+            "dictionary), or build the vocabulary from this data",
+        )
     representative = None
     in_vocab = np.flatnonzero(tokens >= 0)
     uniq, first = np.unique(tokens[in_vocab], return_index=True)
@@ -336,13 +394,20 @@ def map_genes(gene_ids: np.ndarray, vocab: Mapping[str, int], special_ids: froze
         representative = np.arange(len(gene_ids), dtype=np.int64)
         representative[in_vocab] = [rep_of_token[t] for t in tokens[in_vocab].tolist()]
         dup = in_vocab[representative[in_vocab] != in_vocab]
-        warnings.warn(f"{path}: {dup.size} columns repeat a gene id already present "
-                      f"(e.g. {gene_ids[dup[0]]!r}); their counts are summed into the first column",
-                      stacklevel=2)
+        warnings.warn(
+            f"{path}: {dup.size} columns repeat a gene id already present "
+            f"(e.g. {gene_ids[dup[0]]!r}); their counts are summed into the first column",
+            stacklevel=2,
+        )
         tokens[dup] = -1
         n_in = int((tokens >= 0).sum())
-    return GeneMapping(column_token=tokens, n_genes=len(gene_ids), n_in_vocab=n_in, gene_ids=gene_ids,
-                       representative=representative)
+    return GeneMapping(
+        column_token=tokens,
+        n_genes=len(gene_ids),
+        n_in_vocab=n_in,
+        gene_ids=gene_ids,
+        representative=representative,
+    )
 
 
 def load_name_to_id(path: str | PathLike[str], *, allow_pickle: bool = False) -> dict[str, str]:
@@ -355,30 +420,56 @@ def load_name_to_id(path: str | PathLike[str], *, allow_pickle: bool = False) ->
 
     path = Path(path)
     if not path.exists():
-        raise InputError(path, "gene name -> id dictionary", "does not exist", "pass the path of a .json or .pkl file")
+        raise InputError(
+            path,
+            "gene name -> id dictionary",
+            "does not exist",
+            "pass the path of a .json or .pkl file",
+        )
     if path.suffix == ".json":
         payload = json.loads(path.read_text())
     elif path.suffix in (".pkl", ".pickle"):
         if not allow_pickle:
-            raise InputError(path, "gene name -> id dictionary", "is a pickle, and loading a pickle runs code "
-                             "from the file", "convert it to JSON, or pass --allow-pickle if you trust it")
+            raise InputError(
+                path,
+                "gene name -> id dictionary",
+                "is a pickle, and loading a pickle runs code from the file",
+                "convert it to JSON, or pass --allow-pickle if you trust it",
+            )
         with path.open("rb") as fh:
             payload = pickle.load(fh)
     else:
-        raise InputError(path, "gene name -> id dictionary", f"has an unknown suffix {path.suffix!r}",
-                         "use .json or .pkl")
+        raise InputError(
+            path,
+            "gene name -> id dictionary",
+            f"has an unknown suffix {path.suffix!r}",
+            "use .json or .pkl",
+        )
     if not isinstance(payload, Mapping):
-        raise InputError(path, "gene name -> id dictionary", "is not a mapping", "store a {symbol: id} object")
+        raise InputError(
+            path, "gene name -> id dictionary", "is not a mapping", "store a {symbol: id} object"
+        )
     return {str(k): str(v) for k, v in payload.items()}
 
 
-def library_sizes(adata: ad.AnnData, block: sp.csr_matrix | None, start: int, stop: int, *,
-                  n_counts_key: str | None, path: str | PathLike[str] | None) -> np.ndarray:
+def library_sizes(
+    adata: ad.AnnData,
+    block: sp.csr_matrix | None,
+    start: int,
+    stop: int,
+    *,
+    n_counts_key: str | None,
+    path: str | PathLike[str] | None,
+) -> np.ndarray:
     """``obs[n_counts_key]`` for rows ``start:stop`` when given and present, else the row sums."""
     if n_counts_key is not None and n_counts_key in adata.obs.columns:
         n = np.asarray(adata.obs[n_counts_key].iloc[start:stop], dtype=np.float64)
         if not np.all(np.isfinite(n)) or np.any(n < 0):
-            raise InputError(path, f"obs[{n_counts_key!r}]", "has NaN, infinite or negative values",
-                             "fix the column, or pass --n-counts-key '' to compute library sizes from X")
+            raise InputError(
+                path,
+                f"obs[{n_counts_key!r}]",
+                "has NaN, infinite or negative values",
+                "fix the column, or pass --n-counts-key '' to compute library sizes from X",
+            )
         return n
     return np.asarray(block.sum(axis=1), dtype=np.float64).ravel()

@@ -48,12 +48,18 @@ def compute_medians_exact(
     for f in files:
         adata = open_h5ad(f, lazy=True)
         try:
-            ids = resolve_gene_ids(adata.var, gene_id_key=gene_id_key, name_to_id=name_to_id, path=f)
-            col_to_gene = np.array([gene_names.setdefault(g, len(gene_names)) for g in ids], dtype=np.int64)
+            ids = resolve_gene_ids(
+                adata.var, gene_id_key=gene_id_key, name_to_id=name_to_id, path=f
+            )
+            col_to_gene = np.array(
+                [gene_names.setdefault(g, len(gene_names)) for g in ids], dtype=np.int64
+            )
             dedup = _dedup_mapping(ids, f)
             for start, stop, block in iter_row_chunks(adata, chunk_size, layer=layer, path=f):
                 check_counts(block, path=f, rows=(start, stop), allow_non_integer=allow_non_integer)
-                n_counts = library_sizes(adata, block, start, stop, n_counts_key=n_counts_key, path=f)
+                n_counts = library_sizes(
+                    adata, block, start, stop, n_counts_key=n_counts_key, path=f
+                )
                 if dedup is not None:
                     block = dedup.collapse(block)
                     block.eliminate_zeros()
@@ -114,8 +120,13 @@ class MedianSketch:
     def __len__(self) -> int:
         return len(self._sketches)
 
-    def update_block(self, block: sp.csr_matrix, n_counts: np.ndarray, gene_ids: np.ndarray,
-                     target_sum: float = 10_000.0) -> None:
+    def update_block(
+        self,
+        block: sp.csr_matrix,
+        n_counts: np.ndarray,
+        gene_ids: np.ndarray,
+        target_sum: float = 10_000.0,
+    ) -> None:
         """Add the non-zero values of ``block / n_counts * target_sum`` (columns named by ``gene_ids``)."""
         with np.errstate(divide="ignore"):
             scale = np.where(n_counts > 0, target_sum / np.where(n_counts > 0, n_counts, 1.0), 0.0)
@@ -127,7 +138,7 @@ class MedianSketch:
             sketch = self._sketches.get(gene)
             if sketch is None:
                 sketch = self._sketches[gene] = kll_doubles_sketch(self.k)
-            sketch.update(data[indptr[j]: indptr[j + 1]])
+            sketch.update(data[indptr[j] : indptr[j + 1]])
 
     def merge(self, other: MedianSketch) -> MedianSketch:
         """Fold ``other`` into this sketch (in place) and return ``self``."""
@@ -142,14 +153,23 @@ class MedianSketch:
         return self
 
     def medians(self) -> dict[str, float]:
-        return {str(g): float(sk.get_quantile(0.5, inclusive=True)) for g, sk in self._sketches.items() if not sk.is_empty()}
+        return {
+            str(g): float(sk.get_quantile(0.5, inclusive=True))
+            for g, sk in self._sketches.items()
+            if not sk.is_empty()
+        }
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"k": self.k, "sketches": {g: bytes(sk.serialize()) for g, sk in self._sketches.items()}}
+        return {
+            "k": self.k,
+            "sketches": {g: bytes(sk.serialize()) for g, sk in self._sketches.items()},
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.k = state["k"]
-        self._sketches = {g: kll_doubles_sketch.deserialize(b) for g, b in state["sketches"].items()}
+        self._sketches = {
+            g: kll_doubles_sketch.deserialize(b) for g, b in state["sketches"].items()
+        }
 
 
 def _sketch_unit(args) -> MedianSketch:
@@ -157,13 +177,18 @@ def _sketch_unit(args) -> MedianSketch:
     sketch = MedianSketch(opts["k"])
     adata = open_h5ad(path, lazy=True)
     try:
-        ids = resolve_gene_ids(adata.var, gene_id_key=opts["gene_id_key"], name_to_id=opts["name_to_id"], path=path)
+        ids = resolve_gene_ids(
+            adata.var, gene_id_key=opts["gene_id_key"], name_to_id=opts["name_to_id"], path=path
+        )
         mapping = _dedup_mapping(ids, path)
         gene_ids = ids if mapping is None else ids[mapping.representative]
-        for a, b, block in iter_row_chunks(adata, opts["chunk_size"], layer=opts["layer"], path=path,
-                                           start=start, stop=stop):
+        for a, b, block in iter_row_chunks(
+            adata, opts["chunk_size"], layer=opts["layer"], path=path, start=start, stop=stop
+        ):
             check_counts(block, path=path, rows=(a, b), allow_non_integer=opts["allow_non_integer"])
-            n_counts = library_sizes(adata, block, a, b, n_counts_key=opts["n_counts_key"], path=path)
+            n_counts = library_sizes(
+                adata, block, a, b, n_counts_key=opts["n_counts_key"], path=path
+            )
             if mapping is not None:
                 block = mapping.collapse(block)
             sketch.update_block(block, n_counts, gene_ids, opts["target_sum"])
@@ -203,14 +228,28 @@ def compute_medians(
     Duplicate gene ids within a file are summed first, as in tokenization.
     """
     if exact:
-        return compute_medians_exact(files, gene_id_key=gene_id_key, name_to_id=name_to_id,
-                                     n_counts_key=n_counts_key, target_sum=target_sum, layer=layer,
-                                     chunk_size=chunk_size, allow_non_integer=allow_non_integer)
+        return compute_medians_exact(
+            files,
+            gene_id_key=gene_id_key,
+            name_to_id=name_to_id,
+            n_counts_key=n_counts_key,
+            target_sum=target_sum,
+            layer=layer,
+            chunk_size=chunk_size,
+            allow_non_integer=allow_non_integer,
+        )
     if num_proc <= 0 or rows_per_unit <= 0:
         raise ValueError("num_proc and rows_per_unit must be > 0")
-    opts = {"k": k, "gene_id_key": gene_id_key, "name_to_id": name_to_id, "n_counts_key": n_counts_key,
-            "target_sum": target_sum, "layer": layer, "chunk_size": chunk_size,
-            "allow_non_integer": allow_non_integer}
+    opts = {
+        "k": k,
+        "gene_id_key": gene_id_key,
+        "name_to_id": name_to_id,
+        "n_counts_key": n_counts_key,
+        "target_sum": target_sum,
+        "layer": layer,
+        "chunk_size": chunk_size,
+        "allow_non_integer": allow_non_integer,
+    }
     units = []
     for f in files:
         adata = open_h5ad(f, lazy=True)
@@ -225,7 +264,9 @@ def compute_medians(
             total.merge(_sketch_unit(u))
     else:
         method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(max_workers=min(num_proc, len(units)), mp_context=get_context(method)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(num_proc, len(units)), mp_context=get_context(method)
+        ) as pool:
             for part in pool.map(_sketch_unit, units):
                 total.merge(part)
     return total.medians()
@@ -245,15 +286,26 @@ def load_medians(path: str | PathLike[str], *, allow_pickle: bool = False) -> di
     """Load medians from JSON or, with ``allow_pickle=True``, Geneformer's ``gene_median_dictionary.pkl``."""
     path = Path(path)
     if not path.exists():
-        raise InputError(path, "gene median dictionary", "does not exist", "pass the path of a medians file")
+        raise InputError(
+            path, "gene median dictionary", "does not exist", "pass the path of a medians file"
+        )
     if path.suffix == ".json":
         return {str(k): float(v) for k, v in json.loads(path.read_text()).items()}
     if path.suffix in (".pkl", ".pickle"):
         if not allow_pickle:
-            raise InputError(path, "gene median dictionary", "is a pickle, and loading a pickle runs code from the file",
-                             "convert it to JSON, or pass allow_pickle=True (--allow-pickle) if you trust it")
+            raise InputError(
+                path,
+                "gene median dictionary",
+                "is a pickle, and loading a pickle runs code from the file",
+                "convert it to JSON, or pass allow_pickle=True (--allow-pickle) if you trust it",
+            )
         import pickle
 
         with path.open("rb") as fh:
             return {str(k): float(v) for k, v in pickle.load(fh).items()}
-    raise InputError(path, "gene median dictionary", f"has an unknown suffix {path.suffix!r}", "use .json or .pkl")
+    raise InputError(
+        path,
+        "gene median dictionary",
+        f"has an unknown suffix {path.suffix!r}",
+        "use .json or .pkl",
+    )

@@ -32,7 +32,9 @@ def fixed_rows(matrix: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(matrix[keep]).ravel(), offsets_from_lengths(lengths)
 
 
-def concat_rows(parts: Sequence[tuple[np.ndarray, np.ndarray]], dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
+def concat_rows(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]], dtype=np.int32
+) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate ragged row sets row by row: row ``i`` = part0 row ``i`` + part1 row ``i`` + ..."""
     lengths = [np.diff(off) for _, off in parts]
     total = np.sum(lengths, axis=0) if lengths else np.zeros(0, dtype=np.int64)
@@ -42,7 +44,9 @@ def concat_rows(parts: Sequence[tuple[np.ndarray, np.ndarray]], dtype=np.int32) 
     for (values, off), n in zip(parts, lengths, strict=True):
         if values.size:
             row = np.repeat(np.arange(n.size), n)
-            dest = np.arange(values.size, dtype=np.int64) - off[row] + new_offsets[row] + before[row]
+            dest = (
+                np.arange(values.size, dtype=np.int64) - off[row] + new_offsets[row] + before[row]
+            )
             out[dest] = values
         before += n
     return out, new_offsets

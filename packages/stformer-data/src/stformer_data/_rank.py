@@ -40,7 +40,9 @@ class RankTokenizerConfig:
     def __post_init__(self) -> None:
         n_special = int(self.add_cls) + int(self.add_eos)
         if self.model_input_size <= n_special:
-            raise ValueError(f"model_input_size must be > {n_special} (the special tokens), got {self.model_input_size}")
+            raise ValueError(
+                f"model_input_size must be > {n_special} (the special tokens), got {self.model_input_size}"
+            )
         if not self.target_sum > 0:
             raise ValueError(f"target_sum must be > 0, got {self.target_sum}")
 
@@ -70,15 +72,28 @@ class RankValueTokenizer:
     #: use the compiled (numba) kernel when available; the numpy path gives identical tokens
     use_kernel: bool = True
 
-    def __init__(self, vocab: GeneVocab, medians: Mapping[str, float], config: RankTokenizerConfig | None = None):
+    def __init__(
+        self,
+        vocab: GeneVocab,
+        medians: Mapping[str, float],
+        config: RankTokenizerConfig | None = None,
+    ):
         self.vocab = vocab
         self.config = config or RankTokenizerConfig()
         if self.config.add_cls and vocab.cls_id is None:
-            raise InputError(None, "token dictionary", "has no <cls> token but add_cls=True",
-                             "build the vocabulary with cls_token=True or disable add_cls")
+            raise InputError(
+                None,
+                "token dictionary",
+                "has no <cls> token but add_cls=True",
+                "build the vocabulary with cls_token=True or disable add_cls",
+            )
         if self.config.add_eos and vocab.eos_id is None:
-            raise InputError(None, "token dictionary", "has no <eos> token but add_eos=True",
-                             "build the vocabulary with eos_token=True or disable add_eos")
+            raise InputError(
+                None,
+                "token dictionary",
+                "has no <eos> token but add_eos=True",
+                "build the vocabulary with eos_token=True or disable add_eos",
+            )
         # median by token id; NaN where the gene has no usable median
         self._median_by_token = np.full(len(vocab), np.nan)
         for gene, med in medians.items():
@@ -99,15 +114,27 @@ class RankValueTokenizer:
             factors[ok] = np.where(np.isfinite(med), self.config.target_sum / med, 0.0)
         return factors
 
-    def tokenize_block(self, block: sp.csr_matrix, n_counts: np.ndarray, mapping: GeneMapping,
-                       factors: np.ndarray | None = None) -> list[np.ndarray]:
+    def tokenize_block(
+        self,
+        block: sp.csr_matrix,
+        n_counts: np.ndarray,
+        mapping: GeneMapping,
+        factors: np.ndarray | None = None,
+    ) -> list[np.ndarray]:
         """Tokenize a CSR chunk of cells; returns one int32 array per row (empty for empty cells)."""
         tokens, offsets = self.tokenize_block_flat(block, n_counts, mapping, factors)
-        return [tokens[offsets[i]: offsets[i + 1]] for i in range(block.shape[0])]
+        return [tokens[offsets[i] : offsets[i + 1]] for i in range(block.shape[0])]
 
-    def tokenize_block_flat(self, block: sp.csr_matrix, n_counts: np.ndarray | None, mapping: GeneMapping,
-                            factors: np.ndarray | None = None, *,
-                            limit: int | None = None, specials: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def tokenize_block_flat(
+        self,
+        block: sp.csr_matrix,
+        n_counts: np.ndarray | None,
+        mapping: GeneMapping,
+        factors: np.ndarray | None = None,
+        *,
+        limit: int | None = None,
+        specials: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Tokenize a CSR chunk into flat ``tokens`` (int32) and row ``offsets`` (int64, ``n_rows + 1``).
 
         Row ``i`` is ``tokens[offsets[i]:offsets[i + 1]]`` (empty for cells with no tokenizable gene).
@@ -120,18 +147,27 @@ class RankValueTokenizer:
         block = mapping.collapse(block)
         limit = self.max_genes if limit is None else limit
         if self.use_kernel and _kernel.compiled() is not None:
-            genes, offsets = _kernel.rank_block(block, factors.astype(np.float32), mapping.column_token, limit)
+            genes, offsets = _kernel.rank_block(
+                block, factors.astype(np.float32), mapping.column_token, limit
+            )
         else:
             sorted_keys, bounds = rank_keys(block, factors, mapping.column_token)
             genes, offsets = take_heads(sorted_keys, bounds, limit)
         if not specials:
             return genes, offsets
-        return add_specials(genes, offsets, self.vocab.cls_id if self.config.add_cls else None,
-                            self.vocab.eos_id if self.config.add_eos else None)
+        return add_specials(
+            genes,
+            offsets,
+            self.vocab.cls_id if self.config.add_cls else None,
+            self.vocab.eos_id if self.config.add_eos else None,
+        )
 
 
-def rank_keys(block: sp.csr_matrix, factors: np.ndarray, column_token: np.ndarray,
-              ) -> tuple[np.ndarray, np.ndarray]:
+def rank_keys(
+    block: sp.csr_matrix,
+    factors: np.ndarray,
+    column_token: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the sorted int64 keys ``(~float32 value) << 32 | token`` of the tokenizable genes.
 
     Returns ``(keys, bounds)``: row ``i`` owns ``keys[bounds[i]:bounds[i + 1]]``, sorted ascending,
@@ -180,8 +216,12 @@ def take_heads(keys: np.ndarray, bounds: np.ndarray, limit: int) -> tuple[np.nda
     return _tokens_of(keys[pos]), offsets
 
 
-def add_specials(tokens: np.ndarray, offsets: np.ndarray, cls_id: int | None, eos_id: int | None,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def add_specials(
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    cls_id: int | None,
+    eos_id: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Prepend ``cls_id`` / append ``eos_id`` to every non-empty row of a flat token array."""
     if cls_id is None and eos_id is None:
         return tokens, offsets

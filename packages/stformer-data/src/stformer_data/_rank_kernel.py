@@ -16,8 +16,18 @@ _DIGIT = 8
 _BUCKETS = 1 << _DIGIT
 
 
-def _rank_rows(indptr, indices, data, f32, column_token, token_bits, first_digit, limit, out_tokens,
-               out_lengths):
+def _rank_rows(
+    indptr,
+    indices,
+    data,
+    f32,
+    column_token,
+    token_bits,
+    first_digit,
+    limit,
+    out_tokens,
+    out_lengths,
+):
     n_rows = indptr.size - 1
     n_digits = (31 + token_bits + _DIGIT - 1) // _DIGIT
     width = 0
@@ -75,7 +85,9 @@ def compiled():
     return numba.njit(cache=True, nogil=True)(_rank_rows)
 
 
-def rank_block(block, f32: np.ndarray, column_token: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+def rank_block(
+    block, f32: np.ndarray, column_token: np.ndarray, limit: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Flat tokens (int32) and offsets (int64) of the first ``limit`` ranked genes of each row."""
     # the token takes whole digits, so that when a row's entries already come in token order (CSR
     # columns sorted, tokens increasing with the column) the token digits need no pass: LSD radix
@@ -86,9 +98,18 @@ def rank_block(block, f32: np.ndarray, column_token: np.ndarray, limit: int) -> 
     first_digit = token_bits // _DIGIT if in_order else 0
     out_tokens = np.empty(min(block.nnz, limit * block.shape[0]), dtype=np.int32)
     lengths = np.empty(block.shape[0], dtype=np.int64)
-    n = compiled()(block.indptr.astype(np.int64, copy=False), block.indices,
-                   block.data.astype(np.float32, copy=False), f32, column_token, token_bits, first_digit,
-                   limit, out_tokens, lengths)
+    n = compiled()(
+        block.indptr.astype(np.int64, copy=False),
+        block.indices,
+        block.data.astype(np.float32, copy=False),
+        f32,
+        column_token,
+        token_bits,
+        first_digit,
+        limit,
+        out_tokens,
+        lengths,
+    )
     offsets = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return out_tokens[:n], offsets

@@ -34,8 +34,13 @@ class BlockTokenizer(Protocol):
 
     def column_factors(self, mapping: GeneMapping) -> np.ndarray: ...
 
-    def tokenize_block(self, block: sp.csr_matrix, n_counts: np.ndarray, mapping: GeneMapping,
-                       factors: np.ndarray | None = None) -> list[np.ndarray]: ...
+    def tokenize_block(
+        self,
+        block: sp.csr_matrix,
+        n_counts: np.ndarray,
+        mapping: GeneMapping,
+        factors: np.ndarray | None = None,
+    ) -> list[np.ndarray]: ...
 
 
 @dataclass
@@ -65,12 +70,18 @@ class Buffer:
         np.cumsum(lengths, out=indptr[1:])
         data = np.empty(int(indptr[-1]), dtype=np.float32)
         indices = np.empty(int(indptr[-1]), dtype=np.int32)
-        for k, (p, s, n) in enumerate(zip(self.piece_of[positions].tolist(), self.start[positions].tolist(),
-                                          lengths.tolist(), strict=True)):
+        for k, (p, s, n) in enumerate(
+            zip(
+                self.piece_of[positions].tolist(),
+                self.start[positions].tolist(),
+                lengths.tolist(),
+                strict=True,
+            )
+        ):
             piece_data, piece_indices = self.pieces[p]
             o = indptr[k]
-            data[o: o + n] = piece_data[s: s + n]
-            indices[o: o + n] = piece_indices[s: s + n]
+            data[o : o + n] = piece_data[s : s + n]
+            indices[o : o + n] = piece_indices[s : s + n]
         return indptr, indices, data
 
     def matrix(self, positions: np.ndarray | None = None) -> sp.csr_matrix:
@@ -103,8 +114,14 @@ def _stack_csr(parts: Sequence[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
     for p in parts:
         indptr.append(p.indptr[1:].astype(np.int64) + base)
         base += int(p.indptr[-1])
-    return sp.csr_matrix((np.concatenate([p.data for p in parts]), np.concatenate([p.indices for p in parts]),
-                          np.concatenate(indptr)), shape=(sum(p.shape[0] for p in parts), n_cols))
+    return sp.csr_matrix(
+        (
+            np.concatenate([p.data for p in parts]),
+            np.concatenate([p.indices for p in parts]),
+            np.concatenate(indptr),
+        ),
+        shape=(sum(p.shape[0] for p in parts), n_cols),
+    )
 
 
 def _align_columns(block: sp.csr_matrix, column_map: np.ndarray, n_cols: int) -> sp.csr_matrix:
@@ -113,7 +130,9 @@ def _align_columns(block: sp.csr_matrix, column_map: np.ndarray, n_cols: int) ->
     keep = cols >= 0
     row_of = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))[keep]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(row_of, minlength=block.shape[0]))])
-    return sp.csr_matrix((block.data[keep], cols[keep].astype(np.int32), indptr), shape=(block.shape[0], n_cols))
+    return sp.csr_matrix(
+        (block.data[keep], cols[keep].astype(np.int32), indptr), shape=(block.shape[0], n_cols)
+    )
 
 
 @dataclass
@@ -161,11 +180,21 @@ class H5adSource:
         Refuse NaN, negative or non-integer values in every read (costs a pass over the data).
     """
 
-    def __init__(self, files: Sequence[str | PathLike[str]], *, rows: Sequence[np.ndarray | None] | None = None,
-                 tokenizer: BlockTokenizer | None = None, genes: Mapping[str, int] | Sequence[str] | None = None,
-                 gene_id_key: str | None = None, name_to_id: Mapping[str, str] | None = None,
-                 layer: str | None = None, obs_keys: Sequence[str] = (), n_counts_key: str | None = "n_counts",
-                 check_values: bool = False, max_gap: int = 16) -> None:
+    def __init__(
+        self,
+        files: Sequence[str | PathLike[str]],
+        *,
+        rows: Sequence[np.ndarray | None] | None = None,
+        tokenizer: BlockTokenizer | None = None,
+        genes: Mapping[str, int] | Sequence[str] | None = None,
+        gene_id_key: str | None = None,
+        name_to_id: Mapping[str, str] | None = None,
+        layer: str | None = None,
+        obs_keys: Sequence[str] = (),
+        n_counts_key: str | None = "n_counts",
+        check_values: bool = False,
+        max_gap: int = 16,
+    ) -> None:
         files = [Path(f) for f in files]
         if not files:
             raise ValueError("no input files given")
@@ -189,7 +218,9 @@ class H5adSource:
         for i, path in enumerate(files):
             adata = open_h5ad(path)
             try:
-                ids = resolve_gene_ids(adata.var, gene_id_key=gene_id_key, name_to_id=name_to_id, path=path)
+                ids = resolve_gene_ids(
+                    adata.var, gene_id_key=gene_id_key, name_to_id=name_to_id, path=path
+                )
                 mapping = column_map = factors = None
                 if target is not None:
                     mapping = map_genes(ids, target, special, path=path)
@@ -200,38 +231,68 @@ class H5adSource:
                     self.n_columns = ids.size
                 elif ids.size != reference[1].size or not np.array_equal(ids, reference[1]):
                     n_diff = len(set(ids.tolist()) ^ set(reference[1].tolist()))
-                    raise InputError(path, "var gene ids", f"differ from those of {reference[0]} "
-                                     f"({ids.size} vs {reference[1].size} genes, {n_diff} not shared"
-                                     f"{'' if n_diff else ', same genes in another order'})",
-                                     "pass genes= (a vocabulary or gene list) to align every file to one gene space")
+                    raise InputError(
+                        path,
+                        "var gene ids",
+                        f"differ from those of {reference[0]} "
+                        f"({ids.size} vs {reference[1].size} genes, {n_diff} not shared"
+                        f"{'' if n_diff else ', same genes in another order'})",
+                        "pass genes= (a vocabulary or gene list) to align every file to one gene space",
+                    )
                 missing = [k for k in self.obs_keys if k not in adata.obs.columns]
                 if missing:
-                    raise InputError(path, f"obs columns {missing}", "do not exist",
-                                     f"choose among {list(adata.obs.columns)}")
+                    raise InputError(
+                        path,
+                        f"obs columns {missing}",
+                        "do not exist",
+                        f"choose among {list(adata.obs.columns)}",
+                    )
                 obs = {k: adata.obs[k].astype(str).to_numpy() for k in self.obs_keys}
                 n_counts = None
                 if tokenizer is not None and n_counts_key and n_counts_key in adata.obs.columns:
                     n_counts = np.asarray(adata.obs[n_counts_key], dtype=np.float64)
                     if not np.all(np.isfinite(n_counts)) or np.any(n_counts < 0):
-                        raise InputError(path, f"obs[{n_counts_key!r}]", "has NaN, infinite or negative values",
-                                         "fix the column, or set n_counts_key=None to use row sums")
+                        raise InputError(
+                            path,
+                            f"obs[{n_counts_key!r}]",
+                            "has NaN, infinite or negative values",
+                            "fix the column, or set n_counts_key=None to use row sums",
+                        )
                 n_obs = adata.n_obs
             finally:
                 adata.file.close()
             sel = None if rows is None or rows[i] is None else np.asarray(rows[i], dtype=np.int64)
-            if sel is not None and sel.size and (sel.min() < 0 or sel.max() >= n_obs or np.any(np.diff(sel) <= 0)):
+            if (
+                sel is not None
+                and sel.size
+                and (sel.min() < 0 or sel.max() >= n_obs or np.any(np.diff(sel) <= 0))
+            ):
                 raise ValueError(f"rows for {path} must be sorted, unique and in [0, {n_obs})")
             if n_obs == 0:
                 warnings.warn(f"{path}: has no cells; it is skipped", stacklevel=2)
             st = path.stat()
-            self.files.append(_FileInfo(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, n_obs=n_obs, rows=sel,
-                                        mapping=mapping, column_map=column_map, factors=factors,
-                                        n_counts=n_counts, obs=obs))
+            self.files.append(
+                _FileInfo(
+                    path=path,
+                    size=st.st_size,
+                    mtime_ns=st.st_mtime_ns,
+                    n_obs=n_obs,
+                    rows=sel,
+                    mapping=mapping,
+                    column_map=column_map,
+                    factors=factors,
+                    n_counts=n_counts,
+                    obs=obs,
+                )
+            )
         self.counts = np.array([f.count for f in self.files], dtype=np.int64)
         if self.counts.sum() == 0:
-            raise InputError(files[0] if len(files) == 1 else None, "cells",
-                             f"none to read in {len(files)} file(s) (all empty or no rows selected)",
-                             "pass files that contain cells")
+            raise InputError(
+                files[0] if len(files) == 1 else None,
+                "cells",
+                f"none to read in {len(files)} file(s) (all empty or no rows selected)",
+                "pass files that contain cells",
+            )
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
 
     @property
@@ -269,7 +330,11 @@ class H5adReader:
             h5 = h5py.File(info.path, "r")
             key = "X" if self.source.layer is None else f"layers/{self.source.layer}"
             node = h5[key]
-            encoding = node.attrs.get("encoding-type", "array") if isinstance(node, h5py.Group) else "array"
+            encoding = (
+                node.attrs.get("encoding-type", "array")
+                if isinstance(node, h5py.Group)
+                else "array"
+            )
             handle: dict[str, Any] = {"file": h5, "encoding": encoding, "node": node}
             if encoding == "csr_matrix":
                 handle["indptr"] = node["indptr"][:].astype(np.int64)
@@ -293,12 +358,20 @@ class H5adReader:
         try:
             st = info.path.stat()
         except FileNotFoundError:
-            raise InputError(info.path, "file", "vanished after the dataset was created",
-                             "restore the file, or rebuild the dataset without it") from None
+            raise InputError(
+                info.path,
+                "file",
+                "vanished after the dataset was created",
+                "restore the file, or rebuild the dataset without it",
+            ) from None
         if st.st_size != info.size or st.st_mtime_ns != info.mtime_ns:
-            raise InputError(info.path, "file", f"changed after the dataset was created (size {info.size} -> "
-                             f"{st.st_size} bytes): truncated or rewritten",
-                             "restore the file, or rebuild the dataset")
+            raise InputError(
+                info.path,
+                "file",
+                f"changed after the dataset was created (size {info.size} -> "
+                f"{st.st_size} bytes): truncated or rewritten",
+                "restore the file, or rebuild the dataset",
+            )
 
     def _read_range(self, f: int, a: int, b: int) -> sp.csr_matrix:
         handle = self._handle(f)
@@ -312,14 +385,24 @@ class H5adReader:
                 if data.size != p1 - p0 or indices.size != p1 - p0:
                     raise OSError(f"read {data.size} of {p1 - p0} stored values")
                 m = sp.csr_matrix((b - a, handle["n_vars"]), dtype=np.float32)  # no index checks
-                m.data, m.indices, m.indptr = data.astype(np.float32, copy=False), indices, indptr[a: b + 1] - p0
+                m.data, m.indices, m.indptr = (
+                    data.astype(np.float32, copy=False),
+                    indices,
+                    indptr[a : b + 1] - p0,
+                )
                 return m
             if handle["encoding"] == "array":
                 return sp.csr_matrix(np.asarray(handle["node"][a:b], dtype=np.float32))
-            block = handle["adata"].X[a:b] if self.source.layer is None else handle["adata"].layers[self.source.layer][a:b]
+            block = (
+                handle["adata"].X[a:b]
+                if self.source.layer is None
+                else handle["adata"].layers[self.source.layer][a:b]
+            )
             return sp.csr_matrix(block, dtype=np.float32)
         except Exception as exc:
-            raise _read_error(info.path, f"rows {a}:{b} of {self.source.layer or 'X'}", exc) from exc
+            raise _read_error(
+                info.path, f"rows {a}:{b} of {self.source.layer or 'X'}", exc
+            ) from exc
 
     def read(self, cells: np.ndarray) -> Buffer:
         """Read the cells (global ids) of one buffer; the result is in the order of ``cells``."""
@@ -342,8 +425,8 @@ class H5adReader:
             blocks, done = [], 0
             for a, b in _runs(rows, src.max_gap):
                 block = self._read_range(f, a, b)
-                wanted = rows[done: done + np.searchsorted(rows[done:], b)] - a
-                here = sel[done: done + wanted.size]
+                wanted = rows[done : done + np.searchsorted(rows[done:], b)] - a
+                here = sel[done : done + wanted.size]
                 done += wanted.size
                 if src.check_values:
                     check_counts(block, path=info.path, rows=(a, b))
@@ -358,28 +441,55 @@ class H5adReader:
                 nnz[here] = block.indptr[wanted + 1] - block.indptr[wanted]
             if src.tokenizer is not None:
                 block = _stack_csr(blocks, blocks[0].shape[1])
-                n_counts = (info.n_counts[rows] if info.n_counts is not None
-                            else np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
+                n_counts = (
+                    info.n_counts[rows]
+                    if info.n_counts is not None
+                    else np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+                )
                 for c in range(0, block.shape[0], TOKENIZE_ROWS):  # bounded memory and sort sizes
-                    tokens.extend(src.tokenizer.tokenize_block(block[c: c + TOKENIZE_ROWS], n_counts[c: c + TOKENIZE_ROWS],
-                                                               info.mapping, info.factors))
+                    tokens.extend(
+                        src.tokenizer.tokenize_block(
+                            block[c : c + TOKENIZE_ROWS],
+                            n_counts[c : c + TOKENIZE_ROWS],
+                            info.mapping,
+                            info.factors,
+                        )
+                    )
         order = np.searchsorted(sorted_ids, cells)
-        obs = {k: np.concatenate([src.files[f].obs[k][rows_all[file_of == f]] for f in np.unique(file_of)])[order]
-               for k in src.obs_keys}
-        buf = Buffer(lengths=np.zeros(0, dtype=np.int64), file_index=file_of[order], cell_index=rows_all[order],
-                     n_columns=int(src.n_columns or 0), obs=obs)
+        obs = {
+            k: np.concatenate(
+                [src.files[f].obs[k][rows_all[file_of == f]] for f in np.unique(file_of)]
+            )[order]
+            for k in src.obs_keys
+        }
+        buf = Buffer(
+            lengths=np.zeros(0, dtype=np.int64),
+            file_index=file_of[order],
+            cell_index=rows_all[order],
+            n_columns=int(src.n_columns or 0),
+            obs=obs,
+        )
         if src.tokenizer is not None:
             buf.tokens = [tokens[i] for i in order]
-            buf.lengths = np.fromiter((t.size for t in buf.tokens), dtype=np.int64, count=len(buf.tokens))
+            buf.lengths = np.fromiter(
+                (t.size for t in buf.tokens), dtype=np.int64, count=len(buf.tokens)
+            )
         else:
-            buf.pieces, buf.piece_of, buf.start, buf.lengths = pieces, piece_of[order], start[order], nnz[order]
+            buf.pieces, buf.piece_of, buf.start, buf.lengths = (
+                pieces,
+                piece_of[order],
+                start[order],
+                nnz[order],
+            )
         return buf
 
 
 class _MappedSegments:
     """Slices of a 1-D HDF5 dataset served from a memory map of its file, segment by segment."""
 
-    def __init__(self, path: Path, dtype: np.dtype, size: int, segments: list[tuple[int, int, int]]) -> None:
+    def __init__(
+        self, path: Path, dtype: np.dtype, size: int, segments: list[tuple[int, int, int]]
+    ) -> None:
         self._file = np.memmap(path, dtype=np.uint8, mode="r")
         self.dtype, self.size = dtype, size
         self._starts = np.array([s[0] for s in segments], dtype=np.int64)
@@ -388,7 +498,7 @@ class _MappedSegments:
     def _view(self, k: int, a: int, b: int) -> np.ndarray:
         first, _, byte = self._segments[k]
         lo = byte + (a - first) * self.dtype.itemsize
-        return self._file[lo: lo + (b - a) * self.dtype.itemsize].view(self.dtype)
+        return self._file[lo : lo + (b - a) * self.dtype.itemsize].view(self.dtype)
 
     def __getitem__(self, item: slice) -> np.ndarray:
         a, b, _ = item.indices(self.size)
@@ -409,7 +519,12 @@ def _direct_view(path: Path, dataset: h5py.Dataset) -> _MappedSegments | h5py.Da
     Contiguous datasets map in one piece; chunked ones (anndata writes them chunked) are mapped as
     runs of back-to-back unfiltered chunks. Anything else (compression, filters) stays with h5py.
     """
-    if dataset.ndim != 1 or dataset.size == 0 or dataset.compression is not None or dataset.dtype.hasobject:
+    if (
+        dataset.ndim != 1
+        or dataset.size == 0
+        or dataset.compression is not None
+        or dataset.dtype.hasobject
+    ):
         return dataset
     try:
         offset = dataset.id.get_offset()
@@ -418,11 +533,15 @@ def _direct_view(path: Path, dataset: h5py.Dataset) -> _MappedSegments | h5py.Da
         if dataset.chunks is None:
             return dataset
         infos: list[tuple[int, int, int, int]] = []
-        dataset.id.chunk_iter(lambda c: infos.append((c.chunk_offset[0], c.filter_mask, c.byte_offset, c.size)))
+        dataset.id.chunk_iter(
+            lambda c: infos.append((c.chunk_offset[0], c.filter_mask, c.byte_offset, c.size))
+        )
         infos.sort()
         chunk = dataset.chunks[0]
         chunk_bytes = chunk * dataset.dtype.itemsize
-        if len(infos) != -(-dataset.size // chunk) or any(m != 0 or n != chunk_bytes for _, m, _, n in infos):
+        if len(infos) != -(-dataset.size // chunk) or any(
+            m != 0 or n != chunk_bytes for _, m, _, n in infos
+        ):
             return dataset
         segments: list[list[int]] = []
         for first, _, byte, _ in infos:
@@ -437,8 +556,13 @@ def _direct_view(path: Path, dataset: h5py.Dataset) -> _MappedSegments | h5py.Da
 
 
 def _read_error(path: Path, field: str, exc: Exception) -> InputError:
-    return InputError(path, field, f"could not be read ({type(exc).__name__}: {exc}); the file vanished, "
-                      "is truncated or is corrupt", "restore or re-export the file")
+    return InputError(
+        path,
+        field,
+        f"could not be read ({type(exc).__name__}: {exc}); the file vanished, "
+        "is truncated or is corrupt",
+        "restore or re-export the file",
+    )
 
 
 class CorpusSource:
@@ -454,8 +578,12 @@ class CorpusSource:
 
         self.path = Path(path)
         if not is_complete_corpus(self.path):
-            raise InputError(self.path, "manifest.json", "is missing: this is not a complete stformer corpus",
-                             "tokenize again with `stformer tokenize`")
+            raise InputError(
+                self.path,
+                "manifest.json",
+                "is missing: this is not a complete stformer corpus",
+                "tokenize again with `stformer tokenize`",
+            )
         self.vocab = GeneVocab.load(self.path / "token_dictionary.json")
         self.obs_keys = tuple(obs_keys)
         data_dir = self.path / "dataset"
@@ -471,11 +599,17 @@ class CorpusSource:
             if self.obs_keys:
                 missing = [k for k in self.obs_keys if k not in reader.schema.names]
                 if missing:
-                    raise InputError(arrow, f"columns {missing}", "do not exist in the corpus",
-                                     f"choose among {reader.schema.names}")
+                    raise InputError(
+                        arrow,
+                        f"columns {missing}",
+                        "do not exist in the corpus",
+                        f"choose among {reader.schema.names}",
+                    )
         self.counts = np.array(counts, dtype=np.int64)
         if self.counts.sum() == 0:
-            raise InputError(self.path, "dataset", "holds no cells", "tokenize files that contain cells")
+            raise InputError(
+                self.path, "dataset", "holds no cells", "tokenize files that contain cells"
+            )
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
 
     @property
@@ -507,35 +641,52 @@ class CorpusReader:
             cols = []
             for arrow in self.source.arrow_files:
                 if not arrow.exists():
-                    raise InputError(arrow, "file", "vanished after the dataset was created",
-                                     "restore the corpus or tokenize again")
+                    raise InputError(
+                        arrow,
+                        "file",
+                        "vanished after the dataset was created",
+                        "restore the corpus or tokenize again",
+                    )
                 try:
                     for batch in pa.ipc.open_stream(pa.memory_map(str(arrow), "r")):
                         ids = batch.column("input_ids")
-                        entry = {"offsets": ids.offsets.to_numpy(), "values": ids.values.to_numpy(),
-                                 "file_index": batch.column("file_index").to_numpy(),
-                                 "cell_index": batch.column("cell_index").to_numpy()}
+                        entry = {
+                            "offsets": ids.offsets.to_numpy(),
+                            "values": ids.values.to_numpy(),
+                            "file_index": batch.column("file_index").to_numpy(),
+                            "cell_index": batch.column("cell_index").to_numpy(),
+                        }
                         for k in self.source.obs_keys:
                             entry[k] = np.asarray(batch.column(k).to_pylist(), dtype=object)
                         cols.append(entry)
                 except (OSError, pa.ArrowException) as exc:
                     raise _read_error(arrow, "record batches", exc) from exc
             if len(cols) != len(self.source.counts):
-                raise InputError(self.source.path, "dataset", "changed after the dataset was created",
-                                 "restore the corpus or rebuild the dataset")
+                raise InputError(
+                    self.source.path,
+                    "dataset",
+                    "changed after the dataset was created",
+                    "restore the corpus or rebuild the dataset",
+                )
             self._cols = cols
         return self._cols
 
     def read(self, cells: np.ndarray) -> Buffer:
         cols = self._columns()
         batch_of, local = _locate(np.asarray(cells), self.source.offsets)
-        tokens, file_index, cell_index = [], np.empty(local.size, np.int64), np.empty(local.size, np.int64)
+        tokens, file_index, cell_index = (
+            [],
+            np.empty(local.size, np.int64),
+            np.empty(local.size, np.int64),
+        )
         obs = {k: np.empty(local.size, dtype=object) for k in self.source.obs_keys}
         for i, (b, r) in enumerate(zip(batch_of.tolist(), local.tolist(), strict=True)):
             c = cols[b]
-            tokens.append(c["values"][c["offsets"][r]: c["offsets"][r + 1]])
+            tokens.append(c["values"][c["offsets"][r] : c["offsets"][r + 1]])
             file_index[i], cell_index[i] = c["file_index"][r], c["cell_index"][r]
             for k in obs:
                 obs[k][i] = c[k][r]
         lengths = np.fromiter((t.size for t in tokens), dtype=np.int64, count=len(tokens))
-        return Buffer(lengths=lengths, file_index=file_index, cell_index=cell_index, tokens=tokens, obs=obs)
+        return Buffer(
+            lengths=lengths, file_index=file_index, cell_index=cell_index, tokens=tokens, obs=obs
+        )

@@ -54,7 +54,9 @@ class ShuffleStrategy:
     def name(self) -> str:
         return type(self).__name__
 
-    def block_order(self, counts: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def block_order(
+        self, counts: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Blocks ``[start, stop)`` in global cell ids (files concatenated), in reading order.
 
         ``counts[f]`` is the number of cells of file ``f``; a block never crosses a file boundary.
@@ -63,8 +65,10 @@ class ShuffleStrategy:
         if np.any(counts < 0):
             raise ValueError("counts must be >= 0")
         offsets = np.concatenate([[0], np.cumsum(counts)])
-        starts = [np.arange(offsets[f], offsets[f + 1], self.block_size, dtype=np.int64)
-                  for f in range(len(counts))]
+        starts = [
+            np.arange(offsets[f], offsets[f + 1], self.block_size, dtype=np.int64)
+            for f in range(len(counts))
+        ]
         start = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
         file_of = np.searchsorted(offsets, start, side="right") - 1
         stop = np.minimum(start + self.block_size, offsets[file_of + 1])

@@ -61,8 +61,11 @@ class NeighborhoodConfig:
     bandwidth: float | None = None
 
     def __post_init__(self) -> None:
-        for name, allowed in (("graph", _GRAPHS), ("aggregate", _AGGREGATES),
-                              ("distance_weighting", _WEIGHTINGS)):
+        for name, allowed in (
+            ("graph", _GRAPHS),
+            ("aggregate", _AGGREGATES),
+            ("distance_weighting", _WEIGHTINGS),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.n_neighbors < 1:
@@ -73,17 +76,27 @@ class NeighborhoodConfig:
             raise ValueError(f"bandwidth must be > 0, got {self.bandwidth}")
 
 
-def _coordinates(adata: ad.AnnData, config: NeighborhoodConfig, path, *, required: bool) -> np.ndarray | None:
+def _coordinates(
+    adata: ad.AnnData, config: NeighborhoodConfig, path, *, required: bool
+) -> np.ndarray | None:
     if config.spatial_key not in adata.obsm:
         if not required:
             return None
-        raise InputError(path, f"obsm[{config.spatial_key!r}]", "does not exist, and neighbourhood mode needs "
-                         "spot coordinates (or obsp[...] connectivities)",
-                         "add the coordinates, name their key with --spatial-key, or use --mode spot")
+        raise InputError(
+            path,
+            f"obsm[{config.spatial_key!r}]",
+            "does not exist, and neighbourhood mode needs "
+            "spot coordinates (or obsp[...] connectivities)",
+            "add the coordinates, name their key with --spatial-key, or use --mode spot",
+        )
     coords = np.asarray(adata.obsm[config.spatial_key], dtype=np.float64)
     if coords.ndim != 2 or coords.shape[1] < 2 or not np.all(np.isfinite(coords[:, :2])):
-        raise InputError(path, f"obsm[{config.spatial_key!r}]", "must be a finite (n_obs, 2+) array",
-                         "fix the coordinates")
+        raise InputError(
+            path,
+            f"obsm[{config.spatial_key!r}]",
+            "must be a finite (n_obs, 2+) array",
+            "fix the coordinates",
+        )
     return coords[:, :2]
 
 
@@ -117,15 +130,22 @@ def _section_edges(pts: np.ndarray, config: NeighborhoodConfig) -> tuple[np.ndar
     return src[keep].astype(np.int64), dst[keep].astype(np.int64)
 
 
-def build_neighbor_graph(adata: ad.AnnData, config: NeighborhoodConfig,
-                         path: str | PathLike[str] | None = None) -> sp.csr_matrix:
+def build_neighbor_graph(
+    adata: ad.AnnData, config: NeighborhoodConfig, path: str | PathLike[str] | None = None
+) -> sp.csr_matrix:
     """The weighted ``(n_obs, n_obs)`` neighbour graph of a file (no self loops)."""
     n = adata.n_obs
-    use_obsp = config.graph == "obsp" or (config.graph == "auto" and config.connectivities_key in adata.obsp)
+    use_obsp = config.graph == "obsp" or (
+        config.graph == "auto" and config.connectivities_key in adata.obsp
+    )
     if use_obsp:
         if config.connectivities_key not in adata.obsp:
-            raise InputError(path, f"obsp[{config.connectivities_key!r}]", "does not exist",
-                             "compute it (e.g. squidpy.gr.spatial_neighbors) or choose --graph delaunay|knn|radius")
+            raise InputError(
+                path,
+                f"obsp[{config.connectivities_key!r}]",
+                "does not exist",
+                "compute it (e.g. squidpy.gr.spatial_neighbors) or choose --graph delaunay|knn|radius",
+            )
         graph = sp.coo_matrix(adata.obsp[config.connectivities_key])
         keep = (graph.row != graph.col) & (graph.data != 0)
         src, dst = graph.row[keep].astype(np.int64), graph.col[keep].astype(np.int64)
@@ -135,10 +155,16 @@ def build_neighbor_graph(adata: ad.AnnData, config: NeighborhoodConfig,
         if config.section_key is None:
             sections = np.zeros(n, dtype=np.int64)
         elif config.section_key not in adata.obs.columns:
-            raise InputError(path, f"obs[{config.section_key!r}]", "does not exist",
-                             f"choose a section column among {list(adata.obs.columns)} or omit --section-key")
+            raise InputError(
+                path,
+                f"obs[{config.section_key!r}]",
+                "does not exist",
+                f"choose a section column among {list(adata.obs.columns)} or omit --section-key",
+            )
         else:
-            sections = np.unique(adata.obs[config.section_key].astype(str).to_numpy(), return_inverse=True)[1]
+            sections = np.unique(
+                adata.obs[config.section_key].astype(str).to_numpy(), return_inverse=True
+            )[1]
         parts_src, parts_dst = [], []
         for s in np.unique(sections):
             members = np.flatnonzero(sections == s)
@@ -181,10 +207,20 @@ class NeighborhoodTokenizer:
     def max_length(self) -> int:
         return 2 * self.rank.config.model_input_size
 
-    def tokenize_block(self, adata: ad.AnnData, graph: sp.csr_matrix, library: np.ndarray, start: int,
-                       stop: int, block: sp.csr_matrix, mapping: GeneMapping, factors: np.ndarray, *,
-                       layer: str | None = None, path=None,
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def tokenize_block(
+        self,
+        adata: ad.AnnData,
+        graph: sp.csr_matrix,
+        library: np.ndarray,
+        start: int,
+        stop: int,
+        block: sp.csr_matrix,
+        mapping: GeneMapping,
+        factors: np.ndarray,
+        *,
+        layer: str | None = None,
+        path=None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(input_ids, token_type_ids, offsets, has_neighbours)`` for rows ``start:stop``.
 
         ``library`` holds every row's library size (neighbours' own totals normalise their counts).
@@ -198,11 +234,15 @@ class NeighborhoodTokenizer:
             with np.errstate(divide="ignore"):
                 scale = np.where(library[nb] > 0, self.rank.config.target_sum / library[nb], 0.0)
             normalised = sp.diags(scale) @ nb_block
-            local = sp.csr_matrix((sub.data, np.searchsorted(nb, sub.indices), sub.indptr), shape=(n_rows, nb.size))
+            local = sp.csr_matrix(
+                (sub.data, np.searchsorted(nb, sub.indices), sub.indptr), shape=(n_rows, nb.size)
+            )
             agg = sp.csr_matrix(local @ normalised)
             if self.config.aggregate == "mean":
                 total = np.asarray(sub.sum(axis=1)).ravel()
-                agg = sp.csr_matrix(sp.diags(np.where(total > 0, 1.0 / np.where(total > 0, total, 1), 0.0)) @ agg)
+                agg = sp.csr_matrix(
+                    sp.diags(np.where(total > 0, 1.0 / np.where(total > 0, total, 1), 0.0)) @ agg
+                )
         else:
             agg = sp.csr_matrix((n_rows, block.shape[1]), dtype=np.float64)
         agg = mapping.collapse(agg)
@@ -215,6 +255,7 @@ class NeighborhoodTokenizer:
         keep_pos = np.repeat(has_spot, np.diff(hood_off))
         hood, hood_off = hood[keep_pos], np.concatenate([[0], np.cumsum(hood_lengths)])
         ids, offsets = concat_rows([(spot, spot_off), (hood, hood_off)])
-        types, _ = concat_rows([(np.zeros(spot.size, np.int32), spot_off),
-                                (np.ones(hood.size, np.int32), hood_off)])
+        types, _ = concat_rows(
+            [(np.zeros(spot.size, np.int32), spot_off), (np.ones(hood.size, np.int32), hood_off)]
+        )
         return ids, types, offsets, has_hood

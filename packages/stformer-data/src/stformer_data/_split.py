@@ -35,8 +35,9 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return fr  # type: ignore[return-value]
 
 
-def category_random_split(categories: Sequence[str] | np.ndarray, fractions: Sequence[float],
-                          seed: int = 0) -> dict[str, list[str]]:
+def category_random_split(
+    categories: Sequence[str] | np.ndarray, fractions: Sequence[float], seed: int = 0
+) -> dict[str, list[str]]:
     """Assign whole categories to train/val/test so that cell shares approach ``fractions``.
 
     Categories are shuffled (by ``seed``) and taken in that order; each goes to the split whose
@@ -51,7 +52,9 @@ def category_random_split(categories: Sequence[str] | np.ndarray, fractions: Seq
     order = np.random.default_rng(seed).permutation(values.size)
     wanted = [i for i in range(3) if fr[i] > 0]
     if values.size < len(wanted):
-        raise ValueError(f"{values.size} categories cannot fill {len(wanted)} splits with non-zero fractions")
+        raise ValueError(
+            f"{values.size} categories cannot fill {len(wanted)} splits with non-zero fractions"
+        )
     total = counts.sum()
     got = np.zeros(3)
     split_of = np.empty(values.size, dtype=np.int64)
@@ -59,7 +62,9 @@ def category_random_split(categories: Sequence[str] | np.ndarray, fractions: Seq
         deficit = [(fr[i] - got[i] / total) if i in wanted else -np.inf for i in range(3)]
         split_of[idx] = int(np.argmax(deficit))
         got[split_of[idx]] += counts[idx]
-    for i in wanted:  # a wanted split left empty takes the smallest category of a split that has several
+    for i in (
+        wanted
+    ):  # a wanted split left empty takes the smallest category of a split that has several
         if not np.any(split_of == i):
             donors = [j for j in range(values.size) if np.sum(split_of == split_of[j]) > 1]
             split_of[min(donors, key=lambda j: (counts[j], values[j]))] = i
@@ -117,8 +122,14 @@ class SplitInfo:
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_counts(cls, files: Sequence[str | PathLike[str]], n_obs: Sequence[int], *,
-                    fractions: Sequence[float] = (0.9, 0.05, 0.05), seed: int = 0) -> SplitInfo:
+    def from_counts(
+        cls,
+        files: Sequence[str | PathLike[str]],
+        n_obs: Sequence[int],
+        *,
+        fractions: Sequence[float] = (0.9, 0.05, 0.05),
+        seed: int = 0,
+    ) -> SplitInfo:
         """A cell-level random split: exactly ``round(fraction * N)`` cells per split (test takes the rest)."""
         fr = _check_fractions(fractions)
         n_obs = tuple(int(n) for n in n_obs)
@@ -129,28 +140,53 @@ class SplitInfo:
         flat = np.full(total, 2, dtype=np.uint8)
         perm = np.random.default_rng(seed).permutation(total)
         flat[perm[:n_train]] = 0
-        flat[perm[n_train: n_train + n_val]] = 1
+        flat[perm[n_train : n_train + n_val]] = 1
         bounds = np.concatenate([[0], np.cumsum(n_obs)])
-        codes = tuple(flat[bounds[i]: bounds[i + 1]] for i in range(len(n_obs)))
-        return cls(files=tuple(str(f) for f in files), n_obs=n_obs, codes=codes, fractions=fr, seed=seed)
+        codes = tuple(flat[bounds[i] : bounds[i + 1]] for i in range(len(n_obs)))
+        return cls(
+            files=tuple(str(f) for f in files), n_obs=n_obs, codes=codes, fractions=fr, seed=seed
+        )
 
     @classmethod
-    def from_groups(cls, files: Sequence[str | PathLike[str]], groups_per_file: Sequence[np.ndarray], *,
-                    fractions: Sequence[float] = (0.9, 0.05, 0.05), seed: int = 0,
-                    group_key: str | None = None) -> SplitInfo:
+    def from_groups(
+        cls,
+        files: Sequence[str | PathLike[str]],
+        groups_per_file: Sequence[np.ndarray],
+        *,
+        fractions: Sequence[float] = (0.9, 0.05, 0.05),
+        seed: int = 0,
+        group_key: str | None = None,
+    ) -> SplitInfo:
         """A grouped split: every cell of a group lands in the same split (see :func:`category_random_split`)."""
         fr = _check_fractions(fractions)
         labels = [np.asarray(g).astype(str) for g in groups_per_file]
-        assignment = category_random_split(np.concatenate(labels) if labels else np.array([]), fr, seed)
+        assignment = category_random_split(
+            np.concatenate(labels) if labels else np.array([]), fr, seed
+        )
         code_of = {g: i for i, s in enumerate(SPLITS) for g in assignment[s]}
-        codes = tuple(np.fromiter((code_of[g] for g in lab), dtype=np.uint8, count=lab.size) for lab in labels)
-        return cls(files=tuple(str(f) for f in files), n_obs=tuple(lab.size for lab in labels), codes=codes,
-                   fractions=fr, group_key=group_key, seed=seed, groups=assignment)
+        codes = tuple(
+            np.fromiter((code_of[g] for g in lab), dtype=np.uint8, count=lab.size) for lab in labels
+        )
+        return cls(
+            files=tuple(str(f) for f in files),
+            n_obs=tuple(lab.size for lab in labels),
+            codes=codes,
+            fractions=fr,
+            group_key=group_key,
+            seed=seed,
+            groups=assignment,
+        )
 
     @classmethod
-    def create(cls, files: Sequence[str | PathLike[str]], *, fractions: Sequence[float] = (0.9, 0.05, 0.05),
-               group_key: str | None = None, seed: int = 0,
-               read_obs: Callable[[Path, str], np.ndarray] | None = None) -> SplitInfo:
+    def create(
+        cls,
+        files: Sequence[str | PathLike[str]],
+        *,
+        fractions: Sequence[float] = (0.9, 0.05, 0.05),
+        group_key: str | None = None,
+        seed: int = 0,
+        read_obs: Callable[[Path, str], np.ndarray] | None = None,
+    ) -> SplitInfo:
         """Draw a split of h5ad ``files``: by cell, or grouped by ``obs[group_key]`` when it is given."""
         paths = [Path(f) for f in files]
         if group_key is None:
@@ -161,8 +197,13 @@ class SplitInfo:
                 adata.file.close()
             return cls.from_counts(paths, n_obs, fractions=fractions, seed=seed)
         read_obs = read_obs or _read_obs_column
-        return cls.from_groups(paths, [read_obs(p, group_key) for p in paths], fractions=fractions,
-                               seed=seed, group_key=group_key)
+        return cls.from_groups(
+            paths,
+            [read_obs(p, group_key) for p in paths],
+            fractions=fractions,
+            seed=seed,
+            group_key=group_key,
+        )
 
     # --- use ------------------------------------------------------------------------------------
     def indices(self, split: str) -> list[np.ndarray]:
@@ -184,8 +225,10 @@ class SplitInfo:
             "seed": self.seed,
             "groups": self.groups,
             "counts": self.counts(),
-            "files": [{"path": f, "n_obs": n, "codes": _encode(c)}
-                      for f, n, c in zip(self.files, self.n_obs, self.codes, strict=True)],
+            "files": [
+                {"path": f, "n_obs": n, "codes": _encode(c)}
+                for f, n, c in zip(self.files, self.n_obs, self.codes, strict=True)
+            ],
         }
 
     def save(self, run_dir: str | PathLike[str]) -> Path:
@@ -202,21 +245,36 @@ class SplitInfo:
     def load(cls, run_dir: str | PathLike[str]) -> SplitInfo:
         path = Path(run_dir) / SPLIT_FILE
         if not path.is_file():
-            raise InputError(path, "split file", "does not exist", "create the split with SplitInfo.create first")
+            raise InputError(
+                path, "split file", "does not exist", "create the split with SplitInfo.create first"
+            )
         try:
             payload = json.loads(path.read_text())
             files = payload["files"]
-            return cls(files=tuple(f["path"] for f in files), n_obs=tuple(int(f["n_obs"]) for f in files),
-                       codes=tuple(_decode(f["codes"], int(f["n_obs"])) for f in files),
-                       fractions=tuple(payload["fractions"]), group_key=payload.get("group_key"),
-                       seed=int(payload.get("seed", 0)), groups=payload.get("groups"))
+            return cls(
+                files=tuple(f["path"] for f in files),
+                n_obs=tuple(int(f["n_obs"]) for f in files),
+                codes=tuple(_decode(f["codes"], int(f["n_obs"])) for f in files),
+                fractions=tuple(payload["fractions"]),
+                group_key=payload.get("group_key"),
+                seed=int(payload.get("seed", 0)),
+                groups=payload.get("groups"),
+            )
         except (KeyError, ValueError, TypeError, zlib.error) as exc:
-            raise InputError(path, "split file", f"is malformed ({exc})", "delete it to draw a new split") from exc
+            raise InputError(
+                path, "split file", f"is malformed ({exc})", "delete it to draw a new split"
+            ) from exc
 
     @classmethod
-    def load_or_create(cls, run_dir: str | PathLike[str], files: Sequence[str | PathLike[str]], *,
-                       fractions: Sequence[float] = (0.9, 0.05, 0.05), group_key: str | None = None,
-                       seed: int = 0) -> SplitInfo:
+    def load_or_create(
+        cls,
+        run_dir: str | PathLike[str],
+        files: Sequence[str | PathLike[str]],
+        *,
+        fractions: Sequence[float] = (0.9, 0.05, 0.05),
+        group_key: str | None = None,
+        seed: int = 0,
+    ) -> SplitInfo:
         """Reuse ``run_dir/split.json`` when present (a resumed run), else draw the split and save it.
 
         A saved split made for other files, or for files whose cell counts changed, is refused.
@@ -229,15 +287,23 @@ class SplitInfo:
         info = cls.load(run_dir)
         wanted = tuple(str(Path(f)) for f in files)
         if tuple(str(Path(f)) for f in info.files) != wanted:
-            raise InputError(path, "files", f"are {list(info.files)}, not the files of this run {list(wanted)}",
-                             "use a new run directory, or delete split.json to draw a new split")
+            raise InputError(
+                path,
+                "files",
+                f"are {list(info.files)}, not the files of this run {list(wanted)}",
+                "use a new run directory, or delete split.json to draw a new split",
+            )
         for f, n in zip(info.files, info.n_obs, strict=True):
             adata = open_h5ad(f)
             now = adata.n_obs
             adata.file.close()
             if now != n:
-                raise InputError(f, "n_obs", f"is {now} but the saved split of {path} has {n} cells",
-                                 "the file changed since the split was drawn; use a new run directory")
+                raise InputError(
+                    f,
+                    "n_obs",
+                    f"is {now} but the saved split of {path} has {n} cells",
+                    "the file changed since the split was drawn; use a new run directory",
+                )
         return info
 
 
@@ -245,8 +311,12 @@ def _read_obs_column(path: Path, key: str) -> np.ndarray:
     adata = open_h5ad(path)
     try:
         if key not in adata.obs.columns:
-            raise InputError(path, f"obs[{key!r}]", "does not exist",
-                             f"group by one of {list(adata.obs.columns)}")
+            raise InputError(
+                path,
+                f"obs[{key!r}]",
+                "does not exist",
+                f"group by one of {list(adata.obs.columns)}",
+            )
         return adata.obs[key].astype(str).to_numpy()
     finally:
         adata.file.close()

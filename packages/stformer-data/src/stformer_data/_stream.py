@@ -51,7 +51,9 @@ def epoch_rng(seed: int, epoch: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), *map(int, keys)])
 
 
-def batches_per_rank(n_cells: int, *, batch_size: int, world_size: int, even_batches: EvenBatches) -> int:
+def batches_per_rank(
+    n_cells: int, *, batch_size: int, world_size: int, even_batches: EvenBatches
+) -> int:
     """How many batches every rank gets in one epoch."""
     _check_world(batch_size=batch_size, world_size=world_size, even_batches=even_batches)
     per_round = world_size * batch_size
@@ -69,10 +71,13 @@ def _check_world(*, batch_size: int, world_size: int, even_batches: str) -> None
         raise ValueError(f"even_batches must be one of {EVEN_BATCHES}, got {even_batches!r}")
 
 
-def _rank_positions(n: int, *, batch_size: int, world_size: int, rank: int,
-                    even_batches: EvenBatches) -> tuple[np.ndarray, np.ndarray]:
+def _rank_positions(
+    n: int, *, batch_size: int, world_size: int, rank: int, even_batches: EvenBatches
+) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into the epoch's cell sequence) of ``rank``'s cells, and its batch sizes."""
-    n_batches = batches_per_rank(n, batch_size=batch_size, world_size=world_size, even_batches=even_batches)
+    n_batches = batches_per_rank(
+        n, batch_size=batch_size, world_size=world_size, even_batches=even_batches
+    )
     if even_batches in ("drop", "pad"):
         per = n_batches * batch_size
         positions = np.arange(rank * per, (rank + 1) * per, dtype=np.int64) % max(n, 1)
@@ -81,7 +86,8 @@ def _rank_positions(n: int, *, batch_size: int, world_size: int, rank: int,
     if base < n_batches:
         raise ValueError(
             f"even_batches='even' cannot give each of {world_size} ranks {n_batches} non-empty batches "
-            f"from {n} cells; use even_batches='drop' or 'pad', or a smaller batch_size or world")
+            f"from {n} cells; use even_batches='drop' or 'pad', or a smaller batch_size or world"
+        )
     count = base + (1 if rank < extra else 0)
     start = rank * base + min(rank, extra)
     sizes = np.full(n_batches, count // n_batches, dtype=np.int64)
@@ -130,21 +136,24 @@ def plan_epoch(
     if n == 0:
         return []
     starts, stops = strategy.block_order(counts, epoch_rng(seed, epoch, 0))
-    positions, sizes = _rank_positions(n, batch_size=batch_size, world_size=world_size, rank=rank,
-                                       even_batches=even_batches)
+    positions, sizes = _rank_positions(
+        n, batch_size=batch_size, world_size=world_size, rank=rank, even_batches=even_batches
+    )
     per_buffer = max(1, strategy.buffer_size // batch_size)
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     plans = []
     for index in range(worker_id, -(-len(sizes) // per_buffer), num_workers):
         lo, hi = index * per_buffer, min((index + 1) * per_buffer, len(sizes))
-        cells = _cells_at(positions[bounds[lo]: bounds[hi]], starts, stops)
+        cells = _cells_at(positions[bounds[lo] : bounds[hi]], starts, stops)
         if strategy.shuffle_buffer:
             cells = epoch_rng(seed, epoch, 1, rank, index).permutation(cells)
         plans.append(BufferPlan(index=index, cells=cells, batch_sizes=sizes[lo:hi]))
     return plans
 
 
-def bucket_batches(lengths: np.ndarray, batch_sizes: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+def bucket_batches(
+    lengths: np.ndarray, batch_sizes: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Length bucketing inside a buffer: cut the cells, sorted by length, into batches; shuffle the batches.
 
     Returns positions into ``lengths``; ties are broken at random so equal-length cells still mix.
@@ -155,10 +164,12 @@ def bucket_batches(lengths: np.ndarray, batch_sizes: np.ndarray, rng: np.random.
     """
     lengths = np.asarray(lengths)
     if int(np.sum(batch_sizes)) != lengths.size:
-        raise ValueError(f"batch sizes sum to {int(np.sum(batch_sizes))} but there are {lengths.size} cells")
+        raise ValueError(
+            f"batch sizes sum to {int(np.sum(batch_sizes))} but there are {lengths.size} cells"
+        )
     order = np.lexsort((rng.random(lengths.size), lengths))
     bounds = np.concatenate([[0], np.cumsum(batch_sizes)])
-    batches = [order[bounds[i]: bounds[i + 1]] for i in range(len(batch_sizes))]
+    batches = [order[bounds[i] : bounds[i + 1]] for i in range(len(batch_sizes))]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 

@@ -52,11 +52,15 @@ class SimulationConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if 2 * self.program_size > self.n_genes:
-            raise ValueError(f"program_size must be <= n_genes / 2 = {self.n_genes // 2}, got {self.program_size}")
+            raise ValueError(
+                f"program_size must be <= n_genes / 2 = {self.n_genes // 2}, got {self.program_size}"
+            )
         for name in ("up_log_fold", "down_log_fold"):
             low, high = getattr(self, name)
             if not 0 <= low <= high:
-                raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {(low, high)}")
+                raise ValueError(
+                    f"{name} must be (low, high) with 0 <= low <= high, got {(low, high)}"
+                )
         if self.theta <= 0 or self.mean_library_size <= 0:
             raise ValueError("theta and mean_library_size must be > 0")
 
@@ -83,7 +87,7 @@ def simulate_counts(config: SimulationConfig | None = None, **overrides) -> ad.A
     log_fc = np.zeros((c.n_cell_types, c.n_genes))
     for t in range(c.n_cell_types):
         genes = rng.choice(c.n_genes, size=2 * c.program_size, replace=False)
-        up, down = genes[: c.program_size], genes[c.program_size:]
+        up, down = genes[: c.program_size], genes[c.program_size :]
         log_fc[t, up] = rng.uniform(*c.up_log_fold, size=up.size)
         log_fc[t, down] = -rng.uniform(*c.down_log_fold, size=down.size)
     props = base[None, :] * np.exp(log_fc)
@@ -98,15 +102,19 @@ def simulate_counts(config: SimulationConfig | None = None, **overrides) -> ad.A
     centres = np.stack([np.cos(angle), np.sin(angle)], axis=1) * (4 * c.niche_radius)
     coords = centres + rng.normal(scale=c.niche_radius, size=(c.n_cells, 2))
 
-    library = rng.lognormal(mean=np.log(c.mean_library_size), sigma=c.library_size_sd, size=c.n_cells)
+    library = rng.lognormal(
+        mean=np.log(c.mean_library_size), sigma=c.library_size_sd, size=c.n_cells
+    )
     mu = library[:, None] * props[cell_type]
     lam = rng.gamma(shape=c.theta, scale=mu / c.theta)
     counts = rng.poisson(lam).astype(np.float32)
     X = sp.csr_matrix(counts)
 
     genes = [f"ENSG9{i:010d}" for i in range(c.n_genes)]
-    var = pd.DataFrame({"gene_symbol": [f"SIMGENE{i}" for i in range(c.n_genes)], "ensembl_id": genes},
-                       index=pd.Index(genes, name="gene_id"))
+    var = pd.DataFrame(
+        {"gene_symbol": [f"SIMGENE{i}" for i in range(c.n_genes)], "ensembl_id": genes},
+        index=pd.Index(genes, name="gene_id"),
+    )
     obs = pd.DataFrame(
         {
             "cell_type": pd.Categorical([f"type_{t}" for t in cell_type]),
@@ -118,5 +126,7 @@ def simulate_counts(config: SimulationConfig | None = None, **overrides) -> ad.A
     )
     adata = ad.AnnData(X=X, obs=obs, var=var)
     adata.obsm["spatial"] = coords.astype(np.float32)
-    adata.uns["simulation"] = {k: list(v) if isinstance(v, tuple) else v for k, v in c.__dict__.items()}
+    adata.uns["simulation"] = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in c.__dict__.items()
+    }
     return adata

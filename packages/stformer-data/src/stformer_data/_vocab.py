@@ -39,12 +39,20 @@ class GeneVocab(Mapping[str, int]):
         mapping = {str(k): int(v) for k, v in token_to_id.items()}
         for required in (PAD, MASK):
             if required not in mapping:
-                raise InputError(None, f"token dictionary entry {required!r}", "is missing",
-                                 f"add {required!r} (Geneformer uses <pad>=0, <mask>=1)")
+                raise InputError(
+                    None,
+                    f"token dictionary entry {required!r}",
+                    "is missing",
+                    f"add {required!r} (Geneformer uses <pad>=0, <mask>=1)",
+                )
         ids = sorted(mapping.values())
         if ids != list(range(len(ids))):
-            raise InputError(None, "token dictionary ids", "are not exactly 0..N-1 without gaps or repeats",
-                             "renumber the tokens contiguously")
+            raise InputError(
+                None,
+                "token dictionary ids",
+                "are not exactly 0..N-1 without gaps or repeats",
+                "renumber the tokens contiguously",
+            )
         self._token_to_id = mapping
         self._id_to_token = {v: k for k, v in mapping.items()}
         if special_tokens is None:
@@ -53,7 +61,9 @@ class GeneVocab(Mapping[str, int]):
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_genes(cls, genes: Iterable[str], *, cls_token: bool = False, eos_token: bool = False) -> GeneVocab:
+    def from_genes(
+        cls, genes: Iterable[str], *, cls_token: bool = False, eos_token: bool = False
+    ) -> GeneVocab:
         """Build a vocabulary from gene ids, in the order given (duplicates dropped)."""
         specials = [PAD, MASK] + ([CLS] if cls_token else []) + ([EOS] if eos_token else [])
         mapping = {t: i for i, t in enumerate(specials)}
@@ -64,9 +74,15 @@ class GeneVocab(Mapping[str, int]):
         return cls(mapping, specials)
 
     @classmethod
-    def from_files(cls, files: Iterable[str | PathLike[str]], *, gene_id_key: str | None = None,
-                   name_to_id: Mapping[str, str] | None = None, cls_token: bool = False,
-                   eos_token: bool = False) -> GeneVocab:
+    def from_files(
+        cls,
+        files: Iterable[str | PathLike[str]],
+        *,
+        gene_id_key: str | None = None,
+        name_to_id: Mapping[str, str] | None = None,
+        cls_token: bool = False,
+        eos_token: bool = False,
+    ) -> GeneVocab:
         """Build a vocabulary from the gene ids of h5ad files (first appearance order; blanks dropped).
 
         Only the ``var`` table of each file is read.
@@ -77,13 +93,19 @@ class GeneVocab(Mapping[str, int]):
         for f in files:
             adata = open_h5ad(f, lazy=True)
             try:
-                ids = resolve_gene_ids(adata.var, gene_id_key=gene_id_key, name_to_id=name_to_id, path=f)
+                ids = resolve_gene_ids(
+                    adata.var, gene_id_key=gene_id_key, name_to_id=name_to_id, path=f
+                )
             finally:
                 adata.file.close()
             genes.update((g, None) for g in ids if g and g.lower() not in ("nan", "none"))
         if not genes:
-            raise InputError(None, "var gene ids", "are all blank in the given files",
-                             "choose the right --gene-id-key")
+            raise InputError(
+                None,
+                "var gene ids",
+                "are all blank in the given files",
+                "choose the right --gene-id-key",
+            )
         return cls.from_genes(genes, cls_token=cls_token, eos_token=eos_token)
 
     def with_special_tokens(self, *, cls_token: bool = False, eos_token: bool = False) -> GeneVocab:
@@ -108,7 +130,12 @@ class GeneVocab(Mapping[str, int]):
         """
         path = Path(path)
         if not path.exists():
-            raise InputError(path, "token dictionary", "does not exist", "pass the path of a .json or .pkl vocabulary")
+            raise InputError(
+                path,
+                "token dictionary",
+                "does not exist",
+                "pass the path of a .json or .pkl vocabulary",
+            )
         if path.suffix == ".json":
             payload = json.loads(path.read_text())
             if isinstance(payload, dict) and "token_to_id" in payload:
@@ -116,11 +143,17 @@ class GeneVocab(Mapping[str, int]):
             return cls(payload)
         if path.suffix in (".pkl", ".pickle"):
             if not allow_pickle:
-                raise InputError(path, "token dictionary", "is a pickle, and loading a pickle runs code from the file",
-                                 "convert it to JSON, or pass allow_pickle=True (--allow-pickle) if you trust it")
+                raise InputError(
+                    path,
+                    "token dictionary",
+                    "is a pickle, and loading a pickle runs code from the file",
+                    "convert it to JSON, or pass allow_pickle=True (--allow-pickle) if you trust it",
+                )
             with path.open("rb") as fh:
                 return cls(pickle.load(fh))
-        raise InputError(path, "token dictionary", f"has an unknown suffix {path.suffix!r}", "use .json or .pkl")
+        raise InputError(
+            path, "token dictionary", f"has an unknown suffix {path.suffix!r}", "use .json or .pkl"
+        )
 
     # --- persistence ----------------------------------------------------------------------------
     def save_json(self, path: str | PathLike[str]) -> Path:
@@ -176,14 +209,20 @@ class GeneVocab(Mapping[str, int]):
     def genes(self) -> list[str]:
         """Gene ids in token order (specials excluded)."""
         special = set(self._special)
-        return [t for t, _ in sorted(self._token_to_id.items(), key=lambda kv: kv[1]) if t not in special]
+        return [
+            t
+            for t, _ in sorted(self._token_to_id.items(), key=lambda kv: kv[1])
+            if t not in special
+        ]
 
     def id_to_token(self, token_id: int) -> str | None:
         return self._id_to_token.get(int(token_id))
 
     def content_hash(self) -> str:
         """SHA-256 of the canonical JSON of the mapping: equal vocabularies hash equal."""
-        canon = json.dumps(sorted(self._token_to_id.items(), key=lambda kv: kv[1]), separators=(",", ":"))
+        canon = json.dumps(
+            sorted(self._token_to_id.items(), key=lambda kv: kv[1]), separators=(",", ":")
+        )
         return hashlib.sha256(canon.encode()).hexdigest()
 
 
@@ -194,8 +233,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def load_geneformer_dictionaries(directory: str | PathLike[str], *, allow_pickle: bool = False,
-                                 ) -> tuple[GeneVocab, dict[str, float], dict[str, str]]:
+def load_geneformer_dictionaries(
+    directory: str | PathLike[str],
+    *,
+    allow_pickle: bool = False,
+) -> tuple[GeneVocab, dict[str, float], dict[str, str]]:
     """Geneformer's ``token_dictionary.pkl``, ``gene_median_dictionary.pkl``, ``gene_name_id_dict.pkl``.
 
     Returns ``(vocab, medians, name_to_id)``. These are pickles: loading them runs code stored in

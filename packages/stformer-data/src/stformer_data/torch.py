@@ -23,7 +23,9 @@ try:
     import torch
     from torch.utils.data import IterableDataset, get_worker_info
 except ImportError as exc:  # pragma: no cover - exercised only without torch
-    raise ImportError('stformer_data.torch needs PyTorch: pip install "stformer-data[torch]"') from exc
+    raise ImportError(
+        'stformer_data.torch needs PyTorch: pip install "stformer-data[torch]"'
+    ) from exc
 
 import numpy as np
 
@@ -53,18 +55,31 @@ def resolve_world(rank: int | None = None, world_size: int | None = None) -> tup
         rank = int(os.environ.get("RANK", 0)) if rank is None else rank
         world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, "
-                         f"world_size={world_size}")
+        raise ValueError(
+            f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, "
+            f"world_size={world_size}"
+        )
     return rank, world_size
 
 
 class _StreamDataset(IterableDataset):
     """Shared machinery: plan, read buffers, cut batches, convert to tensors."""
 
-    def __init__(self, source: H5adSource | CorpusSource, *, batch_size: int, strategy: ShuffleStrategy | None,
-                 even_batches: EvenBatches, seed: int, length_bucketing: bool, rank: int | None,
-                 world_size: int | None, yield_batches: bool, collate_fn: Callable[[list[dict]], Any] | None,
-                 pad_id: int) -> None:
+    def __init__(
+        self,
+        source: H5adSource | CorpusSource,
+        *,
+        batch_size: int,
+        strategy: ShuffleStrategy | None,
+        even_batches: EvenBatches,
+        seed: int,
+        length_bucketing: bool,
+        rank: int | None,
+        world_size: int | None,
+        yield_batches: bool,
+        collate_fn: Callable[[list[dict]], Any] | None,
+        pad_id: int,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if even_batches not in EVEN_BATCHES:
@@ -92,8 +107,12 @@ class _StreamDataset(IterableDataset):
     def __len__(self) -> int:
         """Batches (or, with ``yield_batches=False``, cells) this rank yields per epoch."""
         _, world = resolve_world(self.rank, self.world_size)
-        n_batches = batches_per_rank(self.source.n_cells, batch_size=self.batch_size, world_size=world,
-                                     even_batches=self.even_batches)
+        n_batches = batches_per_rank(
+            self.source.n_cells,
+            batch_size=self.batch_size,
+            world_size=world,
+            even_batches=self.even_batches,
+        )
         if self.yield_batches:
             return n_batches
         if self.even_batches == "even":
@@ -106,9 +125,18 @@ class _StreamDataset(IterableDataset):
         rank, world = resolve_world(self.rank, self.world_size)
         info = get_worker_info()
         worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        plans = plan_epoch(self.source.counts, self.strategy, batch_size=self.batch_size, seed=self.seed,
-                           epoch=self.epoch, world_size=world, rank=rank, num_workers=num_workers,
-                           worker_id=worker_id, even_batches=self.even_batches)
+        plans = plan_epoch(
+            self.source.counts,
+            self.strategy,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            epoch=self.epoch,
+            world_size=world,
+            rank=rank,
+            num_workers=num_workers,
+            worker_id=worker_id,
+            even_batches=self.even_batches,
+        )
         with self.source.open() as reader:
             for plan in plans:
                 buf = reader.read(plan.cells)
@@ -130,10 +158,13 @@ class _StreamDataset(IterableDataset):
         index_dtype = np.int32 if indptr[-1] < np.iinfo(np.int32).max else np.int64
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(torch.from_numpy(indptr.astype(index_dtype)),
-                                           torch.from_numpy(indices.astype(index_dtype, copy=False)),
-                                           torch.from_numpy(data), size=(positions.size, buf.n_columns),
-                                           check_invariants=False)
+            return torch.sparse_csr_tensor(
+                torch.from_numpy(indptr.astype(index_dtype)),
+                torch.from_numpy(indices.astype(index_dtype, copy=False)),
+                torch.from_numpy(data),
+                size=(positions.size, buf.n_columns),
+                check_invariants=False,
+            )
 
     def _meta(self, buf: Buffer, positions: np.ndarray) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -142,7 +173,9 @@ class _StreamDataset(IterableDataset):
             "cell_index": torch.from_numpy(buf.cell_index[positions]),
         }
         for k, v in buf.obs.items():
-            out[k] = v[positions].astype(str)  # a numpy string array passes DataLoader conversion untouched
+            out[k] = v[positions].astype(
+                str
+            )  # a numpy string array passes DataLoader conversion untouched
         return out
 
     def _batch(self, buf: Buffer, positions: np.ndarray) -> Any:
@@ -158,14 +191,21 @@ class _StreamDataset(IterableDataset):
         for row, i in enumerate(positions):
             seq = buf.tokens[i]
             ids[row, : seq.size] = seq
-        out = {"input_ids": torch.from_numpy(ids),
-               "attention_mask": torch.from_numpy((np.arange(width) < lengths[:, None]).astype(np.int64))}
+        out = {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(
+                (np.arange(width) < lengths[:, None]).astype(np.int64)
+            ),
+        }
         out.update(self._meta(buf, positions))
         return out
 
     def _example(self, buf: Buffer, i: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"length": int(buf.lengths[i]), "file_index": int(buf.file_index[i]),
-                               "cell_index": int(buf.cell_index[i])}
+        out: dict[str, Any] = {
+            "length": int(buf.lengths[i]),
+            "file_index": int(buf.file_index[i]),
+            "cell_index": int(buf.cell_index[i]),
+        }
         if buf.tokens is None:
             out["X"] = self._csr(buf, np.array([i]))
         else:
@@ -223,26 +263,57 @@ class DistributedAnnDataset(_StreamDataset):
     ...     dense = batch["X"].to_dense()
     """
 
-    def __init__(self, files: Sequence[str | PathLike[str]], *, batch_size: int = 256,
-                 strategy: ShuffleStrategy | None = None, tokenizer: BlockTokenizer | None = None,
-                 genes: Mapping[str, int] | Sequence[str] | None = None,
-                 rows: Sequence[np.ndarray | None] | None = None, even_batches: EvenBatches = "even",
-                 seed: int = 0, length_bucketing: bool = False, rank: int | None = None,
-                 world_size: int | None = None, yield_batches: bool = True,
-                 collate_fn: Callable[[list[dict]], Any] | None = None, gene_id_key: str | None = None,
-                 name_to_id: Mapping[str, str] | None = None, layer: str | None = None,
-                 obs_keys: Sequence[str] = (), n_counts_key: str | None = "n_counts",
-                 check_values: bool = False) -> None:
+    def __init__(
+        self,
+        files: Sequence[str | PathLike[str]],
+        *,
+        batch_size: int = 256,
+        strategy: ShuffleStrategy | None = None,
+        tokenizer: BlockTokenizer | None = None,
+        genes: Mapping[str, int] | Sequence[str] | None = None,
+        rows: Sequence[np.ndarray | None] | None = None,
+        even_batches: EvenBatches = "even",
+        seed: int = 0,
+        length_bucketing: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        yield_batches: bool = True,
+        collate_fn: Callable[[list[dict]], Any] | None = None,
+        gene_id_key: str | None = None,
+        name_to_id: Mapping[str, str] | None = None,
+        layer: str | None = None,
+        obs_keys: Sequence[str] = (),
+        n_counts_key: str | None = "n_counts",
+        check_values: bool = False,
+    ) -> None:
         if tokenizer is not None:
             n_counts_key = getattr(getattr(tokenizer, "config", None), "n_counts_key", n_counts_key)
-        source = H5adSource(files, rows=rows, tokenizer=tokenizer, genes=genes, gene_id_key=gene_id_key,
-                            name_to_id=name_to_id, layer=layer, obs_keys=obs_keys, n_counts_key=n_counts_key,
-                            check_values=check_values)
+        source = H5adSource(
+            files,
+            rows=rows,
+            tokenizer=tokenizer,
+            genes=genes,
+            gene_id_key=gene_id_key,
+            name_to_id=name_to_id,
+            layer=layer,
+            obs_keys=obs_keys,
+            n_counts_key=n_counts_key,
+            check_values=check_values,
+        )
         vocab = getattr(tokenizer, "vocab", None)
-        super().__init__(source, batch_size=batch_size, strategy=strategy, even_batches=even_batches, seed=seed,
-                         length_bucketing=length_bucketing, rank=rank, world_size=world_size,
-                         yield_batches=yield_batches, collate_fn=collate_fn,
-                         pad_id=getattr(vocab, "pad_id", 0))
+        super().__init__(
+            source,
+            batch_size=batch_size,
+            strategy=strategy,
+            even_batches=even_batches,
+            seed=seed,
+            length_bucketing=length_bucketing,
+            rank=rank,
+            world_size=world_size,
+            yield_batches=yield_batches,
+            collate_fn=collate_fn,
+            pad_id=getattr(vocab, "pad_id", 0),
+        )
 
     @classmethod
     def from_split(cls, split: SplitInfo, name: str, **kwargs: Any) -> DistributedAnnDataset:
@@ -264,7 +335,9 @@ class IterableAnnDataset(DistributedAnnDataset):
     >>> next(iter(ds))["input_ids"][:5]  # doctest: +SKIP
     """
 
-    def __init__(self, files: Sequence[str | PathLike[str]], *, yield_batches: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, files: Sequence[str | PathLike[str]], *, yield_batches: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(files, yield_batches=yield_batches, **kwargs)
 
 
@@ -278,12 +351,32 @@ class CorpusStreamDataset(_StreamDataset):
     >>> batch = next(iter(ds)); batch["input_ids"].shape  # doctest: +SKIP
     """
 
-    def __init__(self, corpus: str | PathLike[str], *, batch_size: int = 256,
-                 strategy: ShuffleStrategy | None = None, even_batches: EvenBatches = "even", seed: int = 0,
-                 length_bucketing: bool = False, rank: int | None = None, world_size: int | None = None,
-                 yield_batches: bool = True, collate_fn: Callable[[list[dict]], Any] | None = None,
-                 obs_keys: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        corpus: str | PathLike[str],
+        *,
+        batch_size: int = 256,
+        strategy: ShuffleStrategy | None = None,
+        even_batches: EvenBatches = "even",
+        seed: int = 0,
+        length_bucketing: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        yield_batches: bool = True,
+        collate_fn: Callable[[list[dict]], Any] | None = None,
+        obs_keys: Sequence[str] = (),
+    ) -> None:
         source = CorpusSource(corpus, obs_keys=obs_keys)
-        super().__init__(source, batch_size=batch_size, strategy=strategy, even_batches=even_batches, seed=seed,
-                         length_bucketing=length_bucketing, rank=rank, world_size=world_size,
-                         yield_batches=yield_batches, collate_fn=collate_fn, pad_id=source.vocab.pad_id)
+        super().__init__(
+            source,
+            batch_size=batch_size,
+            strategy=strategy,
+            even_batches=even_batches,
+            seed=seed,
+            length_bucketing=length_bucketing,
+            rank=rank,
+            world_size=world_size,
+            yield_batches=yield_batches,
+            collate_fn=collate_fn,
+            pad_id=source.vocab.pad_id,
+        )

@@ -24,24 +24,47 @@ log = logging.getLogger(__name__)
 
 # DeepSpeed's optimizers (deepspeed.runtime.config.DEEPSPEED_OPTIMIZERS, 0.19) under their canonical
 # config names; a test checks this table against the installed DeepSpeed.
-DEEPSPEED_OPTIMIZERS: tuple[str, ...] = ("Adam", "AdamW", "Adagrad", "Lamb", "Lion", "MuAdam", "MuAdamW",
-                                         "MuSGD", "Muon")
+DEEPSPEED_OPTIMIZERS: tuple[str, ...] = (
+    "Adam",
+    "AdamW",
+    "Adagrad",
+    "Lamb",
+    "Lion",
+    "MuAdam",
+    "MuAdamW",
+    "MuSGD",
+    "Muon",
+)
 # Names users know that this DeepSpeed build cannot run (1-bit optimizers were removed / need NCCL).
 UNSUPPORTED_OPTIMIZERS: tuple[str, ...] = ("OneBitAdam", "ZeroOneAdam", "OneBitLamb")
 # deepspeed.runtime.lr_schedules.VALID_LR_SCHEDULES
-DEEPSPEED_SCHEDULERS: tuple[str, ...] = ("LRRangeTest", "OneCycle", "WarmupLR", "WarmupDecayLR", "WarmupCosineLR")
+DEEPSPEED_SCHEDULERS: tuple[str, ...] = (
+    "LRRangeTest",
+    "OneCycle",
+    "WarmupLR",
+    "WarmupDecayLR",
+    "WarmupCosineLR",
+)
 # Schedulers whose parameters transformers fills from the training arguments ("auto").
 _AUTO_SCHEDULER_PARAMS: dict[str, dict[str, str]] = {
     "WarmupLR": {"warmup_min_lr": "auto", "warmup_max_lr": "auto", "warmup_num_steps": "auto"},
-    "WarmupDecayLR": {"warmup_min_lr": "auto", "warmup_max_lr": "auto", "warmup_num_steps": "auto",
-                      "total_num_steps": "auto"},
+    "WarmupDecayLR": {
+        "warmup_min_lr": "auto",
+        "warmup_max_lr": "auto",
+        "warmup_num_steps": "auto",
+        "total_num_steps": "auto",
+    },
     "WarmupCosineLR": {"warmup_num_steps": "auto", "total_num_steps": "auto"},
 }
 PRESETS: tuple[str, ...] = ("zero0", "zero1", "zero2", "zero3", "zero2-offload", "zero3-offload")
 
 
-def choose_closest(name: str, supported: Iterable[str], unsupported: Iterable[str] | None = None,
-                   cutoff: float = 0.4) -> str:
+def choose_closest(
+    name: str,
+    supported: Iterable[str],
+    unsupported: Iterable[str] | None = None,
+    cutoff: float = 0.4,
+) -> str:
     """The supported name ``name`` means: an exact (case-insensitive) match, else the closest one.
 
     Parameters
@@ -80,10 +103,17 @@ def choose_closest(name: str, supported: Iterable[str], unsupported: Iterable[st
         raise ValueError(f"{name!r} matches none of {supported} (no name closer than {cutoff})")
     best = candidates[0]
     if best in refused:
-        raise ValueError(f"{name!r} is closest to {refused[best]!r}, which is not supported here; "
-                         f"choose one of {supported}")
+        raise ValueError(
+            f"{name!r} is closest to {refused[best]!r}, which is not supported here; "
+            f"choose one of {supported}"
+        )
     names = [by_lower.get(c, refused.get(c)) for c in candidates]
-    log.warning("%r is not a known name; using the closest, %r (candidates: %s)", name, by_lower[best], names)
+    log.warning(
+        "%r is not a known name; using the closest, %r (candidates: %s)",
+        name,
+        by_lower[best],
+        names,
+    )
     return by_lower[best]
 
 
@@ -158,25 +188,35 @@ class DeepSpeedConfig:
         if self.stage not in (0, 1, 2, 3):
             raise ValueError(f"DeepSpeedConfig.stage must be 0, 1, 2 or 3, got {self.stage!r}")
         if self.offload_param and self.stage != 3:
-            raise ValueError(f"DeepSpeedConfig.offload_param needs stage 3 (ZeRO shards parameters only there), "
-                             f"got stage {self.stage}")
+            raise ValueError(
+                f"DeepSpeedConfig.offload_param needs stage 3 (ZeRO shards parameters only there), "
+                f"got stage {self.stage}"
+            )
         if self.offload_optimizer and self.stage == 0:
             raise ValueError("DeepSpeedConfig.offload_optimizer needs stage 1, 2 or 3")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise ValueError(f"DeepSpeedConfig.precision must be auto, bf16, fp16 or fp32; got {self.precision!r}")
+            raise ValueError(
+                f"DeepSpeedConfig.precision must be auto, bf16, fp16 or fp32; got {self.precision!r}"
+            )
         if self.optimizer is not None:
             object.__setattr__(self, "optimizer", check_deepspeed_optimizer(self.optimizer))
         if self.scheduler is not None:
             object.__setattr__(self, "scheduler", check_deepspeed_scheduler(self.scheduler))
             if not self.scheduler_params and self.scheduler not in _AUTO_SCHEDULER_PARAMS:
-                raise ValueError(f"DeepSpeedConfig.scheduler_params must be given for {self.scheduler} "
-                                 f"(only {sorted(_AUTO_SCHEDULER_PARAMS)} are filled from the training arguments)")
+                raise ValueError(
+                    f"DeepSpeedConfig.scheduler_params must be given for {self.scheduler} "
+                    f"(only {sorted(_AUTO_SCHEDULER_PARAMS)} are filled from the training arguments)"
+                )
         ga = self.gradient_accumulation_steps
         if ga != "auto" and not (isinstance(ga, int) and ga >= 1):
-            raise ValueError(f"DeepSpeedConfig.gradient_accumulation_steps must be 'auto' or an int >= 1, got {ga!r}")
+            raise ValueError(
+                f"DeepSpeedConfig.gradient_accumulation_steps must be 'auto' or an int >= 1, got {ga!r}"
+            )
         gc = self.gradient_clipping
         if gc != "auto" and not (isinstance(gc, int | float) and gc >= 0):
-            raise ValueError(f"DeepSpeedConfig.gradient_clipping must be 'auto' or a number >= 0, got {gc!r}")
+            raise ValueError(
+                f"DeepSpeedConfig.gradient_clipping must be 'auto' or a number >= 0, got {gc!r}"
+            )
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> DeepSpeedConfig:
@@ -188,7 +228,9 @@ class DeepSpeedConfig:
         preset = choose_closest(name, PRESETS, cutoff=0.8)
         stage = int(preset[4])
         offload = preset.endswith("-offload")
-        kwargs: dict[str, Any] = dict(stage=stage, offload_optimizer=offload, offload_param=offload and stage == 3)
+        kwargs: dict[str, Any] = dict(
+            stage=stage, offload_optimizer=offload, offload_param=offload and stage == 3
+        )
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -198,8 +240,11 @@ class DeepSpeedConfig:
         if self.stage >= 1:
             zero.update(overlap_comm=False, contiguous_gradients=True, reduce_bucket_size="auto")
         if self.stage == 3:
-            zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto",
-                        stage3_gather_16bit_weights_on_model_save=True)
+            zero.update(
+                stage3_prefetch_bucket_size="auto",
+                stage3_param_persistence_threshold="auto",
+                stage3_gather_16bit_weights_on_model_save=True,
+            )
         if self.offload_optimizer:
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
         if self.offload_param:
@@ -213,16 +258,25 @@ class DeepSpeedConfig:
             "fp16": {"enabled": "auto" if self.precision == "auto" else self.precision == "fp16"},
         }
         if self.offload_optimizer and self.torch_adam:
-            config["zero_force_ds_cpu_optimizer"] = False  # torch's Adam on offloaded state (no cpu_adam build)
+            config["zero_force_ds_cpu_optimizer"] = (
+                False  # torch's Adam on offloaded state (no cpu_adam build)
+            )
         if self.optimizer is not None:
-            params: dict[str, Any] = {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}
+            params: dict[str, Any] = {
+                "lr": "auto",
+                "betas": "auto",
+                "eps": "auto",
+                "weight_decay": "auto",
+            }
             if self.optimizer in ("Adam", "AdamW"):
                 params["torch_adam"] = self.torch_adam
                 params["adam_w_mode"] = self.optimizer == "AdamW"
             config["optimizer"] = {"type": self.optimizer, "params": params}
         if self.scheduler is not None:
-            config["scheduler"] = {"type": self.scheduler,
-                                   "params": dict(self.scheduler_params or _AUTO_SCHEDULER_PARAMS[self.scheduler])}
+            config["scheduler"] = {
+                "type": self.scheduler,
+                "params": dict(self.scheduler_params or _AUTO_SCHEDULER_PARAMS[self.scheduler]),
+            }
         config.update(copy.deepcopy(dict(self.extra)))
         return config
 
@@ -251,12 +305,16 @@ def resolve_deepspeed(spec: DeepSpeedSpec) -> dict[str, Any]:
     if spec is True:
         return DeepSpeedConfig().to_dict()
     if spec is False or spec is None:
-        raise ValueError("deepspeed is off (False/None); pass True, a preset, a JSON file or a config")
+        raise ValueError(
+            "deepspeed is off (False/None); pass True, a preset, a JSON file or a config"
+        )
     if isinstance(spec, DeepSpeedConfig):
         return spec.to_dict()
     if isinstance(spec, Mapping):
         if "zero_optimization" not in spec and "optimizer" not in spec:
-            log.warning("the DeepSpeed config has neither zero_optimization nor optimizer: plain data parallel")
+            log.warning(
+                "the DeepSpeed config has neither zero_optimization nor optimizer: plain data parallel"
+            )
         return _drop_auto_train_batch_size(copy.deepcopy(dict(spec)))
     text = os.fspath(spec)
     if text.lower() in PRESETS:
@@ -265,13 +323,22 @@ def resolve_deepspeed(spec: DeepSpeedSpec) -> dict[str, Any]:
     if path.suffix.lower() != ".json":
         raise ValueError(f"deepspeed must be one of {list(PRESETS)} or a .json file, got {text!r}")
     if not path.is_file():
-        raise InputError(path, "deepspeed", "does not exist", f"pass an existing DeepSpeed JSON or one of {list(PRESETS)}")
+        raise InputError(
+            path,
+            "deepspeed",
+            "does not exist",
+            f"pass an existing DeepSpeed JSON or one of {list(PRESETS)}",
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise InputError(path, "deepspeed", f"is not valid JSON ({exc})", "fix the JSON syntax") from exc
+        raise InputError(
+            path, "deepspeed", f"is not valid JSON ({exc})", "fix the JSON syntax"
+        ) from exc
     if not isinstance(data, dict):
-        raise InputError(path, "deepspeed", "is not a JSON object", "write the DeepSpeed config as {...}")
+        raise InputError(
+            path, "deepspeed", "is not a JSON object", "write the DeepSpeed config as {...}"
+        )
     return _drop_auto_train_batch_size(data)
 
 
@@ -289,7 +356,9 @@ def ensure_distributed_env(*, master_addr: str = "127.0.0.1") -> dict[str, str]:
         with socket.socket() as s:
             s.bind((master_addr, 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    return {k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    return {
+        k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
 
 
 def deepspeed_overrides(spec: DeepSpeedSpec) -> dict[str, Any]:
@@ -320,14 +389,21 @@ def deepspeed_overrides(spec: DeepSpeedSpec) -> dict[str, Any]:
             else:
                 os.environ["ACCELERATE_USE_DEEPSPEED"] = previous
         if state.distributed_type.value != "DEEPSPEED":
-            raise RuntimeError(f"Accelerate is already set up for {state.distributed_type.value}, not DeepSpeed; "
-                               "build the DeepSpeed arguments before any other Accelerator in this process")
+            raise RuntimeError(
+                f"Accelerate is already set up for {state.distributed_type.value}, not DeepSpeed; "
+                "build the DeepSpeed arguments before any other Accelerator in this process"
+            )
         overrides["accelerator_config"] = {"use_configured_state": True}
     return overrides
 
 
-def build_deepspeed(output_dir: str | PathLike[str], *, deepspeed: DeepSpeedSpec = True, train: Any = None,
-                    **argument_overrides: Any):
+def build_deepspeed(
+    output_dir: str | PathLike[str],
+    *,
+    deepspeed: DeepSpeedSpec = True,
+    train: Any = None,
+    **argument_overrides: Any,
+):
     """``TrainingArguments`` for :class:`~stformer_train.hf.STFormerPretrainer` with a DeepSpeed config.
 
     Parameters
@@ -354,6 +430,9 @@ def build_deepspeed(output_dir: str | PathLike[str], *, deepspeed: DeepSpeedSpec
     args = training_arguments(train or TrainConfig(), output_dir, **overrides)
     mismatches = getattr(getattr(args, "hf_deepspeed_config", None), "mismatches", [])
     if mismatches:
-        raise ValueError("the DeepSpeed config contradicts the training arguments:\n" + "\n".join(mismatches)
-                         + "\nset these DeepSpeed values to 'auto' (DeepSpeedConfig does by default)")
+        raise ValueError(
+            "the DeepSpeed config contradicts the training arguments:\n"
+            + "\n".join(mismatches)
+            + "\nset these DeepSpeed values to 'auto' (DeepSpeedConfig does by default)"
+        )
     return args

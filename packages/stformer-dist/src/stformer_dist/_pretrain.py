@@ -27,5 +27,7 @@ class PretrainML(_PretrainML):
 
     def run_pretraining(self):
         if "deepspeed" in self.training_overrides:  # on CPU: DeepSpeed's process state with gloo
-            self.training_overrides.update(deepspeed_overrides(self.training_overrides["deepspeed"]))
+            self.training_overrides.update(
+                deepspeed_overrides(self.training_overrides["deepspeed"])
+            )
         return super().run_pretraining()

@@ -30,12 +30,19 @@ def _import_ray():
         import ray
         import ray.train  # noqa: F401
     except ImportError as exc:  # pragma: no cover - ray is a declared dependency
-        raise ImportError('Ray Train is needed here: pip install "ray[train]" (or "stformer-dist")') from exc
+        raise ImportError(
+            'Ray Train is needed here: pip install "ray[train]" (or "stformer-dist")'
+        ) from exc
     return ray
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, runtime_env: Mapping[str, Any] | None = None,
-            **init_kwargs: Any):
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    runtime_env: Mapping[str, Any] | None = None,
+    **init_kwargs: Any,
+):
     """Join a running Ray cluster (``address``, e.g. ``"auto"`` or ``"ray://head:10001"``) or start a
     local one; an already initialised Ray is reused. ``init_kwargs`` go to ``ray.init``
     (e.g. ``log_to_driver=False``). Returns the ``ray`` module."""
@@ -46,16 +53,23 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, runtime_
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     ray = _import_ray()
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": dict(runtime_env or {}) or None,
-                                  **init_kwargs}
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "runtime_env": dict(runtime_env or {}) or None,
+            **init_kwargs,
+        }
         if address is None:
             kwargs["num_cpus"] = num_cpus
         ray.init(address=address, **kwargs)
     return ray
 
 
-def scaling_config(num_workers: int | None = None, *, is_gpu: bool = True,
-                   resources_per_worker: Mapping[str, float] | None = None):
+def scaling_config(
+    num_workers: int | None = None,
+    *,
+    is_gpu: bool = True,
+    resources_per_worker: Mapping[str, float] | None = None,
+):
     """A ``ScalingConfig`` from the cluster's resources.
 
     GPU workers (one per GPU by default) when ``is_gpu`` and the cluster has GPUs; otherwise CPU
@@ -71,18 +85,26 @@ def scaling_config(num_workers: int | None = None, *, is_gpu: bool = True,
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     use_gpu = bool(is_gpu and gpus > 0)
     if is_gpu and not use_gpu:
-        warnings.warn("is_gpu=True but the Ray cluster has no GPU: training on CPU workers", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "is_gpu=True but the Ray cluster has no GPU: training on CPU workers",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     per_worker = dict(resources_per_worker or ({"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}))
     if not use_gpu:
         per_worker.pop("GPU", None)
     if num_workers is None:
-        num_workers = max(1, gpus // max(1, int(per_worker.get("GPU", 1)))) if use_gpu else max(
-            1, int(cpus // max(per_worker.get("CPU", 1), 1e-9)))
+        num_workers = (
+            max(1, gpus // max(1, int(per_worker.get("GPU", 1))))
+            if use_gpu
+            else max(1, int(cpus // max(per_worker.get("CPU", 1), 1e-9)))
+        )
     return ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=per_worker)
 
 
-def run_config(storage_path: str | PathLike[str], name: str | None, max_failures: int, num_to_keep: int = 2):
+def run_config(
+    storage_path: str | PathLike[str], name: str | None, max_failures: int, num_to_keep: int = 2
+):
     """``RunConfig`` with a local or remote storage path, ``FailureConfig`` and ``CheckpointConfig``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
@@ -91,8 +113,12 @@ def run_config(storage_path: str | PathLike[str], name: str | None, max_failures
     storage = str(storage_path)
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
-    return RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=max_failures),
-                     checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep))
+    return RunConfig(
+        name=name,
+        storage_path=storage,
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
+    )
 
 
 def _threads_per_worker(resources: Mapping[str, float] | None) -> int:
@@ -157,8 +183,16 @@ def _lightning_report_callback(every_n_steps: int, max_steps: int):
             self.start_step = trainer.global_step
 
         def _metrics(self, trainer) -> dict[str, Any]:
-            out = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-            out.update(step=trainer.global_step, epoch=trainer.current_epoch, resumed_from_step=self.start_step)
+            out = {
+                k: float(v)
+                for k, v in trainer.callback_metrics.items()
+                if getattr(v, "numel", lambda: 1)() == 1
+            }
+            out.update(
+                step=trainer.global_step,
+                epoch=trainer.current_epoch,
+                resumed_from_step=self.start_step,
+            )
             return out
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -191,25 +225,61 @@ def _lightning_train_loop(job: _LightningJob) -> None:
 
     torch.set_num_threads(job.threads)
     pl.seed_everything(job.seed, workers=True, verbose=False)
-    tokenizer = RankValueTokenizer(job.vocab, job.medians, RankTokenizerConfig(model_input_size=job.model_input_size))
-    collator = StepSeededCollator(DataCollatorForMLM(spec=job.vocab, mlm_probability=job.mlm_probability,
-                                                     seed=job.seed, return_masked_positions=True), seed=job.seed)
-    dm = AnnDataModule(job.files, split=job.split, batch_size=job.batch_size, tokenizer=tokenizer, seed=job.seed,
-                       dataset_kwargs={"collate_fn": collator, "gene_id_key": job.gene_id_key})
+    tokenizer = RankValueTokenizer(
+        job.vocab, job.medians, RankTokenizerConfig(model_input_size=job.model_input_size)
+    )
+    collator = StepSeededCollator(
+        DataCollatorForMLM(
+            spec=job.vocab,
+            mlm_probability=job.mlm_probability,
+            seed=job.seed,
+            return_masked_positions=True,
+        ),
+        seed=job.seed,
+    )
+    dm = AnnDataModule(
+        job.files,
+        split=job.split,
+        batch_size=job.batch_size,
+        tokenizer=tokenizer,
+        seed=job.seed,
+        dataset_kwargs={"collate_fn": collator, "gene_id_key": job.gene_id_key},
+    )
     dm.setup("fit")
-    max_steps = job.max_steps if job.max_steps > 0 else max(1, len(dm.datasets["train"]) * job.max_epochs)
+    max_steps = (
+        job.max_steps if job.max_steps > 0 else max(1, len(dm.datasets["train"]) * job.max_epochs)
+    )
     model_cfg = ModelConfig.from_dict(job.model)
-    net = build_mlm_model(build_bert_config(vocab_size=len(job.vocab), pad_token_id=job.vocab.pad_id,
-                                            model=model_cfg), seed=job.seed)
-    plan = MLMTrainingPlan(net, learning_rate=job.learning_rate, weight_decay=job.weight_decay,
-                           warmup_steps=job.warmup_steps, max_steps=max_steps)
+    net = build_mlm_model(
+        build_bert_config(
+            vocab_size=len(job.vocab), pad_token_id=job.vocab.pad_id, model=model_cfg
+        ),
+        seed=job.seed,
+    )
+    plan = MLMTrainingPlan(
+        net,
+        learning_rate=job.learning_rate,
+        weight_decay=job.weight_decay,
+        warmup_steps=job.warmup_steps,
+        max_steps=max_steps,
+    )
     trainer = pl.Trainer(
-        max_steps=max_steps, max_epochs=-1 if job.max_steps > 0 else job.max_epochs,
-        accelerator="gpu" if job.use_gpu else "cpu", devices="auto", strategy=RayDDPStrategy(),
+        max_steps=max_steps,
+        max_epochs=-1 if job.max_steps > 0 else job.max_epochs,
+        accelerator="gpu" if job.use_gpu else "cpu",
+        devices="auto",
+        strategy=RayDDPStrategy(),
         plugins=[RayLightningEnvironment()],
-        callbacks=[_lightning_report_callback(job.checkpoint_every_n_steps, max_steps), *job.callbacks],
-        enable_checkpointing=False, logger=False, enable_progress_bar=job.enable_progress_bar,
-        enable_model_summary=False, gradient_clip_val=1.0, num_sanity_val_steps=0,
+        callbacks=[
+            _lightning_report_callback(job.checkpoint_every_n_steps, max_steps),
+            *job.callbacks,
+        ],
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=job.enable_progress_bar,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        num_sanity_val_steps=0,
         limit_val_batches=0 if "val" not in dm.datasets else None,
     )
     trainer = prepare_trainer(trainer)
@@ -256,34 +326,67 @@ class RayTrainRunner:
     ...                       is_gpu=False)  # doctest: +SKIP
     """
 
-    def __init__(self, *, vocab: Any, medians: Mapping[str, float], model: Any = None, model_input_size: int = 2048,
-                 address: str | None = None, runtime_env: Mapping[str, Any] | None = None,
-                 learning_rate: float = 1e-3, weight_decay: float = 0.001, warmup_steps: float = 0.0,
-                 mlm_probability: float = 0.15, gene_id_key: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        vocab: Any,
+        medians: Mapping[str, float],
+        model: Any = None,
+        model_input_size: int = 2048,
+        address: str | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.001,
+        warmup_steps: float = 0.0,
+        mlm_probability: float = 0.15,
+        gene_id_key: str | None = None,
+    ) -> None:
         from stformer_train import ModelConfig
 
         if model_input_size <= 0:
             raise ValueError(f"RayTrainRunner.model_input_size must be > 0, got {model_input_size}")
         if not 0.0 < mlm_probability < 1.0:
-            raise ValueError(f"RayTrainRunner.mlm_probability must be in (0, 1), got {mlm_probability}")
+            raise ValueError(
+                f"RayTrainRunner.mlm_probability must be in (0, 1), got {mlm_probability}"
+            )
         self.vocab, self.medians = vocab, dict(medians)
         self.model = model or ModelConfig()
         if self.model.max_position_embeddings < model_input_size:
-            raise ValueError(f"RayTrainRunner.model_input_size ({model_input_size}) exceeds the model's "
-                             f"max_position_embeddings ({self.model.max_position_embeddings})")
+            raise ValueError(
+                f"RayTrainRunner.model_input_size ({model_input_size}) exceeds the model's "
+                f"max_position_embeddings ({self.model.max_position_embeddings})"
+            )
         self.model_input_size = model_input_size
         self.address, self.runtime_env = address, runtime_env
-        self.learning_rate, self.weight_decay, self.warmup_steps = learning_rate, weight_decay, warmup_steps
+        self.learning_rate, self.weight_decay, self.warmup_steps = (
+            learning_rate,
+            weight_decay,
+            warmup_steps,
+        )
         self.mlm_probability, self.gene_id_key = mlm_probability, gene_id_key
 
-    def train(self, file_paths: Sequence[str | PathLike[str]], batch_size: int = 256, test_size: float = 0.0,
-              val_size: float = 0.0, max_epochs: int = 1, num_workers: int | None = None,
-              ckpt_path: str | PathLike[str] | None = None, *, is_gpu: bool = True,
-              resources_per_worker: Mapping[str, float] | None = None,
-              result_storage_path: str | PathLike[str] = "~/stformer_ray_results", name: str | None = None,
-              max_steps: int = -1, checkpoint_every_n_steps: int = 500, max_failures: int = 0,
-              random_seed: int = 42, group_key: str | None = None, enable_progress_bar: bool = False,
-              callbacks: Sequence[Any] = ()):
+    def train(
+        self,
+        file_paths: Sequence[str | PathLike[str]],
+        batch_size: int = 256,
+        test_size: float = 0.0,
+        val_size: float = 0.0,
+        max_epochs: int = 1,
+        num_workers: int | None = None,
+        ckpt_path: str | PathLike[str] | None = None,
+        *,
+        is_gpu: bool = True,
+        resources_per_worker: Mapping[str, float] | None = None,
+        result_storage_path: str | PathLike[str] = "~/stformer_ray_results",
+        name: str | None = None,
+        max_steps: int = -1,
+        checkpoint_every_n_steps: int = 500,
+        max_failures: int = 0,
+        random_seed: int = 42,
+        group_key: str | None = None,
+        enable_progress_bar: bool = False,
+        callbacks: Sequence[Any] = (),
+    ):
         """Train on ``file_paths``; returns Ray Train's ``Result`` (``.metrics``, ``.checkpoint``, ``.path``).
 
         Parameters
@@ -318,29 +421,64 @@ class RayTrainRunner:
             raise ValueError("file_paths must name at least one .h5ad file")
         for f in files:
             if not f.is_file():
-                raise InputError(f, "file_paths", "does not exist", "pass existing raw-count .h5ad files")
+                raise InputError(
+                    f, "file_paths", "does not exist", "pass existing raw-count .h5ad files"
+                )
         if batch_size < 1 or max_epochs < 1 or checkpoint_every_n_steps < 1:
-            raise ValueError(f"batch_size, max_epochs and checkpoint_every_n_steps must be >= 1, got {batch_size}, "
-                             f"{max_epochs}, {checkpoint_every_n_steps}")
+            raise ValueError(
+                f"batch_size, max_epochs and checkpoint_every_n_steps must be >= 1, got {batch_size}, "
+                f"{max_epochs}, {checkpoint_every_n_steps}"
+            )
         if not (0.0 <= test_size < 1.0 and 0.0 <= val_size < 1.0 and test_size + val_size < 1.0):
-            raise ValueError(f"test_size and val_size must be in [0, 1) with a sum < 1, got {test_size}, {val_size}")
+            raise ValueError(
+                f"test_size and val_size must be in [0, 1) with a sum < 1, got {test_size}, {val_size}"
+            )
         if ckpt_path is not None and not Path(ckpt_path).is_file():
-            raise InputError(Path(ckpt_path), "ckpt_path", "does not exist", "pass a Lightning .ckpt file or None")
+            raise InputError(
+                Path(ckpt_path),
+                "ckpt_path",
+                "does not exist",
+                "pass a Lightning .ckpt file or None",
+            )
         connect(self.address, runtime_env=self.runtime_env)
-        scaling = scaling_config(num_workers, is_gpu=is_gpu, resources_per_worker=resources_per_worker)
-        split = SplitInfo.create(files, fractions=(1.0 - test_size - val_size, val_size, test_size),
-                                 group_key=group_key, seed=random_seed)
+        scaling = scaling_config(
+            num_workers, is_gpu=is_gpu, resources_per_worker=resources_per_worker
+        )
+        split = SplitInfo.create(
+            files,
+            fractions=(1.0 - test_size - val_size, val_size, test_size),
+            group_key=group_key,
+            seed=random_seed,
+        )
         job = _LightningJob(
-            files=[str(f) for f in files], split=split, vocab=self.vocab, medians=self.medians,
-            model=self.model.to_dict(), model_input_size=self.model_input_size, batch_size=batch_size,
-            max_steps=max_steps, max_epochs=max_epochs, learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, mlm_probability=self.mlm_probability,
-            seed=random_seed, checkpoint_every_n_steps=checkpoint_every_n_steps,
-            ckpt_path=None if ckpt_path is None else str(Path(ckpt_path).resolve()), use_gpu=scaling.use_gpu,
-            threads=_threads_per_worker(scaling.resources_per_worker), gene_id_key=self.gene_id_key,
-            enable_progress_bar=enable_progress_bar, callbacks=list(callbacks))
-        trainer = TorchTrainer(_lightning_train_loop, train_loop_config=job, scaling_config=scaling,
-                               run_config=run_config(result_storage_path, name, max_failures))
+            files=[str(f) for f in files],
+            split=split,
+            vocab=self.vocab,
+            medians=self.medians,
+            model=self.model.to_dict(),
+            model_input_size=self.model_input_size,
+            batch_size=batch_size,
+            max_steps=max_steps,
+            max_epochs=max_epochs,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_steps,
+            mlm_probability=self.mlm_probability,
+            seed=random_seed,
+            checkpoint_every_n_steps=checkpoint_every_n_steps,
+            ckpt_path=None if ckpt_path is None else str(Path(ckpt_path).resolve()),
+            use_gpu=scaling.use_gpu,
+            threads=_threads_per_worker(scaling.resources_per_worker),
+            gene_id_key=self.gene_id_key,
+            enable_progress_bar=enable_progress_bar,
+            callbacks=list(callbacks),
+        )
+        trainer = TorchTrainer(
+            _lightning_train_loop,
+            train_loop_config=job,
+            scaling_config=scaling,
+            run_config=run_config(result_storage_path, name, max_failures),
+        )
         return trainer.fit()
 
 
@@ -375,18 +513,34 @@ def _hf_train_loop(job: dict[str, Any]) -> None:
     overrides = dict(job["overrides"])
     if not job["use_gpu"]:
         overrides.setdefault("use_cpu", True)  # Accelerate shards CPU work only with use_cpu (gloo)
-    pretrain_mlm(job["corpus"], run, model=ModelConfig.from_dict(job["model"]),
-                 train=TrainConfig.from_dict(job["train"]), progress=False,
-                 callbacks=[RayTrainReportCallback(), *job["callbacks"]], **overrides)
+    pretrain_mlm(
+        job["corpus"],
+        run,
+        model=ModelConfig.from_dict(job["model"]),
+        train=TrainConfig.from_dict(job["train"]),
+        progress=False,
+        callbacks=[RayTrainReportCallback(), *job["callbacks"]],
+        **overrides,
+    )
 
 
-def ray_pretrain_mlm(corpus: str | PathLike[str], run_dir: str | PathLike[str], *, model: Any = None,
-                     train: Any = None, num_workers: int | None = None, is_gpu: bool = True,
-                     resources_per_worker: Mapping[str, float] | None = None,
-                     storage_path: str | PathLike[str] = "~/stformer_ray_results", name: str | None = None,
-                     max_failures: int = 0, address: str | None = None,
-                     runtime_env: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (),
-                     **argument_overrides: Any):
+def ray_pretrain_mlm(
+    corpus: str | PathLike[str],
+    run_dir: str | PathLike[str],
+    *,
+    model: Any = None,
+    train: Any = None,
+    num_workers: int | None = None,
+    is_gpu: bool = True,
+    resources_per_worker: Mapping[str, float] | None = None,
+    storage_path: str | PathLike[str] = "~/stformer_ray_results",
+    name: str | None = None,
+    max_failures: int = 0,
+    address: str | None = None,
+    runtime_env: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Any] = (),
+    **argument_overrides: Any,
+):
     """:func:`stformer_train.hf.pretrain_mlm` (``STFormerPretrainer``) on a Ray cluster.
 
     Every Ray worker runs the same pretraining; transformers/Accelerate shard the batches over the
@@ -406,14 +560,25 @@ def ray_pretrain_mlm(corpus: str | PathLike[str], run_dir: str | PathLike[str], 
 
     corpus = Path(corpus).expanduser().resolve()
     if not corpus.is_dir():
-        raise InputError(corpus, "corpus", "is not a folder", "pass a tokenized corpus (stformer tokenize)")
+        raise InputError(
+            corpus, "corpus", "is not a folder", "pass a tokenized corpus (stformer tokenize)"
+        )
     connect(address, runtime_env=runtime_env)
     scaling = scaling_config(num_workers, is_gpu=is_gpu, resources_per_worker=resources_per_worker)
-    job = {"corpus": str(corpus), "run_dir": str(Path(run_dir).expanduser().resolve()),
-           "model": (model or ModelConfig()).to_dict(), "train": (train or TrainConfig()).to_dict(),
-           "overrides": argument_overrides, "use_gpu": scaling.use_gpu, "callbacks": list(callbacks),
-           "threads": _threads_per_worker(scaling.resources_per_worker)}
-    trainer = TorchTrainer(_hf_train_loop, train_loop_config=job, scaling_config=scaling,
-                           run_config=run_config(storage_path, name, max_failures))
+    job = {
+        "corpus": str(corpus),
+        "run_dir": str(Path(run_dir).expanduser().resolve()),
+        "model": (model or ModelConfig()).to_dict(),
+        "train": (train or TrainConfig()).to_dict(),
+        "overrides": argument_overrides,
+        "use_gpu": scaling.use_gpu,
+        "callbacks": list(callbacks),
+        "threads": _threads_per_worker(scaling.resources_per_worker),
+    }
+    trainer = TorchTrainer(
+        _hf_train_loop,
+        train_loop_config=job,
+        scaling_config=scaling,
+        run_config=run_config(storage_path, name, max_failures),
+    )
     return trainer.fit()
-

@@ -29,7 +29,9 @@ class _ConfigMixin:
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; allowed: {sorted(known)}")
+            raise ValueError(
+                f"{cls.__name__}: unknown field(s) {unknown}; allowed: {sorted(known)}"
+            )
         return cls(**data)
 
 
@@ -58,14 +60,26 @@ class ModelConfig(_ConfigMixin):
     tie_word_embeddings: bool = True
 
     def __post_init__(self) -> None:
-        _check_positive(self, "num_layers", "hidden_size", "num_heads", "intermediate_size",
-                        "max_position_embeddings", "initializer_range", "layer_norm_eps")
+        _check_positive(
+            self,
+            "num_layers",
+            "hidden_size",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "initializer_range",
+            "layer_norm_eps",
+        )
         _check_unit(self, "hidden_dropout_prob", "attention_probs_dropout_prob")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"ModelConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                             f"num_heads ({self.num_heads})")
+            raise ValueError(
+                f"ModelConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_heads ({self.num_heads})"
+            )
         if self.hidden_act not in ("relu", "gelu", "gelu_new", "silu"):
-            raise ValueError(f"ModelConfig.hidden_act must be one of relu, gelu, gelu_new, silu; got {self.hidden_act!r}")
+            raise ValueError(
+                f"ModelConfig.hidden_act must be one of relu, gelu, gelu_new, silu; got {self.hidden_act!r}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -111,24 +125,48 @@ class TrainConfig(_ConfigMixin):
     masked_positions_only: bool = True
 
     def __post_init__(self) -> None:
-        _check_positive(self, "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
-                        "num_train_epochs", "logging_steps", "save_steps", "save_total_limit")
+        _check_positive(
+            self,
+            "learning_rate",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "num_train_epochs",
+            "logging_steps",
+            "save_steps",
+            "save_total_limit",
+        )
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
         if self.warmup_steps < 0:
-            raise ValueError(f"TrainConfig.warmup_steps must be >= 0 (a fraction < 1 or a step count), got {self.warmup_steps}")
+            raise ValueError(
+                f"TrainConfig.warmup_steps must be >= 0 (a fraction < 1 or a step count), got {self.warmup_steps}"
+            )
         if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"TrainConfig.mlm_probability must be in (0, 1), got {self.mlm_probability}")
+            raise ValueError(
+                f"TrainConfig.mlm_probability must be in (0, 1), got {self.mlm_probability}"
+            )
         _check_unit(self, "eval_fraction")
         if self.eval_steps is not None and self.eval_steps <= 0:
-            raise ValueError(f"TrainConfig.eval_steps must be > 0 or None (= save_steps), got {self.eval_steps}")
+            raise ValueError(
+                f"TrainConfig.eval_steps must be > 0 or None (= save_steps), got {self.eval_steps}"
+            )
         if self.early_stopping_patience < 0 or self.early_stopping_min_delta < 0:
-            raise ValueError("TrainConfig.early_stopping_patience (0 = off) and early_stopping_min_delta must be >= 0")
+            raise ValueError(
+                "TrainConfig.early_stopping_patience (0 = off) and early_stopping_min_delta must be >= 0"
+            )
         if self.early_stopping_patience and not self.eval_fraction:
-            raise ValueError("TrainConfig.early_stopping_patience needs a validation split: set eval_fraction > 0")
+            raise ValueError(
+                "TrainConfig.early_stopping_patience needs a validation split: set eval_fraction > 0"
+            )
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"TrainConfig.mixed_precision must be auto, no, bf16 or fp16; got {self.mixed_precision!r}")
+            raise ValueError(
+                f"TrainConfig.mixed_precision must be auto, no, bf16 or fp16; got {self.mixed_precision!r}"
+            )
         if self.batch_form not in ("padded", "packed"):
-            raise ValueError(f"TrainConfig.batch_form must be 'padded' or 'packed', got {self.batch_form!r}")
+            raise ValueError(
+                f"TrainConfig.batch_form must be 'padded' or 'packed', got {self.batch_form!r}"
+            )
         if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"TrainConfig.max_steps must be -1 (use epochs) or > 0, got {self.max_steps}")
+            raise ValueError(
+                f"TrainConfig.max_steps must be -1 (use epochs) or > 0, got {self.max_steps}"
+            )

@@ -39,20 +39,44 @@ class RunModel:
         """Accept ``RUN`` or ``RUN/model``; raise :class:`stformer_data.InputError` if files are missing."""
         root = Path(run)
         model_dir = root / "model" if (root / "model" / "config.json").is_file() else root
-        for name in ("config.json", "token_dictionary.json", TOKENIZER_SETTINGS, "gene_medians.json"):
+        for name in (
+            "config.json",
+            "token_dictionary.json",
+            TOKENIZER_SETTINGS,
+            "gene_medians.json",
+        ):
             if not (model_dir / name).is_file():
-                raise sd.InputError(model_dir, name, "is missing",
-                                    "pass a run directory written by `stformer pretrain` (RUN or RUN/model)")
+                raise sd.InputError(
+                    model_dir,
+                    name,
+                    "is missing",
+                    "pass a run directory written by `stformer pretrain` (RUN or RUN/model)",
+                )
         vocab = sd.GeneVocab.load(model_dir / "token_dictionary.json")
         settings = json.loads((model_dir / TOKENIZER_SETTINGS).read_text())
         return cls(model_dir=model_dir, vocab=vocab, settings=settings)
 
-    def tokenize(self, h5ad: str | PathLike[str], out_dir: Path, *, obs_columns: tuple[str, ...] = (),
-                 progress: bool = True) -> sd.Corpus:
+    def tokenize(
+        self,
+        h5ad: str | PathLike[str],
+        out_dir: Path,
+        *,
+        obs_columns: tuple[str, ...] = (),
+        progress: bool = True,
+    ) -> sd.Corpus:
         """Tokenize ``h5ad`` with this model's vocabulary, medians and tokenizer settings."""
-        config = sd.TokenizeConfig.from_dict(self.settings["settings"], obs_columns=tuple(obs_columns))
-        return sd.tokenize_files([h5ad], out_dir, vocab=self.vocab, medians=self.model_dir / "gene_medians.json",
-                                 config=config, overwrite=True, progress=progress)
+        config = sd.TokenizeConfig.from_dict(
+            self.settings["settings"], obs_columns=tuple(obs_columns)
+        )
+        return sd.tokenize_files(
+            [h5ad],
+            out_dir,
+            vocab=self.vocab,
+            medians=self.model_dir / "gene_medians.json",
+            config=config,
+            overwrite=True,
+            progress=progress,
+        )
 
     def load_mlm(self):
         from transformers import AutoModelForMaskedLM
@@ -82,8 +106,15 @@ def _write_h5ad(adata, path: Path) -> Path:
     return path
 
 
-def embed_h5ad(run: str | PathLike[str], h5ad: str | PathLike[str], out: str | PathLike[str], *,
-               pooling: Pooling = "mean", batch_size: int = 64, progress: bool = True) -> Path:
+def embed_h5ad(
+    run: str | PathLike[str],
+    h5ad: str | PathLike[str],
+    out: str | PathLike[str],
+    *,
+    pooling: Pooling = "mean",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Path:
     """Embed every cell of ``h5ad`` with the run's model into ``out`` (``obsm["X_stformer"]``).
 
     Cells with no gene of the vocabulary get a row of NaN and ``obs["stformer_embedded"] = False``.
@@ -92,8 +123,14 @@ def embed_h5ad(run: str | PathLike[str], h5ad: str | PathLike[str], out: str | P
     adata = sd.open_h5ad(h5ad, backed=False)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = rm.tokenize(h5ad, Path(tmp) / "corpus", progress=progress)
-        emb = embed_sequences(rm.load_mlm(), corpus.dataset["input_ids"], pad_id=rm.vocab.pad_id, pooling=pooling,
-                              batch_size=batch_size, progress=progress)
+        emb = embed_sequences(
+            rm.load_mlm(),
+            corpus.dataset["input_ids"],
+            pad_id=rm.vocab.pad_id,
+            pooling=pooling,
+            batch_size=batch_size,
+            progress=progress,
+        )
         rows = np.asarray(corpus.dataset["cell_index"])
     full = np.full((adata.n_obs, emb.shape[1]), np.nan, dtype=np.float32)
     full[rows] = emb
@@ -103,9 +140,18 @@ def embed_h5ad(run: str | PathLike[str], h5ad: str | PathLike[str], out: str | P
     return _write_h5ad(adata, Path(out))
 
 
-def evaluate_run(run: str | PathLike[str], h5ad: str | PathLike[str], *, label_key: str,
-                 out_dir: str | PathLike[str], test_fraction: float = 0.2, seed: int = 0, k: int = 15,
-                 pooling: Pooling = "mean", progress: bool = True) -> dict[str, Any]:
+def evaluate_run(
+    run: str | PathLike[str],
+    h5ad: str | PathLike[str],
+    *,
+    label_key: str,
+    out_dir: str | PathLike[str],
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    k: int = 15,
+    pooling: Pooling = "mean",
+    progress: bool = True,
+) -> dict[str, Any]:
     """kNN label transfer to held-out cells: the run's embeddings vs a random-init model and PCA.
 
     Writes ``evaluation.json`` and ``embedding_2d.png`` (2-D PCA of the embeddings coloured by label)
@@ -114,30 +160,62 @@ def evaluate_run(run: str | PathLike[str], h5ad: str | PathLike[str], *, label_k
     rm = RunModel.open(run)
     adata = sd.open_h5ad(h5ad, backed=False)
     if label_key not in adata.obs.columns:
-        raise sd.InputError(h5ad, f"obs[{label_key!r}]", "does not exist",
-                            f"pass --label-key with one of {list(adata.obs.columns)}")
+        raise sd.InputError(
+            h5ad,
+            f"obs[{label_key!r}]",
+            "does not exist",
+            f"pass --label-key with one of {list(adata.obs.columns)}",
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = rm.tokenize(h5ad, Path(tmp) / "corpus", obs_columns=(label_key,), progress=progress)
+        corpus = rm.tokenize(
+            h5ad, Path(tmp) / "corpus", obs_columns=(label_key,), progress=progress
+        )
         seqs = corpus.dataset["input_ids"]
         labels = _labels(corpus, label_key)
         rows = np.asarray(corpus.dataset["cell_index"])
-        emb = embed_sequences(rm.load_mlm(), seqs, pad_id=rm.vocab.pad_id, pooling=pooling, progress=progress,
-                              desc="embed (pretrained)")
-        emb_random = embed_sequences(rm.random_init(seed + 1), seqs, pad_id=rm.vocab.pad_id, pooling=pooling,
-                                     progress=progress, desc="embed (random init)")
+        emb = embed_sequences(
+            rm.load_mlm(),
+            seqs,
+            pad_id=rm.vocab.pad_id,
+            pooling=pooling,
+            progress=progress,
+            desc="embed (pretrained)",
+        )
+        emb_random = embed_sequences(
+            rm.random_init(seed + 1),
+            seqs,
+            pad_id=rm.vocab.pad_id,
+            pooling=pooling,
+            progress=progress,
+            desc="embed (random init)",
+        )
     layer = rm.settings["settings"].get("layer")
     counts = adata.X if layer is None else adata.layers[layer]
     pca = pca_of_counts(counts[rows], seed=seed)
     valid = ~np.isin(labels, _MISSING_LABELS)
     test = holdout_split(labels[valid], test_fraction=test_fraction, seed=seed)
-    scores = {name: knn_score(x[valid], labels[valid], test, k=k).__dict__
-              for name, x in (("stformer", emb), ("random_init", emb_random), ("pca", pca))}
-    plot = plot_embedding_2d(emb[valid], labels[valid], out_dir / "embedding_2d.png",
-                             title=f"stformer embeddings ({label_key})")
-    result = {"label_key": label_key, "k": k, "test_fraction": test_fraction, "seed": seed, "pooling": pooling,
-              "n_cells": int(valid.sum()), "scores": scores, "plot": str(plot)}
+    scores = {
+        name: knn_score(x[valid], labels[valid], test, k=k).__dict__
+        for name, x in (("stformer", emb), ("random_init", emb_random), ("pca", pca))
+    }
+    plot = plot_embedding_2d(
+        emb[valid],
+        labels[valid],
+        out_dir / "embedding_2d.png",
+        title=f"stformer embeddings ({label_key})",
+    )
+    result = {
+        "label_key": label_key,
+        "k": k,
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "pooling": pooling,
+        "n_cells": int(valid.sum()),
+        "scores": scores,
+        "plot": str(plot),
+    }
     tmp_json = out_dir / ".evaluation.json.tmp"
     tmp_json.write_text(json.dumps(result, indent=1))
     tmp_json.replace(out_dir / "evaluation.json")
@@ -168,10 +246,19 @@ def plot_embedding_2d(x: np.ndarray, labels: np.ndarray, path: Path, *, title: s
     return path
 
 
-def finetune_classifier(run: str | PathLike[str], h5ad: str | PathLike[str], *, label_key: str,
-                        out_dir: str | PathLike[str], epochs: float = 3.0, batch_size: int = 32,
-                        learning_rate: float = 5e-4, test_fraction: float = 0.2, seed: int = 0,
-                        progress: bool = True) -> dict[str, Any]:
+def finetune_classifier(
+    run: str | PathLike[str],
+    h5ad: str | PathLike[str],
+    *,
+    label_key: str,
+    out_dir: str | PathLike[str],
+    epochs: float = 3.0,
+    batch_size: int = 32,
+    learning_rate: float = 5e-4,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Fine-tune the run's encoder as a cell-type classifier; score it on held-out cells.
 
     The classifier (``AutoModelForSequenceClassification``: BERT's pooled first token for rank
@@ -188,7 +275,9 @@ def finetune_classifier(run: str | PathLike[str], h5ad: str | PathLike[str], *, 
     out_dir = Path(out_dir)
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = rm.tokenize(h5ad, Path(tmp) / "corpus", obs_columns=(label_key,), progress=progress)
+        corpus = rm.tokenize(
+            h5ad, Path(tmp) / "corpus", obs_columns=(label_key,), progress=progress
+        )
         seqs = corpus.dataset["input_ids"]
         labels = _labels(corpus, label_key)
     valid = np.flatnonzero(~np.isin(labels, _MISSING_LABELS))
@@ -197,8 +286,12 @@ def finetune_classifier(run: str | PathLike[str], h5ad: str | PathLike[str], *, 
     test = holdout_split(labels[valid], test_fraction=test_fraction, seed=seed)
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
-        rm.model_dir, num_labels=len(classes), id2label=dict(enumerate(classes)),
-        label2id={c: i for i, c in enumerate(classes)}, attn_implementation="sdpa")
+        rm.model_dir,
+        num_labels=len(classes),
+        id2label=dict(enumerate(classes)),
+        label2id={c: i for i, c in enumerate(classes)},
+        attn_implementation="sdpa",
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
@@ -214,9 +307,11 @@ def finetune_classifier(run: str | PathLike[str], h5ad: str | PathLike[str], *, 
     model.train()
     order = np.concatenate([rng.permutation(train_idx) for _ in range(int(np.ceil(epochs)) + 1)])
     for s in tqdm(range(steps), desc="finetune", disable=not progress):
-        idx = order[s * batch_size:(s + 1) * batch_size]
+        idx = order[s * batch_size : (s + 1) * batch_size]
         ids, mask = batch_of(idx)
-        loss = model(input_ids=ids, attention_mask=mask, labels=torch.as_tensor(y[idx], device=device)).loss
+        loss = model(
+            input_ids=ids, attention_mask=mask, labels=torch.as_tensor(y[idx], device=device)
+        ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -227,14 +322,19 @@ def finetune_classifier(run: str | PathLike[str], h5ad: str | PathLike[str], *, 
     preds = []
     with torch.inference_mode():
         for s in range(0, len(test_idx), 128):
-            ids, mask = batch_of(test_idx[s:s + 128])
+            ids, mask = batch_of(test_idx[s : s + 128])
             preds.append(model(input_ids=ids, attention_mask=mask).logits.argmax(-1).cpu().numpy())
     pred = np.concatenate(preds)
-    result = {"label_key": label_key, "classes": [str(c) for c in classes], "n_train": int(len(train_idx)),
-              "n_test": int(len(test_idx)), "steps": steps,
-              "accuracy": float(accuracy_score(y[test_idx], pred)),
-              "macro_f1": float(f1_score(y[test_idx], pred, average="macro", zero_division=0)),
-              "seconds": round(time.time() - started, 1)}
+    result = {
+        "label_key": label_key,
+        "classes": [str(c) for c in classes],
+        "n_train": int(len(train_idx)),
+        "n_test": int(len(test_idx)),
+        "steps": steps,
+        "accuracy": float(accuracy_score(y[test_idx], pred)),
+        "macro_f1": float(f1_score(y[test_idx], pred, average="macro", zero_division=0)),
+        "seconds": round(time.time() - started, 1),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir / "model")
     (out_dir / "finetune.json").write_text(json.dumps(result, indent=1))

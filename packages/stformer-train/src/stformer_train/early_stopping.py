@@ -74,7 +74,11 @@ class EarlyStopping:
         return {"best": self.best, "wait": self.wait, "should_stop": self.should_stop}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.wait, self.should_stop = float(state["best"]), int(state["wait"]), bool(state["should_stop"])
+        self.best, self.wait, self.should_stop = (
+            float(state["best"]),
+            int(state["wait"]),
+            bool(state["should_stop"]),
+        )
 
 
 def save_best(model: Any, path: Path) -> None:

@@ -47,8 +47,10 @@ def embed_sequences(
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     order = np.argsort(-lengths, kind="stable")
     out = np.zeros((len(sequences), model.config.hidden_size), dtype=np.float32)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
-        idx = order[start:start + batch_size]
+    for start in tqdm(
+        range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress
+    ):
+        idx = order[start : start + batch_size]
         batch = pad_examples([{"input_ids": sequences[i]} for i in idx], pad_id=pad_id)
         ids = batch["input_ids"].to(device)
         mask = batch["attention_mask"].to(device)

@@ -34,7 +34,9 @@ def holdout_split(labels: np.ndarray, *, test_fraction: float = 0.2, seed: int =
     return mask
 
 
-def knn_score(embeddings: np.ndarray, labels: np.ndarray, test_mask: np.ndarray, *, k: int = 15) -> KnnScore:
+def knn_score(
+    embeddings: np.ndarray, labels: np.ndarray, test_mask: np.ndarray, *, k: int = 15
+) -> KnnScore:
     """Fit a k-nearest-neighbour classifier on the training cells and score it on the held-out cells."""
     labels = np.asarray(labels)
     test_mask = np.asarray(test_mask, dtype=bool)
@@ -47,13 +49,21 @@ def knn_score(embeddings: np.ndarray, labels: np.ndarray, test_mask: np.ndarray,
     clf.fit(embeddings[~test_mask], labels[~test_mask])
     pred = clf.predict(embeddings[test_mask])
     truth = labels[test_mask]
-    return KnnScore(accuracy=float(accuracy_score(truth, pred)),
-                    macro_f1=float(f1_score(truth, pred, average="macro", zero_division=0)),
-                    n_train=n_train, n_test=int(test_mask.sum()))
+    return KnnScore(
+        accuracy=float(accuracy_score(truth, pred)),
+        macro_f1=float(f1_score(truth, pred, average="macro", zero_division=0)),
+        n_train=n_train,
+        n_test=int(test_mask.sum()),
+    )
 
 
-def pca_of_counts(counts: sp.spmatrix | np.ndarray, *, n_components: int = 50, target_sum: float = 1e4,
-                  seed: int = 0) -> np.ndarray:
+def pca_of_counts(
+    counts: sp.spmatrix | np.ndarray,
+    *,
+    n_components: int = 50,
+    target_sum: float = 1e4,
+    seed: int = 0,
+) -> np.ndarray:
     """PCA of log1p(counts per ``target_sum``): the standard baseline for learned embeddings.
 
     Sparse input is never densified (sklearn's PCA centres sparse data implicitly).

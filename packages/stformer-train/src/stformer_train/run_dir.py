@@ -78,7 +78,9 @@ def _atomic_json(path: Path, payload: Any) -> Path:
 TOKENIZER_SETTINGS = "stformer_tokenizer.json"
 
 
-def save_model(net: Any, model_dir: Path, corpus: Corpus, *, state_dict: dict[str, Any] | None = None) -> None:
+def save_model(
+    net: Any, model_dir: Path, corpus: Corpus, *, state_dict: dict[str, Any] | None = None
+) -> None:
     """Save model weights, vocabulary, gene medians and tokenizer settings atomically into ``model_dir``.
 
     ``state_dict`` replaces ``net``'s own weights (e.g. parameters gathered from ZeRO-3 shards).
@@ -99,8 +101,9 @@ def save_model(net: Any, model_dir: Path, corpus: Corpus, *, state_dict: dict[st
     os.replace(tmp, model_dir)
 
 
-def split_corpus(corpus: Corpus, model: ModelConfig, train: TrainConfig,
-                 indices: list[int] | None = None) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+def split_corpus(
+    corpus: Corpus, model: ModelConfig, train: TrainConfig, indices: list[int] | None = None
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """The training and (with ``train.eval_fraction``) validation parts of a corpus, seeded.
 
     Raises ``ValueError`` when a sequence is longer than the model's positions.
@@ -111,7 +114,8 @@ def split_corpus(corpus: Corpus, model: ModelConfig, train: TrainConfig,
     if longest > model.max_position_embeddings:
         raise ValueError(
             f"ModelConfig.max_position_embeddings ({model.max_position_embeddings}) is shorter than the longest "
-            f"sequence in {corpus.path} ({longest}); raise it or tokenize with a smaller model_input_size")
+            f"sequence in {corpus.path} ({longest}); raise it or tokenize with a smaller model_input_size"
+        )
     dataset = corpus.dataset
     if indices is not None:
         dataset = dataset.select(indices)
@@ -121,7 +125,9 @@ def split_corpus(corpus: Corpus, model: ModelConfig, train: TrainConfig,
         return dataset, None
     n_eval = max(1, int(round(len(dataset) * train.eval_fraction)))
     if n_eval >= len(dataset):
-        raise ValueError(f"TrainConfig.eval_fraction={train.eval_fraction} leaves no training cells "
-                         f"out of {len(dataset)}")
+        raise ValueError(
+            f"TrainConfig.eval_fraction={train.eval_fraction} leaves no training cells "
+            f"out of {len(dataset)}"
+        )
     order = np.random.default_rng(train.seed).permutation(len(dataset))
     return dataset.select(np.sort(order[n_eval:])), dataset.select(np.sort(order[:n_eval]))

@@ -28,7 +28,9 @@ class StepSeededCollator:
 
     def __init__(self, collator: Any, *, seed: int = 0):
         if not dataclasses.is_dataclass(collator) or not hasattr(collator, "seed"):
-            raise ValueError("StepSeededCollator wraps a stformer_collate DataCollatorFor... (a dataclass with a seed)")
+            raise ValueError(
+                "StepSeededCollator wraps a stformer_collate DataCollatorFor... (a dataclass with a seed)"
+            )
         self.collator = collator
         self.seed = int(seed)
         self.step = 0
@@ -88,7 +90,9 @@ def write_csv_log(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot_loss_curve(history: Sequence[Mapping[str, Any]], path: Path, *, title: str = "stformer pretraining") -> Path:
+def plot_loss_curve(
+    history: Sequence[Mapping[str, Any]], path: Path, *, title: str = "stformer pretraining"
+) -> Path:
     """Plot every ``*loss`` series of the history against the step; write a PNG atomically."""
     import matplotlib
 

@@ -9,8 +9,11 @@ import torch
 from stformer_data import SplitInfo
 from stformer_train.lightning._datamodule import AnnDataModule
 
-pytestmark = pytest.mark.filterwarnings("ignore:Sparse (invariant checks|CSR tensor support)",
-                                        "ignore:.*does not have many workers", "ignore:.*GPU available")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Sparse (invariant checks|CSR tensor support)",
+    "ignore:.*does not have many workers",
+    "ignore:.*GPU available",
+)
 
 N_GENES = 12
 
@@ -18,8 +21,12 @@ N_GENES = 12
 def _write(path, n, donors, seed):
     X = sp.random(n, N_GENES, density=0.5, format="csr", dtype=np.float32, random_state=seed)
     X.data = np.ceil(X.data * 5)
-    obs = pd.DataFrame({"donor": [donors[i % len(donors)] for i in range(n)]}, index=[f"c{i}" for i in range(n)])
-    ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"g{k}" for k in range(N_GENES)])).write_h5ad(path)
+    obs = pd.DataFrame(
+        {"donor": [donors[i % len(donors)] for i in range(n)]}, index=[f"c{i}" for i in range(n)]
+    )
+    ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"g{k}" for k in range(N_GENES)])).write_h5ad(
+        path
+    )
     return path
 
 
@@ -53,12 +60,23 @@ class _Recorder(pl.LightningModule):
 
 
 def _trainer(epochs):
-    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
 
 
 def test_datamodule_trains_on_grouped_split_with_new_order_each_epoch(tmp_path):
-    files = [_write(tmp_path / "a.h5ad", 60, ["d1", "d2", "d3"], 0), _write(tmp_path / "b.h5ad", 40, ["d4", "d5"], 1)]
+    files = [
+        _write(tmp_path / "a.h5ad", 60, ["d1", "d2", "d3"], 0),
+        _write(tmp_path / "b.h5ad", 40, ["d4", "d5"], 1),
+    ]
     calls = {"before": 0, "after": 0}
 
     def before(X, batch):
@@ -70,8 +88,16 @@ def test_datamodule_trains_on_grouped_split_with_new_order_each_epoch(tmp_path):
         calls["after"] += 1
         return torch.log1p(X)
 
-    dm = AnnDataModule(files, run_dir=tmp_path / "run", group_key="donor", fractions=(0.6, 0.2, 0.2),
-                       batch_size=8, before_dense_cb=before, after_dense_cb=after, dataset_kwargs={"obs_keys": ("donor",)})
+    dm = AnnDataModule(
+        files,
+        run_dir=tmp_path / "run",
+        group_key="donor",
+        fractions=(0.6, 0.2, 0.2),
+        batch_size=8,
+        before_dense_cb=before,
+        after_dense_cb=after,
+        dataset_kwargs={"obs_keys": ("donor",)},
+    )
     model = _Recorder()
     trainer = _trainer(2)
     trainer.fit(model, datamodule=dm)
@@ -80,7 +106,10 @@ def test_datamodule_trains_on_grouped_split_with_new_order_each_epoch(tmp_path):
     counts = split.counts()
     assert len(model.epochs[0]) == len(model.epochs[1]) == counts["train"]
     assert sorted(model.epochs[0]) == sorted(model.epochs[1]) and model.epochs[0] != model.epochs[1]
-    assert len(set(model.seen["val"])) == counts["val"] and len(set(model.seen["test"])) == counts["test"]
+    assert (
+        len(set(model.seen["val"])) == counts["val"]
+        and len(set(model.seen["test"])) == counts["test"]
+    )
     assert not set(model.seen["train"]) & (set(model.seen["val"]) | set(model.seen["test"]))
     assert calls["before"] == calls["after"] > 0
     # a resumed run with other split settings reuses the saved split

@@ -21,19 +21,35 @@ def _loss_at(history, step):
 
 def test_lightning_resume_continues_the_same_loss_curve(tiny_corpus, tiny, tmp_path):
     # 120 cells / batch 8 = 15 batches per epoch: step 10 is mid-epoch, step 20 in the second epoch
-    train = TrainConfig(max_steps=20, per_device_train_batch_size=8, logging_steps=1, save_steps=10,
-                        warmup_steps=2, seed=3)
-    straight = pretrain_lightning(tiny_corpus, tmp_path / "a", model=tiny, train=train, progress=False,
-                                  accelerator="cpu")
-    first = pretrain_lightning(tiny_corpus, tmp_path / "b", model=tiny, train=train, progress=False,
-                               callbacks=[_KillAt(10)], accelerator="cpu")
+    train = TrainConfig(
+        max_steps=20,
+        per_device_train_batch_size=8,
+        logging_steps=1,
+        save_steps=10,
+        warmup_steps=2,
+        seed=3,
+    )
+    straight = pretrain_lightning(
+        tiny_corpus, tmp_path / "a", model=tiny, train=train, progress=False, accelerator="cpu"
+    )
+    first = pretrain_lightning(
+        tiny_corpus,
+        tmp_path / "b",
+        model=tiny,
+        train=train,
+        progress=False,
+        callbacks=[_KillAt(10)],
+        accelerator="cpu",
+    )
     assert first["global_step"] == 10
-    resumed = pretrain_lightning(tiny_corpus, tmp_path / "b", model=tiny, train=train, progress=False,
-                                 accelerator="cpu")
+    resumed = pretrain_lightning(
+        tiny_corpus, tmp_path / "b", model=tiny, train=train, progress=False, accelerator="cpu"
+    )
     assert resumed["global_step"] == 20
     for step in (11, 15, 20):
         assert _loss_at(resumed["log_history"], step) == pytest.approx(
-            _loss_at(straight["log_history"], step), rel=1e-4)
+            _loss_at(straight["log_history"], step), rel=1e-4
+        )
     logs = resumed["run"].logs
     assert (logs / "loss_curve.png").stat().st_size > 0 and (logs / "metrics.csv").is_file()
     assert any((logs / "tensorboard").rglob("events.out.tfevents*"))
@@ -41,11 +57,19 @@ def test_lightning_resume_continues_the_same_loss_curve(tiny_corpus, tiny, tmp_p
 
 
 def test_lightning_validation_and_early_stopping(tiny_corpus, tiny, tmp_path):
-    train = TrainConfig(max_steps=40, per_device_train_batch_size=8, logging_steps=5, save_steps=5,
-                        eval_fraction=0.2, early_stopping_patience=1, early_stopping_min_delta=10.0,
-                        learning_rate=1e-3)
-    out = pretrain_lightning(tiny_corpus, tmp_path / "r", model=tiny, train=train, progress=False,
-                             accelerator="cpu")
+    train = TrainConfig(
+        max_steps=40,
+        per_device_train_batch_size=8,
+        logging_steps=5,
+        save_steps=5,
+        eval_fraction=0.2,
+        early_stopping_patience=1,
+        early_stopping_min_delta=10.0,
+        learning_rate=1e-3,
+    )
+    out = pretrain_lightning(
+        tiny_corpus, tmp_path / "r", model=tiny, train=train, progress=False, accelerator="cpu"
+    )
     evals = [h for h in out["log_history"] if "eval_loss" in h]
     # min_delta 10 never counts as an improvement after the first evaluation: stop at the second
     assert len(evals) == 2 and out["global_step"] == 10

@@ -11,9 +11,17 @@ from stformer_train.models import (
 
 
 def _cfg(**kw):
-    return GeneBertConfig(vocab_size=20, type_vocab_size=50, hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.0,
-                          attention_probs_dropout_prob=0.0, **kw)
+    return GeneBertConfig(
+        vocab_size=20,
+        type_vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **kw,
+    )
 
 
 def test_embedding_is_bin_plus_gene_without_positions():
@@ -38,8 +46,13 @@ def test_masked_positions_loss_equals_dense_loss():
     labels = torch.full_like(ids, -100)
     labels[0, 1], labels[1, 0] = 11, 12
     dense = model(input_ids=ids, token_type_ids=genes, attention_mask=mask, labels=labels).loss
-    sparse = model(input_ids=ids, token_type_ids=genes, attention_mask=mask,
-                   masked_positions=torch.tensor([1, 4]), masked_labels=torch.tensor([11, 12])).loss
+    sparse = model(
+        input_ids=ids,
+        token_type_ids=genes,
+        attention_mask=mask,
+        masked_positions=torch.tensor([1, 4]),
+        masked_labels=torch.tensor([11, 12]),
+    ).loss
     assert torch.allclose(dense, sparse, atol=1e-6)
 
 
@@ -50,17 +63,26 @@ def test_save_load_with_auto_classes(tmp_path):
     loaded = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
     assert type(loaded) is GeneBertForPhenotypicMLM
     ids, genes = torch.tensor([[3, 4]]), torch.tensor([[7, 8]])
-    assert torch.allclose(loaded(input_ids=ids, token_type_ids=genes).logits,
-                          model(input_ids=ids, token_type_ids=genes).logits)
+    assert torch.allclose(
+        loaded(input_ids=ids, token_type_ids=genes).logits,
+        model(input_ids=ids, token_type_ids=genes).logits,
+    )
     clf = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=4)
     assert type(clf) is GeneBertForClassification
-    assert torch.equal(clf.bert.embeddings.token_type_embeddings.weight,
-                       model.bert.embeddings.token_type_embeddings.weight)
+    assert torch.equal(
+        clf.bert.embeddings.token_type_embeddings.weight,
+        model.bert.embeddings.token_type_embeddings.weight,
+    )
     out = clf(input_ids=ids, token_type_ids=genes, labels=torch.tensor([1]))
     assert out.logits.shape == (1, 4) and out.loss.requires_grad
 
 
 def test_build_genebert_config_defaults():
     cfg = build_genebert_config(vocab_size=30, n_genes=1000)
-    assert (cfg.type_vocab_size, cfg.hidden_act, cfg.initializer_range, cfg.layer_norm_eps,
-            cfg.hidden_dropout_prob) == (1000, "relu", 0.02, 1e-12, 0.02)
+    assert (
+        cfg.type_vocab_size,
+        cfg.hidden_act,
+        cfg.initializer_range,
+        cfg.layer_norm_eps,
+        cfg.hidden_dropout_prob,
+    ) == (1000, "relu", 0.02, 1e-12, 0.02)

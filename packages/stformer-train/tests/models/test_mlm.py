@@ -26,15 +26,21 @@ def test_masked_only_logits_give_the_dense_loss(tiny):
     sparse, n = mlm_loss(model, batch)
     assert n == int((batch["labels"] != -100).sum())
     assert torch.allclose(sparse, dense_mlm_loss(model, batch), atol=1e-5)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                masked_positions=batch["masked_positions"], masked_labels=batch["masked_labels"])
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        masked_positions=batch["masked_positions"],
+        masked_labels=batch["masked_labels"],
+    )
     assert out.logits.shape == (n, 60)  # no (batch, length, vocab) tensor
 
 
 def test_packed_batches_match_padded_batches(tiny):
     model = _model(tiny)
     padded = DataCollatorForMLM(spec=SPEC, seed=4, return_masked_positions=True)(EXAMPLES)
-    packed = DataCollatorForMLM(spec=SPEC, seed=4, form=BatchForm.PACKED, return_masked_positions=True)(EXAMPLES)
+    packed = DataCollatorForMLM(
+        spec=SPEC, seed=4, form=BatchForm.PACKED, return_masked_positions=True
+    )(EXAMPLES)
     back = unpack_to_padded(packed, pad_id=0)
     assert torch.equal(back["input_ids"], padded["input_ids"])
     assert torch.equal(back["masked_positions"], padded["masked_positions"])
@@ -42,10 +48,14 @@ def test_packed_batches_match_padded_batches(tiny):
 
 
 def test_gradient_checkpointing_option(tiny):
-    model = build_mlm_model(build_bert_config(vocab_size=60, model=tiny), gradient_checkpointing=True)
+    model = build_mlm_model(
+        build_bert_config(vocab_size=60, model=tiny), gradient_checkpointing=True
+    )
     assert model.is_gradient_checkpointing
     model.train()
-    loss, _ = mlm_loss(model, DataCollatorForMLM(spec=SPEC, seed=0, return_masked_positions=True)(EXAMPLES))
+    loss, _ = mlm_loss(
+        model, DataCollatorForMLM(spec=SPEC, seed=0, return_masked_positions=True)(EXAMPLES)
+    )
     loss.backward()
     assert model.bert.embeddings.word_embeddings.weight.grad is not None
 

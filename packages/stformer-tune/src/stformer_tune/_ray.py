@@ -36,7 +36,9 @@ def _import_ray():
         import ray
         from ray import tune
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise ImportError('the Ray back-end needs Ray Tune: pip install "ray[default,tune]"') from exc
+        raise ImportError(
+            'the Ray back-end needs Ray Tune: pip install "ray[default,tune]"'
+        ) from exc
     return ray, tune
 
 
@@ -47,35 +49,59 @@ def validate_resources(resources: Mapping[str, Any] | float | None) -> dict[str,
     if isinstance(resources, int | float) and not isinstance(resources, bool):
         resources = {"cpu": float(resources)}
     if not isinstance(resources, Mapping):
-        raise ValueError(f"resources_per_trial must be a mapping like {{'cpu': 0.5}}, got {resources!r}")
+        raise ValueError(
+            f"resources_per_trial must be a mapping like {{'cpu': 0.5}}, got {resources!r}"
+        )
     out: dict[str, float] = {}
     for key, value in resources.items():
         k = str(key).lower()
         if k not in ("cpu", "gpu"):
             raise ValueError(f"resources_per_trial: unknown resource {key!r}; use 'cpu' and 'gpu'")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or value < 0
+            or not math.isfinite(value)
+        ):
             raise ValueError(f"resources_per_trial[{key!r}] must be a number >= 0, got {value!r}")
         out[k] = float(value)
     out.setdefault("cpu", 1.0)
     if out["cpu"] <= 0:
-        raise ValueError(f"resources_per_trial['cpu'] must be > 0 (Ray needs a CPU share; 0.01 is fine), "
-                         f"got {out['cpu']}")
+        raise ValueError(
+            f"resources_per_trial['cpu'] must be > 0 (Ray needs a CPU share; 0.01 is fine), "
+            f"got {out['cpu']}"
+        )
     return out
 
 
-def _ray_trainable(config: dict[str, Any], *, corpus_path: str, model: dict[str, Any], train: dict[str, Any],
-                   out_dir: str, threads: int) -> None:
+def _ray_trainable(
+    config: dict[str, Any],
+    *,
+    corpus_path: str,
+    model: dict[str, Any],
+    train: dict[str, Any],
+    out_dir: str,
+    threads: int,
+) -> None:
     """The function trainable: one trial of ``pretrain_mlm`` in the Ray worker."""
     from ray import tune
 
-    model_t, train_t = apply_params(ModelConfig.from_dict(model), TrainConfig.from_dict(train), config)
+    model_t, train_t = apply_params(
+        ModelConfig.from_dict(model), TrainConfig.from_dict(train), config
+    )
     trial_id = tune.get_context().get_trial_id()
 
     def report(step: int, loss: float, final: bool) -> None:
         tune.report({METRIC: loss, "step": step, "final": final})
 
-    run_trial(corpus_path, Path(out_dir) / "trials" / f"trial_{trial_id}", model_t, train_t, report,
-              threads=threads)
+    run_trial(
+        corpus_path,
+        Path(out_dir) / "trials" / f"trial_{trial_id}",
+        model_t,
+        train_t,
+        report,
+        threads=threads,
+    )
 
 
 def ensure_ray(address: str | None = None, num_cpus: int = 2) -> bool:
@@ -116,7 +142,9 @@ def _creation_order(result) -> tuple[int, str]:
     """Tune names a trial folder ``<trainable>_<trial_id>_<index>_<params>_<date>``; sort by the index."""
     name = Path(str(result.path)).name
     trial_id = (result.metrics or {}).get("trial_id")
-    match = re.search(rf"_{re.escape(trial_id)}_(\d+)_" if trial_id else r"_[0-9a-f]{5,}_(\d+)_", name)
+    match = re.search(
+        rf"_{re.escape(trial_id)}_(\d+)_" if trial_id else r"_[0-9a-f]{5,}_(\d+)_", name
+    )
     return (int(match.group(1)) if match else 1 << 30, name)
 
 
@@ -138,16 +166,36 @@ def _records(results, *, interrupted: bool = False) -> list[TrialRecord]:
         else:
             state = "PRUNED"  # stopped by ASHA before its last evaluation
         params = {k: v for k, v in (r.config or {}).items()}
-        records.append(TrialRecord(number=number, state=state, eval_loss=metrics.get(METRIC),
-                                   params=params, steps=metrics.get("step"),
-                                   duration_s=metrics.get("time_total_s"), intermediate=inter))
+        records.append(
+            TrialRecord(
+                number=number,
+                state=state,
+                eval_loss=metrics.get(METRIC),
+                params=params,
+                steps=metrics.get("step"),
+                duration_s=metrics.get("time_total_s"),
+                intermediate=inter,
+            )
+        )
     return records
 
 
-def run_ray(corpus_path: Path, out_dir: Path, space: SearchSpace, model: ModelConfig, train: TrainConfig, *,
-            n_trials: int, resources_per_trial: Mapping[str, Any] | float | None = None, resume: bool = False,
-            seed: int = 0, address: str | None = None, num_cpus: int = 2,
-            grace_period: int = 1, reduction_factor: int = 2) -> list[TrialRecord]:
+def run_ray(
+    corpus_path: Path,
+    out_dir: Path,
+    space: SearchSpace,
+    model: ModelConfig,
+    train: TrainConfig,
+    *,
+    n_trials: int,
+    resources_per_trial: Mapping[str, Any] | float | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    address: str | None = None,
+    num_cpus: int = 2,
+    grace_period: int = 1,
+    reduction_factor: int = 2,
+) -> list[TrialRecord]:
     """Run ``n_trials`` trials with Ray Tune (OptunaSearch + ASHAScheduler); return them all.
 
     With ``resume`` an interrupted experiment in ``out_dir / "ray_results"`` is restored
@@ -161,27 +209,51 @@ def run_ray(corpus_path: Path, out_dir: Path, space: SearchSpace, model: ModelCo
     storage = (out_dir / "ray_results").resolve()
     experiment = storage / EXPERIMENT
     if experiment.exists() and not resume:
-        raise FileExistsError(f"{experiment}: a Ray Tune experiment already exists; pass --resume "
-                              "(resume=True) to continue it, or choose another output folder")
+        raise FileExistsError(
+            f"{experiment}: a Ray Tune experiment already exists; pass --resume "
+            "(resume=True) to continue it, or choose another output folder"
+        )
     started = ensure_ray(address, num_cpus)
     try:
         trainable = tune.with_resources(
-            tune.with_parameters(_ray_trainable, corpus_path=str(Path(corpus_path).resolve()),
-                                 model=model.to_dict(), train=train.to_dict(), out_dir=str(out_dir.resolve()),
-                                 threads=max(1, int(resources["cpu"]))),
-            resources)
+            tune.with_parameters(
+                _ray_trainable,
+                corpus_path=str(Path(corpus_path).resolve()),
+                model=model.to_dict(),
+                train=train.to_dict(),
+                out_dir=str(out_dir.resolve()),
+                threads=max(1, int(resources["cpu"])),
+            ),
+            resources,
+        )
         if resume and tune.Tuner.can_restore(str(experiment)):
             tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
         else:
-            searcher = OptunaSearch(space=space.distributions(), metric=METRIC, mode=MODE, seed=seed)
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=_evaluations(train),
-                                      grace_period=grace_period, reduction_factor=reduction_factor)
+            searcher = OptunaSearch(
+                space=space.distributions(), metric=METRIC, mode=MODE, seed=seed
+            )
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=_evaluations(train),
+                grace_period=grace_period,
+                reduction_factor=reduction_factor,
+            )
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
-                                            num_samples=n_trials, reuse_actors=True),
-                run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(storage), verbose=0,
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
+                tune_config=tune.TuneConfig(
+                    metric=METRIC,
+                    mode=MODE,
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=n_trials,
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=EXPERIMENT,
+                    storage_path=str(storage),
+                    verbose=0,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                ),
             )
         results = tuner.fit()
         interrupted = _interrupted(results, n_trials)
@@ -191,6 +263,9 @@ def run_ray(corpus_path: Path, out_dir: Path, space: SearchSpace, model: ModelCo
             ray.shutdown()
     if interrupted:
         done = sum(r.state != "RUNNING" for r in records)
-        raise SearchInterrupted(f"the Ray Tune search in {experiment} stopped after {done} of {n_trials} trials; "
-                                "run it again with --resume (resume=True) to continue", records)
+        raise SearchInterrupted(
+            f"the Ray Tune search in {experiment} stopped after {done} of {n_trials} trials; "
+            "run it again with --resume (resume=True) to continue",
+            records,
+        )
     return records

@@ -69,11 +69,17 @@ def _atomic_write(path: Path, text: str) -> Path:
 
 def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord:
     """The COMPLETE trial with the lowest ``eval_loss`` (the objective every back-end minimises)."""
-    done = [t for t in trials if t.state == "COMPLETE" and t.eval_loss is not None and math.isfinite(t.eval_loss)]
+    done = [
+        t
+        for t in trials
+        if t.state == "COMPLETE" and t.eval_loss is not None and math.isfinite(t.eval_loss)
+    ]
     if not done:
         states = {t.number: t.state for t in trials}
-        raise NoTrialCompleted(f"no trial completed (states: {states}); see trials.csv, the log and the "
-                           "trials/ folders for the errors")
+        raise NoTrialCompleted(
+            f"no trial completed (states: {states}); see trials.csv, the log and the "
+            "trials/ folders for the errors"
+        )
     return min(done, key=lambda t: (t.eval_loss, t.number))
 
 
@@ -85,15 +91,23 @@ def write_trials_csv(trials: Sequence[TrialRecord], space: SearchSpace, path: Pa
         writer = csv.DictWriter(fh, fieldnames=cols)
         writer.writeheader()
         for t in sorted(trials, key=lambda t: t.number):
-            writer.writerow({"number": t.number, "state": t.state, METRIC: t.eval_loss, "steps": t.steps,
-                             "duration_s": None if t.duration_s is None else round(t.duration_s, 2),
-                             **{k: t.params.get(k) for k in space.names}})
+            writer.writerow(
+                {
+                    "number": t.number,
+                    "state": t.state,
+                    METRIC: t.eval_loss,
+                    "steps": t.steps,
+                    "duration_s": None if t.duration_s is None else round(t.duration_s, 2),
+                    **{k: t.params.get(k) for k in space.names},
+                }
+            )
     os.replace(tmp, path)
     return path
 
 
-def write_best_config(best: TrialRecord, model: ModelConfig, train: TrainConfig, out_dir: Path,
-                      *, backend: str) -> tuple[Path, Path]:
+def write_best_config(
+    best: TrialRecord, model: ModelConfig, train: TrainConfig, out_dir: Path, *, backend: str
+) -> tuple[Path, Path]:
     """``best.yaml`` and ``best.json``: the full model/train configs of the best trial.
 
     ``stformer pretrain CORPUS --out RUN --config best.yaml`` accepts either file directly.
@@ -102,9 +116,13 @@ def write_best_config(best: TrialRecord, model: ModelConfig, train: TrainConfig,
 
     best_model, best_train = apply_params(model, train, best.params)
     payload = {"model": best_model.to_dict(), "train": best_train.to_dict()}
-    header = (f"# best trial {best.number} of a stformer-tune search ({backend}): "
-              f"{METRIC}={best.eval_loss:.6g}\n# params: {json.dumps(best.params)}\n")
-    yaml_path = _atomic_write(out_dir / "best.yaml", header + yaml.safe_dump(payload, sort_keys=False))
+    header = (
+        f"# best trial {best.number} of a stformer-tune search ({backend}): "
+        f"{METRIC}={best.eval_loss:.6g}\n# params: {json.dumps(best.params)}\n"
+    )
+    yaml_path = _atomic_write(
+        out_dir / "best.yaml", header + yaml.safe_dump(payload, sort_keys=False)
+    )
     json_path = _atomic_write(out_dir / "best.json", json.dumps(payload, indent=1) + "\n")
     return yaml_path, json_path
 
@@ -121,7 +139,12 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
     n = 1 + len(space.params)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
     ax = axes[0][0]
-    colors = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red", "RUNNING": "tab:gray"}
+    colors = {
+        "COMPLETE": "tab:blue",
+        "PRUNED": "tab:orange",
+        "FAIL": "tab:red",
+        "RUNNING": "tab:gray",
+    }
     for state, color in colors.items():
         pts = [(t.number, t.eval_loss) for t in ordered if t.state == state]
         if pts:
@@ -132,14 +155,24 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
         for t in done:
             best = min(best, t.eval_loss)  # type: ignore[type-var]
             running.append(best)
-        ax.step([t.number for t in done], running, where="post", color="black", lw=1, label="best so far")
+        ax.step(
+            [t.number for t in done],
+            running,
+            where="post",
+            color="black",
+            lw=1,
+            label="best so far",
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial", ylabel=METRIC, title="objective per trial")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     for ax, spec in zip(axes[0][1:], space.params, strict=True):
-        pts = [(t.params.get(spec.name), t.eval_loss, colors.get(t.state, "k")) for t in ordered
-               if spec.name in t.params]
+        pts = [
+            (t.params.get(spec.name), t.eval_loss, colors.get(t.state, "k"))
+            for t in ordered
+            if spec.name in t.params
+        ]
         if spec.type == "categorical":
             labels = [str(v) for v in spec.values]
             xs = [labels.index(str(p[0])) for p in pts]
@@ -159,19 +192,44 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
     return path
 
 
-def write_results(trials: Sequence[TrialRecord], space: SearchSpace, model: ModelConfig, train: TrainConfig,
-                  out_dir: Path, *, backend: str) -> SearchResult:
+def write_results(
+    trials: Sequence[TrialRecord],
+    space: SearchSpace,
+    model: ModelConfig,
+    train: TrainConfig,
+    out_dir: Path,
+    *,
+    backend: str,
+) -> SearchResult:
     """Write ``trials.csv``, ``trials.png``, ``best.yaml``/``best.json`` and ``summary.json`` into ``out_dir``."""
     csv_path = write_trials_csv(trials, space, out_dir / "trials.csv")
     png = plot_trials(trials, space, out_dir / "trials.png")
-    best = best_trial(trials)  # after the table, so a search without a complete trial still leaves it
+    best = best_trial(
+        trials
+    )  # after the table, so a search without a complete trial still leaves it
     yaml_path, json_path = write_best_config(best, model, train, out_dir, backend=backend)
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.state] = counts.get(t.state, 0) + 1
-    summary = {"backend": backend, "metric": METRIC, "mode": "min", "n_trials": len(trials), "states": counts,
-               "best_trial": best.number, "best_eval_loss": best.eval_loss, "best_params": best.params,
-               "search_space": space.to_dict()}
+    summary = {
+        "backend": backend,
+        "metric": METRIC,
+        "mode": "min",
+        "n_trials": len(trials),
+        "states": counts,
+        "best_trial": best.number,
+        "best_eval_loss": best.eval_loss,
+        "best_params": best.params,
+        "search_space": space.to_dict(),
+    }
     _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
-    return SearchResult(out_dir=out_dir, backend=backend, trials=list(trials), best=best, best_config=yaml_path,
-                        best_config_json=json_path, trials_csv=csv_path, plot=png)
+    return SearchResult(
+        out_dir=out_dir,
+        backend=backend,
+        trials=list(trials),
+        best=best,
+        best_config=yaml_path,
+        best_config_json=json_path,
+        trials_csv=csv_path,
+        plot=png,
+    )

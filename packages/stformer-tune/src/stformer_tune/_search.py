@@ -39,8 +39,11 @@ def resolve_backend(backend: str) -> str:
     """``"optuna"`` or ``"ray"``; stFormer's misspelling ``"optuma"`` is accepted with a DeprecationWarning."""
     name = str(backend).strip().lower()
     if name == "optuma":
-        warnings.warn("backend='optuma' is a misspelling kept from stFormer; use backend='optuna'",
-                      DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            "backend='optuma' is a misspelling kept from stFormer; use backend='optuna'",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         return "optuna"
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
@@ -50,15 +53,19 @@ def resolve_backend(backend: str) -> str:
 def _check_search_file(out_dir: Path, record: dict[str, Any], resume: bool) -> None:
     path = out_dir / SEARCH_FILE
     if path.exists() and not resume:
-        raise FileExistsError(f"{out_dir}: a search already exists in this folder; pass --resume (resume=True) to "
-                              "continue it, or choose another output folder")
+        raise FileExistsError(
+            f"{out_dir}: a search already exists in this folder; pass --resume (resume=True) to "
+            "continue it, or choose another output folder"
+        )
     if path.exists() and resume:
         saved = json.loads(path.read_text())
         for key in ("backend", "search_space", "model", "train"):
             if saved.get(key) != record[key]:
-                raise ValueError(f"{path}: --resume with a different {key} than the interrupted search "
-                                 f"(saved {saved.get(key)!r}, now {record[key]!r}); use the same settings, "
-                                 "or start a new search in another folder")
+                raise ValueError(
+                    f"{path}: --resume with a different {key} than the interrupted search "
+                    f"(saved {saved.get(key)!r}, now {record[key]!r}); use the same settings, "
+                    "or start a new search in another folder"
+                )
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
     os.replace(tmp, path)
@@ -120,22 +127,48 @@ def run_search(
     corpus_obj = load_corpus(corpus)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"backend": backend, "search_space": space.to_dict(), "model": model.to_dict(),
-              "train": train.to_dict(), "corpus": str(corpus_obj.path), "n_trials": n_trials,
-              "resources_per_trial": resources}
+    record = {
+        "backend": backend,
+        "search_space": space.to_dict(),
+        "model": model.to_dict(),
+        "train": train.to_dict(),
+        "corpus": str(corpus_obj.path),
+        "n_trials": n_trials,
+        "resources_per_trial": resources,
+    }
     _check_search_file(out, record, resume)
     if backend == "optuna":
         from stformer_tune._optuna import run_optuna
 
-        trials = run_optuna(corpus_obj, out, space, model, train, n_trials=n_trials, resume=resume, seed=seed,
-                            pruner=pruner, threads=max(1, int(resources["cpu"])))
+        trials = run_optuna(
+            corpus_obj,
+            out,
+            space,
+            model,
+            train,
+            n_trials=n_trials,
+            resume=resume,
+            seed=seed,
+            pruner=pruner,
+            threads=max(1, int(resources["cpu"])),
+        )
     else:
         from stformer_tune._ray import SearchInterrupted, run_ray
 
         try:
-            trials = run_ray(corpus_obj.path, out, space, model, train, n_trials=n_trials,
-                             resources_per_trial=resources, resume=resume, seed=seed, address=address,
-                             num_cpus=num_cpus)
+            trials = run_ray(
+                corpus_obj.path,
+                out,
+                space,
+                model,
+                train,
+                n_trials=n_trials,
+                resources_per_trial=resources,
+                resume=resume,
+                seed=seed,
+                address=address,
+                num_cpus=num_cpus,
+            )
         except SearchInterrupted as exc:  # leave the table of what ran, then stop
             write_trials_csv(exc.trials, space, out / "trials.csv")
             raise
@@ -163,22 +196,46 @@ class PretrainML(_BasePretrainML):
         allowed = set(TrainConfig.__dataclass_fields__)
         unknown = sorted(set(self.training_overrides) - allowed)
         if unknown:
-            raise ValueError(f"PretrainML.training_overrides: {unknown} are not TrainConfig fields, which a "
-                             f"search needs; allowed: {sorted(allowed)}")
-        values = {**self.training, "mlm_probability": self.mlm_probability, **self.training_overrides}
+            raise ValueError(
+                f"PretrainML.training_overrides: {unknown} are not TrainConfig fields, which a "
+                f"search needs; allowed: {sorted(allowed)}"
+            )
+        values = {
+            **self.training,
+            "mlm_probability": self.mlm_probability,
+            **self.training_overrides,
+        }
         values.setdefault("eval_fraction", 0.1)
         return TrainConfig.from_dict(values)
 
-    def run_hyperparameter_train(self, search_space: Mapping[str, Any], resources_per_trial: Mapping[str, Any]
-                                 | float | None = None, n_trials: int = 8, backend: str = "ray", *,
-                                 resume: bool = False, address: str | None = None, seed: int | None = None,
-                                 **kwargs: Any) -> SearchResult:
+    def run_hyperparameter_train(
+        self,
+        search_space: Mapping[str, Any],
+        resources_per_trial: Mapping[str, Any] | float | None = None,
+        n_trials: int = 8,
+        backend: str = "ray",
+        *,
+        resume: bool = False,
+        address: str | None = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> SearchResult:
         """Search ``search_space`` with ``n_trials`` trials on ``backend`` (``"ray"`` or ``"optuna"``).
 
         Results go to :attr:`search_dir` (see :func:`run_search`); ``best.yaml`` there is a
         config for ``stformer pretrain --config``.
         """
-        return run_search(self.dataset_path, self.search_dir, search_space, model=self.model_config,
-                          train=self.base_train_config(), backend=resolve_backend(backend), n_trials=n_trials,
-                          resources_per_trial=resources_per_trial, resume=resume, address=address,
-                          seed=self.seed if seed is None else seed, **kwargs)
+        return run_search(
+            self.dataset_path,
+            self.search_dir,
+            search_space,
+            model=self.model_config,
+            train=self.base_train_config(),
+            backend=resolve_backend(backend),
+            n_trials=n_trials,
+            resources_per_trial=resources_per_trial,
+            resume=resume,
+            address=address,
+            seed=self.seed if seed is None else seed,
+            **kwargs,
+        )

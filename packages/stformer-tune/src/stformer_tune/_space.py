@@ -27,9 +27,20 @@ SPACE_TYPES = ("loguniform", "uniform", "int", "categorical")
 TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig))
 #: Fields that are not hyperparameters of a search (bookkeeping, or they change the objective itself).
-NOT_SEARCHABLE = frozenset({"eval_fraction", "eval_steps", "logging_steps", "save_steps", "save_total_limit",
-                            "max_position_embeddings", "mixed_precision", "batch_form", "masked_positions_only",
-                            "seed"})
+NOT_SEARCHABLE = frozenset(
+    {
+        "eval_fraction",
+        "eval_steps",
+        "logging_steps",
+        "save_steps",
+        "save_total_limit",
+        "max_position_embeddings",
+        "mixed_precision",
+        "batch_form",
+        "masked_positions_only",
+        "seed",
+    }
+)
 SEARCHABLE = frozenset((TRAIN_FIELDS | MODEL_FIELDS) - NOT_SEARCHABLE)
 
 
@@ -61,20 +72,33 @@ class ParamSpec:
     def __post_init__(self) -> None:
         name = self.name
         if name not in SEARCHABLE:
-            why = ("is not searched (it defines the objective or the bookkeeping)" if name in NOT_SEARCHABLE
-                   else "is not a TrainConfig or ModelConfig field")
-            raise ValueError(f"search space {name!r}: unknown hyperparameter, it {why}; "
-                             f"searchable: {sorted(SEARCHABLE)}")
+            why = (
+                "is not searched (it defines the objective or the bookkeeping)"
+                if name in NOT_SEARCHABLE
+                else "is not a TrainConfig or ModelConfig field"
+            )
+            raise ValueError(
+                f"search space {name!r}: unknown hyperparameter, it {why}; "
+                f"searchable: {sorted(SEARCHABLE)}"
+            )
         if self.type not in SPACE_TYPES:
-            raise ValueError(f"search space {name!r}: unknown type {self.type!r}; use one of {list(SPACE_TYPES)}")
+            raise ValueError(
+                f"search space {name!r}: unknown type {self.type!r}; use one of {list(SPACE_TYPES)}"
+            )
         if self.type == "categorical":
             if not self.values:
-                raise ValueError(f"search space {name!r}: categorical needs a non-empty 'values' list")
+                raise ValueError(
+                    f"search space {name!r}: categorical needs a non-empty 'values' list"
+                )
             if len(set(map(repr, self.values))) != len(self.values):
-                raise ValueError(f"search space {name!r}: categorical 'values' repeat an entry: {list(self.values)}")
+                raise ValueError(
+                    f"search space {name!r}: categorical 'values' repeat an entry: {list(self.values)}"
+                )
             if not all(v is None or isinstance(v, bool | int | float | str) for v in self.values):
-                raise ValueError(f"search space {name!r}: categorical values must be numbers, strings, "
-                                 f"booleans or null, got {list(self.values)}")
+                raise ValueError(
+                    f"search space {name!r}: categorical values must be numbers, strings, "
+                    f"booleans or null, got {list(self.values)}"
+                )
             return
         if self.low is None or self.high is None:
             raise ValueError(f"search space {name!r}: type {self.type!r} needs 'low' and 'high'")
@@ -82,7 +106,9 @@ class ParamSpec:
         if low >= high:
             raise ValueError(f"search space {name!r}: 'low' ({low}) must be < 'high' ({high})")
         if self.type == "int" and not (float(low).is_integer() and float(high).is_integer()):
-            raise ValueError(f"search space {name!r}: type 'int' needs integer bounds, got {low}..{high}")
+            raise ValueError(
+                f"search space {name!r}: type 'int' needs integer bounds, got {low}..{high}"
+            )
         if (self.type == "loguniform" or self.log) and low <= 0:
             raise ValueError(f"search space {name!r}: a log scale needs 'low' > 0, got {low}")
 
@@ -102,8 +128,12 @@ class ParamSpec:
             return trial.suggest_categorical(self.name, list(self.values))
         if self.type == "int":
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)  # type: ignore[arg-type]
-        return trial.suggest_float(self.name, float(self.low), float(self.high),  # type: ignore[arg-type]
-                                   log=self.type == "loguniform")
+        return trial.suggest_float(
+            self.name,
+            float(self.low),
+            float(self.high),  # type: ignore[arg-type]
+            log=self.type == "loguniform",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         if self.type == "categorical":
@@ -135,26 +165,42 @@ class SearchSpace:
         if isinstance(space, SearchSpace):
             return space
         if not isinstance(space, Mapping):
-            raise ValueError(f"search space must be a mapping of hyperparameter -> distribution, got {type(space).__name__}")
+            raise ValueError(
+                f"search space must be a mapping of hyperparameter -> distribution, got {type(space).__name__}"
+            )
         params = []
         for name, spec in space.items():
             if not isinstance(spec, Mapping):
-                raise ValueError(f"search space {name!r}: must be a mapping with 'type' and its bounds or values, "
-                                 f"got {spec!r}")
+                raise ValueError(
+                    f"search space {name!r}: must be a mapping with 'type' and its bounds or values, "
+                    f"got {spec!r}"
+                )
             spec = dict(spec)
             if "choices" in spec and "values" not in spec:  # Optuna's word for the same thing
                 spec["values"] = spec.pop("choices")
             allowed = {"type", "low", "high", "values", "log"}
             unknown = sorted(set(spec) - allowed)
             if unknown:
-                raise ValueError(f"search space {name!r}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+                raise ValueError(
+                    f"search space {name!r}: unknown key(s) {unknown}; allowed: {sorted(allowed)}"
+                )
             if "type" not in spec:
-                raise ValueError(f"search space {name!r}: missing 'type' (one of {list(SPACE_TYPES)})")
+                raise ValueError(
+                    f"search space {name!r}: missing 'type' (one of {list(SPACE_TYPES)})"
+                )
             values = spec.get("values", ())
             if isinstance(values, str | bytes) or not hasattr(values, "__iter__"):
                 raise ValueError(f"search space {name!r}: 'values' must be a list, got {values!r}")
-            params.append(ParamSpec(name=str(name), type=spec["type"], low=spec.get("low"), high=spec.get("high"),
-                                    values=tuple(values), log=bool(spec.get("log", False))))
+            params.append(
+                ParamSpec(
+                    name=str(name),
+                    type=spec["type"],
+                    low=spec.get("low"),
+                    high=spec.get("high"),
+                    values=tuple(values),
+                    log=bool(spec.get("log", False)),
+                )
+            )
         return cls(tuple(params))
 
     @property
@@ -193,4 +239,6 @@ def load_search_space(path: str | PathLike[str]) -> SearchSpace:
     try:
         return SearchSpace.from_dict(data)
     except ValueError as exc:
-        raise InputError(path, "search space", str(exc), "see the stformer-tune README for the dict form") from exc
+        raise InputError(
+            path, "search space", str(exc), "see the stformer-tune README for the dict form"
+        ) from exc

@@ -26,12 +26,15 @@ MODE = "min"
 def require_eval_split(train: TrainConfig) -> None:
     """Raise ``ValueError`` unless ``train`` holds out a validation split (the objective needs it)."""
     if not train.eval_fraction:
-        raise ValueError("TrainConfig.eval_fraction is 0: the search objective is the evaluation loss on a held-out "
-                         "split; set train.eval_fraction > 0 (e.g. 0.1) and train.eval_steps")
+        raise ValueError(
+            "TrainConfig.eval_fraction is 0: the search objective is the evaluation loss on a held-out "
+            "split; set train.eval_fraction > 0 (e.g. 0.1) and train.eval_steps"
+        )
 
 
-def apply_params(model: ModelConfig, train: TrainConfig,
-                 params: Mapping[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+def apply_params(
+    model: ModelConfig, train: TrainConfig, params: Mapping[str, Any]
+) -> tuple[ModelConfig, TrainConfig]:
     """The base configs with ``params`` set (each a ModelConfig or TrainConfig field); validated."""
     model_d, train_d = model.to_dict(), train.to_dict()
     for name, value in params.items():
@@ -42,7 +45,9 @@ def apply_params(model: ModelConfig, train: TrainConfig,
         else:
             raise ValueError(f"hyperparameter {name!r} is not a TrainConfig or ModelConfig field")
     if "hidden_size" in params and "intermediate_size" not in params:
-        model_d["intermediate_size"] = max(model_d["intermediate_size"], 2 * int(params["hidden_size"]))
+        model_d["intermediate_size"] = max(
+            model_d["intermediate_size"], 2 * int(params["hidden_size"])
+        )
     return ModelConfig.from_dict(model_d), TrainConfig.from_dict(train_d)
 
 
@@ -83,8 +88,15 @@ class TrialOutcome:
     losses: list[tuple[int, float]]
 
 
-def run_trial(corpus: Any, trial_dir: str | PathLike[str], model: ModelConfig, train: TrainConfig,
-              report: Callable[[int, float, bool], None], *, threads: int | None = None) -> TrialOutcome:
+def run_trial(
+    corpus: Any,
+    trial_dir: str | PathLike[str],
+    model: ModelConfig,
+    train: TrainConfig,
+    report: Callable[[int, float, bool], None],
+    *,
+    threads: int | None = None,
+) -> TrialOutcome:
     """Pretrain one trial into ``trial_dir`` and return its last evaluation loss.
 
     ``corpus`` is a stformer corpus (or its folder). ``threads`` sets torch's intra-op threads.
@@ -97,9 +109,13 @@ def run_trial(corpus: Any, trial_dir: str | PathLike[str], model: ModelConfig, t
     if threads:
         torch.set_num_threads(max(1, int(threads)))
     reporter = EvalLossReporter(report)
-    result = pretrain_mlm(corpus, Path(trial_dir), model=model, train=train, progress=False, callbacks=[reporter])
+    result = pretrain_mlm(
+        corpus, Path(trial_dir), model=model, train=train, progress=False, callbacks=[reporter]
+    )
     if not reporter.losses:
-        raise RuntimeError(f"trial in {trial_dir} finished without an evaluation; check TrainConfig.eval_steps")
+        raise RuntimeError(
+            f"trial in {trial_dir} finished without an evaluation; check TrainConfig.eval_steps"
+        )
     loss = reporter.losses[-1][1]
     if not math.isfinite(loss):
         raise FloatingPointError(f"trial in {trial_dir}: eval_loss is {loss}")

@@ -44,8 +44,14 @@ def precision_flags(cfg: TrainConfig) -> dict[str, bool]:
     return {"bf16": mode == "bf16", "fp16": mode == "fp16"}
 
 
-def training_arguments(cfg: TrainConfig, output_dir: str | PathLike[str], *, report_to: str | list[str] = "none",
-                       disable_tqdm: bool = False, **overrides: Any) -> TrainingArguments:
+def training_arguments(
+    cfg: TrainConfig,
+    output_dir: str | PathLike[str],
+    *,
+    report_to: str | list[str] = "none",
+    disable_tqdm: bool = False,
+    **overrides: Any,
+) -> TrainingArguments:
     """Translate a :class:`TrainConfig` into transformers 5.x ``TrainingArguments``.
 
     ``group_by_length`` maps to ``train_sampling_strategy="group_by_length"`` (transformers 5
@@ -78,7 +84,9 @@ def training_arguments(cfg: TrainConfig, output_dir: str | PathLike[str], *, rep
         **precision_flags(cfg),
     )
     if cfg.gradient_checkpointing:  # transformers 5 name of gradient_checkpointing
-        kwargs.update(activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False})
+        kwargs.update(
+            activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False}
+        )
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
 
@@ -120,31 +128,68 @@ def pretrain_mlm(
     model_cfg = model or ModelConfig()
     train_cfg = train or TrainConfig()
     run = RunDir.create(run_dir)
-    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / DeepSpeed / Ray, rank 0 writes
+    main_process = (
+        int(os.environ.get("RANK", "0")) == 0
+    )  # under torchrun / DeepSpeed / Ray, rank 0 writes
     if main_process:
-        run.write_config({"engine": "hf", "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-                          "corpus": str(corpus.path)})
+        run.write_config(
+            {
+                "engine": "hf",
+                "model": model_cfg.to_dict(),
+                "train": train_cfg.to_dict(),
+                "corpus": str(corpus.path),
+            }
+        )
     train_set, eval_set = split_corpus(corpus, model_cfg, train_cfg, train_indices)
-    bert_config = build_bert_config(vocab_size=len(corpus.vocab), pad_token_id=corpus.vocab.pad_id, model=model_cfg)
+    bert_config = build_bert_config(
+        vocab_size=len(corpus.vocab), pad_token_id=corpus.vocab.pad_id, model=model_cfg
+    )
     net = build_mlm_model(bert_config, seed=train_cfg.seed)
-    collator = DataCollatorForMLM(spec=corpus.vocab, mlm_probability=train_cfg.mlm_probability, seed=train_cfg.seed,
-                                  form=train_cfg.batch_form, return_masked_positions=train_cfg.masked_positions_only)
-    args = training_arguments(train_cfg, run.checkpoints, disable_tqdm=not progress, **argument_overrides)
-    callbacks = [cb for cb in (_tensorboard_callback(run.logs / "tensorboard"), *(callbacks or ())) if cb is not None]
+    collator = DataCollatorForMLM(
+        spec=corpus.vocab,
+        mlm_probability=train_cfg.mlm_probability,
+        seed=train_cfg.seed,
+        form=train_cfg.batch_form,
+        return_masked_positions=train_cfg.masked_positions_only,
+    )
+    args = training_arguments(
+        train_cfg, run.checkpoints, disable_tqdm=not progress, **argument_overrides
+    )
+    callbacks = [
+        cb
+        for cb in (_tensorboard_callback(run.logs / "tensorboard"), *(callbacks or ()))
+        if cb is not None
+    ]
     if train_cfg.early_stopping_patience:
-        callbacks.append(HFEarlyStopping(EarlyStopping(
-            monitor="eval_loss", patience=train_cfg.early_stopping_patience,
-            min_delta=train_cfg.early_stopping_min_delta, checkpoint_path=run.root / "best_model")))
-    trainer = STFormerPretrainer(model=net, args=args, data_collator=collator,
-                                 train_dataset=train_set,
-                                 eval_dataset=eval_set,
-                                 example_lengths=train_set["length"], callbacks=callbacks)
+        callbacks.append(
+            HFEarlyStopping(
+                EarlyStopping(
+                    monitor="eval_loss",
+                    patience=train_cfg.early_stopping_patience,
+                    min_delta=train_cfg.early_stopping_min_delta,
+                    checkpoint_path=run.root / "best_model",
+                )
+            )
+        )
+    trainer = STFormerPretrainer(
+        model=net,
+        args=args,
+        data_collator=collator,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        example_lengths=train_set["length"],
+        callbacks=callbacks,
+    )
     last = last_checkpoint(run.checkpoints)
     if last is not None:
         log.info("resuming from %s", last)
     output = trainer.train(resume_from_checkpoint=str(last) if last else None)
     # under DeepSpeed every rank takes part in gathering the weights (ZeRO-3 shards them); rank 0 saves
-    state = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_deepspeed_enabled else None
+    state = (
+        trainer.accelerator.get_state_dict(trainer.model_wrapped)
+        if trainer.is_deepspeed_enabled
+        else None
+    )
     history = list(trainer.state.log_history)
     if trainer.is_world_process_zero():
         save_model(trainer.model, run.model, corpus, state_dict=state)
@@ -152,8 +197,13 @@ def pretrain_mlm(
         write_csv_log(history, run.logs / "metrics.csv")
         plot_loss_curve(history, run.logs / "loss_curve.png")
     trainer.accelerator.wait_for_everyone()
-    return PretrainResult(run=run, model_dir=run.model, train_loss=float(output.training_loss),
-                          global_step=int(trainer.state.global_step), log_history=history)
+    return PretrainResult(
+        run=run,
+        model_dir=run.model,
+        train_loss=float(output.training_loss),
+        global_step=int(trainer.state.global_step),
+        log_history=history,
+    )
 
 
 def last_checkpoint(folder: Path) -> Path | None:

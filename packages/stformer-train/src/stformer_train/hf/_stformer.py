@@ -57,9 +57,13 @@ def make_output_dirs(output_dir: str | PathLike[str], run_name: str) -> OutputDi
     if not run_name or os.sep in run_name:
         raise ValueError(f"run_name must be a non-empty folder name, got {run_name!r}")
     root = Path(output_dir)
-    dirs = OutputDirs(root / "models" / run_name, root / "runs" / run_name, root / "models" / run_name / "models")
+    dirs = OutputDirs(
+        root / "models" / run_name, root / "runs" / run_name, root / "models" / run_name / "models"
+    )
     if (dirs.model_output_dir / "config.json").exists():
-        raise FileExistsError(f"{dirs.model_output_dir} already holds a trained model; choose another run_name")
+        raise FileExistsError(
+            f"{dirs.model_output_dir} already holds a trained model; choose another run_name"
+        )
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     return dirs
@@ -69,14 +73,18 @@ def load_example_lengths(path: str | PathLike[str]) -> list[int]:
     """Read an example-lengths file: a pickle (Geneformer/stFormer) or JSON list of ints."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: example-lengths file not found (stformer tokenize writes "
-                                "example_lengths.pkl next to the dataset)")
+        raise FileNotFoundError(
+            f"{path}: example-lengths file not found (stformer tokenize writes "
+            "example_lengths.pkl next to the dataset)"
+        )
     if path.suffix == ".json":
         values = json.loads(path.read_text())
     else:
         with path.open("rb") as fh:
             values = pickle.load(fh)  # noqa: S301 - Geneformer's own format; only load files you trust
-    if not isinstance(values, Sequence) or not all(isinstance(v, int | np.integer) and v > 0 for v in values):
+    if not isinstance(values, Sequence) or not all(
+        isinstance(v, int | np.integer) and v > 0 for v in values
+    ):
         raise ValueError(f"{path}: example lengths must be a list of positive ints")
     return [int(v) for v in values]
 
@@ -169,29 +177,46 @@ class STFormerPretrainer(Trainer):
     ValueError: STFormerPretrainer needs a model or a model_init
     """
 
-    def __init__(self, *args: Any, example_lengths_file: str | PathLike[str] | None = None,
-                 example_lengths: Sequence[int] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        example_lengths_file: str | PathLike[str] | None = None,
+        example_lengths: Sequence[int] | None = None,
+        **kwargs: Any,
+    ):
         if (args[0] if args else kwargs.get("model")) is None and kwargs.get("model_init") is None:
             raise ValueError("STFormerPretrainer needs a model or a model_init")
         collator = kwargs.get("data_collator")
-        if collator is not None and dataclasses.is_dataclass(collator) and hasattr(collator, "seed"):
+        if (
+            collator is not None
+            and dataclasses.is_dataclass(collator)
+            and hasattr(collator, "seed")
+        ):
             train_args = kwargs.get("args") or (args[1] if len(args) > 1 else None)
             seed = getattr(train_args, "data_seed", None) or getattr(train_args, "seed", 42)
-            kwargs["data_collator"] = StepSeededCollator(collator, seed=collator.seed if collator.seed is not None
-                                                         else seed)
+            kwargs["data_collator"] = StepSeededCollator(
+                collator, seed=collator.seed if collator.seed is not None else seed
+            )
         super().__init__(*args, **kwargs)
         if example_lengths is None and example_lengths_file is not None:
             example_lengths = load_example_lengths(example_lengths_file)
-        self.example_lengths = None if example_lengths is None else [int(x) for x in example_lengths]
+        self.example_lengths = (
+            None if example_lengths is None else [int(x) for x in example_lengths]
+        )
         if isinstance(self.data_collator, StepSeededCollator):
             self.add_callback(_ResumeMasking(self.data_collator))
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and self.example_lengths is not None:
+        if (
+            self.args.train_sampling_strategy == "group_by_length"
+            and self.example_lengths is not None
+        ):
             if len(self.example_lengths) != len(dataset):
-                raise ValueError(f"the example lengths list {len(self.example_lengths)} examples but the training "
-                                 f"dataset has {len(dataset)}; pass the lengths of exactly these examples")
+                raise ValueError(
+                    f"the example lengths list {len(self.example_lengths)} examples but the training "
+                    f"dataset has {len(dataset)}; pass the lengths of exactly these examples"
+                )
             batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             return EpochLengthGroupedSampler(batch, self.example_lengths, seed=seed)
@@ -208,14 +233,17 @@ class STFormerPretrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "masked_positions" not in inputs and "cu_seqlens" not in inputs:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         loss, _ = mlm_loss(model, inputs)
         return (loss, None) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if "masked_positions" not in inputs and "cu_seqlens" not in inputs:
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+            return super().prediction_step(
+                model, inputs, prediction_loss_only, ignore_keys=ignore_keys
+            )
         with torch.no_grad():
             loss, _ = mlm_loss(model, inputs)
         return loss.detach(), None, None
@@ -240,7 +268,11 @@ class HFEarlyStopping(TrainerCallback):
             return control
         self.core.update(metrics[self.core.monitor], model=model)
         if self.core.should_stop:
-            log.info("early stopping: %s did not improve for %d evaluations", self.core.monitor, self.core.patience)
+            log.info(
+                "early stopping: %s did not improve for %d evaluations",
+                self.core.monitor,
+                self.core.patience,
+            )
             control.should_training_stop = True
         return control
 
@@ -280,41 +312,81 @@ class PretrainML:
     4096
     """
 
-    def __init__(self, *, dataset_path: str | PathLike[str], example_lengths_file: str | PathLike[str],
-                 token_dictionary_file: str | PathLike[str], output_dir: str | PathLike[str],
-                 run_name: str = "stformer", mode: Literal["spot", "neighborhood"] = "spot", max_input: int = 2048,
-                 num_layers: int = 6, num_embed_dim: int = 256, num_attn_heads: int = 4, intermed_size: int = 512,
-                 activation: str = "relu", initializer_range: float = 0.02, layer_norm_eps: float = 1e-12,
-                 attention_probs_dropout_prob: float = 0.02, hidden_dropout_prob: float = 0.02,
-                 batch_size: int = 12, learning_rate: float = 1e-3, lr_schedule: str = "linear",
-                 warmup_steps: float = 10_000, epochs: float = 3, weight_decay: float = 0.001, seed: int = 42,
-                 mlm_probability: float = 0.15, training_overrides: dict[str, Any] | None = None,
-                 deepspeed: dict[str, Any] | str | PathLike[str] | None = None):
+    def __init__(
+        self,
+        *,
+        dataset_path: str | PathLike[str],
+        example_lengths_file: str | PathLike[str],
+        token_dictionary_file: str | PathLike[str],
+        output_dir: str | PathLike[str],
+        run_name: str = "stformer",
+        mode: Literal["spot", "neighborhood"] = "spot",
+        max_input: int = 2048,
+        num_layers: int = 6,
+        num_embed_dim: int = 256,
+        num_attn_heads: int = 4,
+        intermed_size: int = 512,
+        activation: str = "relu",
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12,
+        attention_probs_dropout_prob: float = 0.02,
+        hidden_dropout_prob: float = 0.02,
+        batch_size: int = 12,
+        learning_rate: float = 1e-3,
+        lr_schedule: str = "linear",
+        warmup_steps: float = 10_000,
+        epochs: float = 3,
+        weight_decay: float = 0.001,
+        seed: int = 42,
+        mlm_probability: float = 0.15,
+        training_overrides: dict[str, Any] | None = None,
+        deepspeed: dict[str, Any] | str | PathLike[str] | None = None,
+    ):
         if isinstance(deepspeed, bool) or not isinstance(deepspeed, dict | str | PathLike | None):
-            raise ValueError("PretrainML.deepspeed must be a DeepSpeed config dict or JSON file; for deepspeed=True "
-                             "or a preset ('zero2') use stformer_dist.PretrainML (pip install stformer-dist)")
+            raise ValueError(
+                "PretrainML.deepspeed must be a DeepSpeed config dict or JSON file; for deepspeed=True "
+                "or a preset ('zero2') use stformer_dist.PretrainML (pip install stformer-dist)"
+            )
         if mode not in ("spot", "neighborhood"):
             raise ValueError(f"PretrainML.mode must be 'spot' or 'neighborhood', got {mode!r}")
         if max_input <= 0:
             raise ValueError(f"PretrainML.max_input must be > 0, got {max_input}")
-        self.dataset_path, self.example_lengths_file = Path(dataset_path), Path(example_lengths_file)
+        self.dataset_path, self.example_lengths_file = (
+            Path(dataset_path),
+            Path(example_lengths_file),
+        )
         self.token_dictionary_file, self.output_dir = Path(token_dictionary_file), Path(output_dir)
         self.run_name, self.mode = run_name, mode
         self.max_input = max_input * 2 if mode == "neighborhood" else max_input
         from stformer_train.config import ModelConfig
 
         self.model_config = ModelConfig(
-            num_layers=num_layers, hidden_size=num_embed_dim, num_heads=num_attn_heads,
-            intermediate_size=intermed_size, max_position_embeddings=self.max_input, hidden_act=activation,
-            initializer_range=initializer_range, layer_norm_eps=layer_norm_eps,
-            hidden_dropout_prob=hidden_dropout_prob, attention_probs_dropout_prob=attention_probs_dropout_prob)
-        self.training = dict(learning_rate=learning_rate, lr_scheduler_type=lr_schedule, warmup_steps=warmup_steps,
-                             per_device_train_batch_size=batch_size, num_train_epochs=epochs,
-                             weight_decay=weight_decay, seed=seed)
+            num_layers=num_layers,
+            hidden_size=num_embed_dim,
+            num_heads=num_attn_heads,
+            intermediate_size=intermed_size,
+            max_position_embeddings=self.max_input,
+            hidden_act=activation,
+            initializer_range=initializer_range,
+            layer_norm_eps=layer_norm_eps,
+            hidden_dropout_prob=hidden_dropout_prob,
+            attention_probs_dropout_prob=attention_probs_dropout_prob,
+        )
+        self.training = dict(
+            learning_rate=learning_rate,
+            lr_scheduler_type=lr_schedule,
+            warmup_steps=warmup_steps,
+            per_device_train_batch_size=batch_size,
+            num_train_epochs=epochs,
+            weight_decay=weight_decay,
+            seed=seed,
+        )
         self.seed, self.mlm_probability = seed, mlm_probability
         self.training_overrides = dict(training_overrides or {})
         if deepspeed is not None:
-            self.training_overrides["deepspeed"] = deepspeed if isinstance(deepspeed, dict) else str(deepspeed)
+            self.training_overrides["deepspeed"] = (
+                deepspeed if isinstance(deepspeed, dict) else str(deepspeed)
+            )
 
     def run_pretraining(self) -> STFormerPretrainer:
         """Build the model, collator and trainer; train (resuming from the last checkpoint); save the model."""
@@ -327,17 +399,33 @@ class PretrainML:
 
         setup_environment(self.seed)
         dirs = make_output_dirs(self.output_dir, self.run_name)
-        folder = self.dataset_path / "dataset" if (self.dataset_path / "dataset").is_dir() else self.dataset_path
+        folder = (
+            self.dataset_path / "dataset"
+            if (self.dataset_path / "dataset").is_dir()
+            else self.dataset_path
+        )
         dataset = datasets.load_from_disk(str(folder))
         vocab = GeneVocab.load(self.token_dictionary_file, allow_pickle=True)
-        config = build_bert_config(vocab_size=len(vocab), pad_token_id=vocab.pad_id, model=self.model_config)
+        config = build_bert_config(
+            vocab_size=len(vocab), pad_token_id=vocab.pad_id, model=self.model_config
+        )
         model = build_mlm_model(config, seed=self.seed)
-        collator = DataCollatorForMLM(spec=vocab, mlm_probability=self.mlm_probability,
-                                      return_masked_positions=True, seed=self.seed)
-        args = get_training_arguments(dirs.training_output_dir, **self.training, overrides=self.training_overrides)
-        trainer = STFormerPretrainer(model=model, args=args, data_collator=collator,
-                                     train_dataset=dataset.select_columns(["input_ids"]),
-                                     example_lengths_file=self.example_lengths_file)
+        collator = DataCollatorForMLM(
+            spec=vocab,
+            mlm_probability=self.mlm_probability,
+            return_masked_positions=True,
+            seed=self.seed,
+        )
+        args = get_training_arguments(
+            dirs.training_output_dir, **self.training, overrides=self.training_overrides
+        )
+        trainer = STFormerPretrainer(
+            model=model,
+            args=args,
+            data_collator=collator,
+            train_dataset=dataset.select_columns(["input_ids"]),
+            example_lengths_file=self.example_lengths_file,
+        )
         last = last_checkpoint(dirs.training_output_dir)
         trainer.train(resume_from_checkpoint=str(last) if last else None)
         trainer.save_model(str(dirs.model_output_dir))

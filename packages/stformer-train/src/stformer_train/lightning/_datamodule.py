@@ -27,7 +27,9 @@ DenseCallback = Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
 class _EpochDataLoader(DataLoader):
     """A DataLoader that tells its dataset the epoch before every pass (new workers copy it)."""
 
-    def __init__(self, dataset: DistributedAnnDataset, epoch_fn: Callable[[], int], **kwargs: Any) -> None:
+    def __init__(
+        self, dataset: DistributedAnnDataset, epoch_fn: Callable[[], int], **kwargs: Any
+    ) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
         self._epoch_fn = epoch_fn
 
@@ -72,13 +74,27 @@ class AnnDataModule(pl.LightningDataModule):
     >>> pl.Trainer(max_epochs=1).fit(model, datamodule=dm)  # doctest: +SKIP
     """
 
-    def __init__(self, files: Sequence[str | PathLike[str]], *, run_dir: str | PathLike[str] | None = None,
-                 split: SplitInfo | None = None, fractions: Sequence[float] = (0.9, 0.05, 0.05),
-                 group_key: str | None = None, split_seed: int = 0, batch_size: int = 256,
-                 num_workers: int = 0, strategy: ShuffleStrategy | None = None, tokenizer: Any = None,
-                 genes: Any = None, densify: bool = True, before_dense_cb: DenseCallback | None = None,
-                 after_dense_cb: DenseCallback | None = None, seed: int = 0, pin_memory: bool = False,
-                 dataset_kwargs: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        files: Sequence[str | PathLike[str]],
+        *,
+        run_dir: str | PathLike[str] | None = None,
+        split: SplitInfo | None = None,
+        fractions: Sequence[float] = (0.9, 0.05, 0.05),
+        group_key: str | None = None,
+        split_seed: int = 0,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        strategy: ShuffleStrategy | None = None,
+        tokenizer: Any = None,
+        genes: Any = None,
+        densify: bool = True,
+        before_dense_cb: DenseCallback | None = None,
+        after_dense_cb: DenseCallback | None = None,
+        seed: int = 0,
+        pin_memory: bool = False,
+        dataset_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if not files:
             raise ValueError("files must not be empty")
@@ -99,10 +115,16 @@ class AnnDataModule(pl.LightningDataModule):
 
     def _draw_split(self) -> SplitInfo:
         if self.run_dir is not None:
-            return SplitInfo.load_or_create(self.run_dir, self.files, fractions=self.fractions,
-                                            group_key=self.group_key, seed=self.split_seed)
-        return SplitInfo.create(self.files, fractions=self.fractions, group_key=self.group_key,
-                                seed=self.split_seed)
+            return SplitInfo.load_or_create(
+                self.run_dir,
+                self.files,
+                fractions=self.fractions,
+                group_key=self.group_key,
+                seed=self.split_seed,
+            )
+        return SplitInfo.create(
+            self.files, fractions=self.fractions, group_key=self.group_key, seed=self.split_seed
+        )
 
     def prepare_data(self) -> None:
         """Draw and save the split once (Lightning calls this on one process per node)."""
@@ -117,16 +139,26 @@ class AnnDataModule(pl.LightningDataModule):
                 continue
             strategy = self.strategy if name == "train" else SequentialShuffleStrategy()
             self.datasets[name] = DistributedAnnDataset.from_split(
-                self.split, name, batch_size=self.batch_size, strategy=strategy, tokenizer=self.tokenizer,
-                genes=self.genes, seed=self.seed, **self.dataset_kwargs)
+                self.split,
+                name,
+                batch_size=self.batch_size,
+                strategy=strategy,
+                tokenizer=self.tokenizer,
+                genes=self.genes,
+                seed=self.seed,
+                **self.dataset_kwargs,
+            )
 
     def _loader(self, name: str) -> DataLoader:
         if name not in self.datasets:
             raise ValueError(f"the split has no {name} cells (fractions={self.fractions})")
         trainer = self.trainer
-        return _EpochDataLoader(self.datasets[name],
-                                epoch_fn=lambda: trainer.current_epoch if trainer is not None else 0,
-                                num_workers=self.num_workers, pin_memory=self.pin_memory)
+        return _EpochDataLoader(
+            self.datasets[name],
+            epoch_fn=lambda: trainer.current_epoch if trainer is not None else 0,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -27,9 +27,18 @@ class MLMTrainingPlan(pl.LightningModule):
     0.001
     """
 
-    def __init__(self, model: torch.nn.Module, *, learning_rate: float = 1e-3, weight_decay: float = 0.001,
-                 warmup_steps: float = 0.0, max_steps: int, lr_scheduler_type: str = "linear",
-                 adam_betas: tuple[float, float] = (0.9, 0.999), adam_epsilon: float = 1e-8):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.001,
+        warmup_steps: float = 0.0,
+        max_steps: int,
+        lr_scheduler_type: str = "linear",
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        adam_epsilon: float = 1e-8,
+    ):
         super().__init__()
         if max_steps <= 0:
             raise ValueError(f"MLMTrainingPlan.max_steps must be > 0, got {max_steps}")
@@ -55,9 +64,19 @@ class MLMTrainingPlan(pl.LightningModule):
         for name, p in self.model.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=hp.learning_rate, betas=hp.adam_betas, eps=hp.adam_epsilon)
-        warmup = int(hp.warmup_steps * hp.max_steps) if hp.warmup_steps < 1 else int(hp.warmup_steps)
-        sched = get_scheduler(hp.lr_scheduler_type, opt, num_warmup_steps=warmup, num_training_steps=hp.max_steps)
+        opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": hp.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=hp.learning_rate,
+            betas=hp.adam_betas,
+            eps=hp.adam_epsilon,
+        )
+        warmup = (
+            int(hp.warmup_steps * hp.max_steps) if hp.warmup_steps < 1 else int(hp.warmup_steps)
+        )
+        sched = get_scheduler(
+            hp.lr_scheduler_type, opt, num_warmup_steps=warmup, num_training_steps=hp.max_steps
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

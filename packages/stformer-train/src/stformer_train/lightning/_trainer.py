@@ -76,13 +76,15 @@ class ResumableBatchSampler(Sampler[list[int]]):
         order = list(iter(self.sampler))
         skip, self.skip = self.skip, 0
         for start in range(skip * self.batch_size, len(order), self.batch_size):
-            yield order[start:start + self.batch_size]
+            yield order[start : start + self.batch_size]
 
 
 class _History(pl.Callback):
     """Keeps an HF-style log history (``loss``/``eval_loss`` by ``step``) and restores the resume point."""
 
-    def __init__(self, logging_steps: int, batches: ResumableBatchSampler, collator: StepSeededCollator):
+    def __init__(
+        self, logging_steps: int, batches: ResumableBatchSampler, collator: StepSeededCollator
+    ):
         self.logging_steps, self.batches, self.collator = logging_steps, batches, collator
         self.history: list[dict[str, Any]] = []
 
@@ -97,13 +99,23 @@ class _History(pl.Callback):
         if step % self.logging_steps == 0:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
             lr = trainer.optimizers[0].param_groups[0]["lr"]
-            self.history.append({"loss": float(loss), "learning_rate": lr, "epoch": trainer.current_epoch,
-                                 "step": step})
+            self.history.append(
+                {
+                    "loss": float(loss),
+                    "learning_rate": lr,
+                    "epoch": trainer.current_epoch,
+                    "step": step,
+                }
+            )
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking and "val_loss" in trainer.callback_metrics:
-            self.history.append({"eval_loss": float(trainer.callback_metrics["val_loss"]),
-                                 "step": trainer.global_step})
+            self.history.append(
+                {
+                    "eval_loss": float(trainer.callback_metrics["val_loss"]),
+                    "step": trainer.global_step,
+                }
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -116,15 +128,21 @@ def lightning_precision(cfg: TrainConfig) -> str:
     """Lightning's ``precision`` for ``cfg.mixed_precision`` (autocast only on GPU)."""
     mode = cfg.mixed_precision
     if mode == "auto":
-        mode = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if torch.cuda.is_available() else "no"
+        mode = (
+            ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+            if torch.cuda.is_available()
+            else "no"
+        )
     return {"bf16": "bf16-mixed", "fp16": "16-mixed", "no": "32-true"}[mode]
 
 
 def _loggers(run: RunDir) -> list[Any]:
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-    return [CSVLogger(str(run.logs), name="lightning_csv", version=0),
-            TensorBoardLogger(str(run.logs), name="tensorboard", version=0, default_hp_metric=False)]
+    return [
+        CSVLogger(str(run.logs), name="lightning_csv", version=0),
+        TensorBoardLogger(str(run.logs), name="tensorboard", version=0, default_hp_metric=False),
+    ]
 
 
 def pretrain_lightning(
@@ -149,15 +167,30 @@ def pretrain_lightning(
         corpus = load_corpus(corpus)
     model_cfg, train_cfg = model or ModelConfig(), train or TrainConfig()
     run = RunDir.create(run_dir)
-    run.write_config({"engine": "lightning", "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-                      "corpus": str(corpus.path)})
+    run.write_config(
+        {
+            "engine": "lightning",
+            "model": model_cfg.to_dict(),
+            "train": train_cfg.to_dict(),
+            "corpus": str(corpus.path),
+        }
+    )
     train_set, eval_set = split_corpus(corpus, model_cfg, train_cfg, train_indices)
     pl.seed_everything(train_cfg.seed, workers=True, verbose=False)
-    net = build_mlm_model(build_bert_config(vocab_size=len(corpus.vocab), pad_token_id=corpus.vocab.pad_id,
-                                            model=model_cfg), seed=train_cfg.seed,
-                          gradient_checkpointing=train_cfg.gradient_checkpointing)
-    base = DataCollatorForMLM(spec=corpus.vocab, mlm_probability=train_cfg.mlm_probability, seed=train_cfg.seed,
-                              form=train_cfg.batch_form, return_masked_positions=train_cfg.masked_positions_only)
+    net = build_mlm_model(
+        build_bert_config(
+            vocab_size=len(corpus.vocab), pad_token_id=corpus.vocab.pad_id, model=model_cfg
+        ),
+        seed=train_cfg.seed,
+        gradient_checkpointing=train_cfg.gradient_checkpointing,
+    )
+    base = DataCollatorForMLM(
+        spec=corpus.vocab,
+        mlm_probability=train_cfg.mlm_probability,
+        seed=train_cfg.seed,
+        form=train_cfg.batch_form,
+        return_masked_positions=train_cfg.masked_positions_only,
+    )
     collator = StepSeededCollator(base, seed=train_cfg.seed)
     bs = train_cfg.per_device_train_batch_size
     index_sampler: Sampler[int]
@@ -171,37 +204,87 @@ def pretrain_lightning(
     if eval_set is not None:
         import dataclasses
 
-        val_loader = DataLoader(eval_set, batch_size=train_cfg.per_device_eval_batch_size,
-                                collate_fn=dataclasses.replace(base, seed=train_cfg.seed), num_workers=0)
-    max_steps = train_cfg.max_steps if train_cfg.max_steps > 0 else math.ceil(len(batches) * train_cfg.num_train_epochs)
-    plan = MLMTrainingPlan(net, learning_rate=train_cfg.learning_rate, weight_decay=train_cfg.weight_decay,
-                           warmup_steps=train_cfg.warmup_steps, max_steps=max_steps,
-                           lr_scheduler_type=train_cfg.lr_scheduler_type)
+        val_loader = DataLoader(
+            eval_set,
+            batch_size=train_cfg.per_device_eval_batch_size,
+            collate_fn=dataclasses.replace(base, seed=train_cfg.seed),
+            num_workers=0,
+        )
+    max_steps = (
+        train_cfg.max_steps
+        if train_cfg.max_steps > 0
+        else math.ceil(len(batches) * train_cfg.num_train_epochs)
+    )
+    plan = MLMTrainingPlan(
+        net,
+        learning_rate=train_cfg.learning_rate,
+        weight_decay=train_cfg.weight_decay,
+        warmup_steps=train_cfg.warmup_steps,
+        max_steps=max_steps,
+        lr_scheduler_type=train_cfg.lr_scheduler_type,
+    )
     history = _History(train_cfg.logging_steps, batches, collator)
-    cbs: list[pl.Callback] = [history, *callbacks,
-                              ModelCheckpoint(dirpath=str(run.checkpoints), every_n_train_steps=train_cfg.save_steps,
-                                              save_last=True, save_top_k=-1, filename="step-{step}")]
+    cbs: list[pl.Callback] = [
+        history,
+        *callbacks,
+        ModelCheckpoint(
+            dirpath=str(run.checkpoints),
+            every_n_train_steps=train_cfg.save_steps,
+            save_last=True,
+            save_top_k=-1,
+            filename="step-{step}",
+        ),
+    ]
     if train_cfg.early_stopping_patience:
-        cbs.insert(1, LightningEarlyStopping(EarlyStopping(
-            monitor="val_loss", patience=train_cfg.early_stopping_patience,
-            min_delta=train_cfg.early_stopping_min_delta, checkpoint_path=run.root / "best_model")))
+        cbs.insert(
+            1,
+            LightningEarlyStopping(
+                EarlyStopping(
+                    monitor="val_loss",
+                    patience=train_cfg.early_stopping_patience,
+                    min_delta=train_cfg.early_stopping_min_delta,
+                    checkpoint_path=run.root / "best_model",
+                )
+            ),
+        )
     trainer = pl.Trainer(
-        max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=1,
-        precision=lightning_precision(train_cfg), logger=_loggers(run), callbacks=cbs,
-        log_every_n_steps=train_cfg.logging_steps, gradient_clip_val=1.0,
-        val_check_interval=(train_cfg.eval_steps or train_cfg.save_steps) if val_loader is not None else None,
-        check_val_every_n_epoch=None if val_loader is not None else 1, num_sanity_val_steps=0,
-        enable_progress_bar=progress, enable_model_summary=False, default_root_dir=str(run.root),
+        max_steps=max_steps,
+        max_epochs=-1,
+        accelerator=accelerator,
+        devices=1,
+        precision=lightning_precision(train_cfg),
+        logger=_loggers(run),
+        callbacks=cbs,
+        log_every_n_steps=train_cfg.logging_steps,
+        gradient_clip_val=1.0,
+        val_check_interval=(train_cfg.eval_steps or train_cfg.save_steps)
+        if val_loader is not None
+        else None,
+        check_val_every_n_epoch=None if val_loader is not None else 1,
+        num_sanity_val_steps=0,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        default_root_dir=str(run.root),
     )
     last = run.checkpoints / "last.ckpt"
-    trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader,
-                ckpt_path=str(last) if last.exists() else None)
+    trainer.fit(
+        plan,
+        train_dataloaders=train_loader,
+        val_dataloaders=val_loader,
+        ckpt_path=str(last) if last.exists() else None,
+    )
     save_model(plan.model, run.model, corpus)
     run.write_history(history.history)
     write_csv_log(history.history, run.logs / "metrics.csv")
-    plot_loss_curve(history.history, run.logs / "loss_curve.png", title="stformer pretraining (Lightning)")
-    return {"run": run, "model_dir": run.model, "global_step": int(trainer.global_step),
-            "log_history": history.history}
+    plot_loss_curve(
+        history.history, run.logs / "loss_curve.png", title="stformer pretraining (Lightning)"
+    )
+    return {
+        "run": run,
+        "model_dir": run.model,
+        "global_step": int(trainer.global_step),
+        "log_history": history.history,
+    }
 
 
 class _SeededPermutation(Sampler[int]):

@@ -25,19 +25,45 @@ class SparseBertForMaskedLM(BertForMaskedLM):
     torch.Size([1, 40])
     """
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, masked_positions=None, masked_labels=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        masked_positions=None,
+        masked_labels=None,
+        **kwargs,
+    ):
         if masked_positions is None:
-            return super().forward(input_ids=input_ids, attention_mask=attention_mask,
-                                   token_type_ids=token_type_ids, position_ids=position_ids,
-                                   inputs_embeds=inputs_embeds, labels=labels, **kwargs)
+            return super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                **kwargs,
+            )
         import torch.nn.functional as F
 
-        hidden = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True,
-                           **kwargs).last_hidden_state
+        hidden = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        ).last_hidden_state
         logits = self.cls(hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions))
-        loss = F.cross_entropy(logits.float(), masked_labels.long()) if masked_labels is not None else None
+        loss = (
+            F.cross_entropy(logits.float(), masked_labels.long())
+            if masked_labels is not None
+            else None
+        )
         return MaskedLMOutput(loss=loss, logits=logits)
 
 
@@ -80,8 +106,13 @@ def build_bert_config(
     return BertConfig(**kwargs)
 
 
-def build_mlm_model(config: BertConfig, *, seed: int | None = None, attn_implementation: str = "sdpa",
-                    gradient_checkpointing: bool = False) -> SparseBertForMaskedLM:
+def build_mlm_model(
+    config: BertConfig,
+    *,
+    seed: int | None = None,
+    attn_implementation: str = "sdpa",
+    gradient_checkpointing: bool = False,
+) -> SparseBertForMaskedLM:
     """A freshly initialised masked-LM model for ``config`` using PyTorch's SDPA attention.
 
     A ``BertConfig`` gives :class:`SparseBertForMaskedLM` (rank-value tokens); a
@@ -95,14 +126,24 @@ def build_mlm_model(config: BertConfig, *, seed: int | None = None, attn_impleme
     if seed is not None:
         torch.manual_seed(seed)
     config._attn_implementation = attn_implementation
-    net = GeneBertForPhenotypicMLM(config) if isinstance(config, GeneBertConfig) else SparseBertForMaskedLM(config)
+    net = (
+        GeneBertForPhenotypicMLM(config)
+        if isinstance(config, GeneBertConfig)
+        else SparseBertForMaskedLM(config)
+    )
     if gradient_checkpointing:
         net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return net
 
 
-def build_genebert_config(*, vocab_size: int, n_genes: int, pad_token_id: int = 0,
-                          model: ModelConfig | None = None, **overrides):
+def build_genebert_config(
+    *,
+    vocab_size: int,
+    n_genes: int,
+    pad_token_id: int = 0,
+    model: ModelConfig | None = None,
+    **overrides,
+):
     """A :class:`GeneBertConfig` with stFormer's defaults; ``n_genes`` is the gene (token type) vocabulary.
 
     >>> build_genebert_config(vocab_size=60, n_genes=500).type_vocab_size
@@ -113,12 +154,20 @@ def build_genebert_config(*, vocab_size: int, n_genes: int, pad_token_id: int = 
     if vocab_size <= 0 or n_genes <= 0:
         raise ValueError(f"vocab_size and n_genes must be > 0, got {vocab_size} and {n_genes}")
     m = model or ModelConfig()
-    kwargs = dict(vocab_size=vocab_size, type_vocab_size=n_genes, hidden_size=m.hidden_size,
-                  num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
-                  intermediate_size=m.intermediate_size, hidden_act=m.hidden_act,
-                  hidden_dropout_prob=m.hidden_dropout_prob,
-                  attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-                  max_position_embeddings=m.max_position_embeddings, initializer_range=m.initializer_range,
-                  layer_norm_eps=m.layer_norm_eps, pad_token_id=pad_token_id)
+    kwargs = dict(
+        vocab_size=vocab_size,
+        type_vocab_size=n_genes,
+        hidden_size=m.hidden_size,
+        num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_heads,
+        intermediate_size=m.intermediate_size,
+        hidden_act=m.hidden_act,
+        hidden_dropout_prob=m.hidden_dropout_prob,
+        attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+        max_position_embeddings=m.max_position_embeddings,
+        initializer_range=m.initializer_range,
+        layer_norm_eps=m.layer_norm_eps,
+        pad_token_id=pad_token_id,
+    )
     kwargs.update(overrides)
     return GeneBertConfig(**kwargs)

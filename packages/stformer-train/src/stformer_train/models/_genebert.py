@@ -40,13 +40,25 @@ class GeneBertConfig(BertConfig):
 
     model_type = "stformer_genebert"
 
-    def __init__(self, type_vocab_size: int = 25_000, hidden_act: str = "relu", initializer_range: float = 0.02,
-                 layer_norm_eps: float = 1e-12, hidden_dropout_prob: float = 0.02,
-                 attention_probs_dropout_prob: float = 0.02, **kwargs: Any):
-        super().__init__(type_vocab_size=type_vocab_size, hidden_act=hidden_act,
-                         initializer_range=initializer_range, layer_norm_eps=layer_norm_eps,
-                         hidden_dropout_prob=hidden_dropout_prob,
-                         attention_probs_dropout_prob=attention_probs_dropout_prob, **kwargs)
+    def __init__(
+        self,
+        type_vocab_size: int = 25_000,
+        hidden_act: str = "relu",
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12,
+        hidden_dropout_prob: float = 0.02,
+        attention_probs_dropout_prob: float = 0.02,
+        **kwargs: Any,
+    ):
+        super().__init__(
+            type_vocab_size=type_vocab_size,
+            hidden_act=hidden_act,
+            initializer_range=initializer_range,
+            layer_norm_eps=layer_norm_eps,
+            hidden_dropout_prob=hidden_dropout_prob,
+            attention_probs_dropout_prob=attention_probs_dropout_prob,
+            **kwargs,
+        )
 
 
 class GeneBertEmbeddings(nn.Module):
@@ -54,18 +66,27 @@ class GeneBertEmbeddings(nn.Module):
 
     def __init__(self, config: GeneBertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                past_key_values_length: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values_length: int = 0,
+    ) -> torch.Tensor:
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
         if token_type_ids is None:
-            raise ValueError("GeneBert needs token_type_ids (the gene id of every token); the batch has none")
+            raise ValueError(
+                "GeneBert needs token_type_ids (the gene id of every token); the batch has none"
+            )
         embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(embeddings))
 
@@ -93,12 +114,25 @@ class GeneBertModel(GeneBertPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        **kwargs,
+    ):
         kwargs.pop("return_dict", None)
-        return BertModel.forward(self, input_ids=input_ids, attention_mask=attention_mask,
-                                 token_type_ids=token_type_ids, position_ids=position_ids,
-                                 inputs_embeds=inputs_embeds, **kwargs)
+        return BertModel.forward(
+            self,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
 
     _create_attention_masks = BertModel._create_attention_masks
 
@@ -135,20 +169,37 @@ class GeneBertForPhenotypicMLM(GeneBertPreTrainedModel):
         self.cls.predictions.decoder = new_embeddings
         self.cls.predictions.bias = new_embeddings.bias
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
-                masked_positions=None, masked_labels=None, **kwargs) -> MaskedLMOutput:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           **kwargs).last_hidden_state
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        labels=None,
+        masked_positions=None,
+        masked_labels=None,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        hidden = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            **kwargs,
+        ).last_hidden_state
         loss = None
         if masked_positions is not None:
-            logits = self.cls(hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions))
+            logits = self.cls(
+                hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions)
+            )
             if masked_labels is not None:
                 loss = F.cross_entropy(logits.float(), masked_labels.long())
         else:
             logits = self.cls(hidden)
             if labels is not None:
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                       ignore_index=IGNORE_INDEX)
+                loss = F.cross_entropy(
+                    logits.float().reshape(-1, logits.shape[-1]),
+                    labels.reshape(-1),
+                    ignore_index=IGNORE_INDEX,
+                )
         return MaskedLMOutput(loss=loss, logits=logits)
 
 
@@ -171,10 +222,15 @@ class GeneBertForClassification(GeneBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
-                **kwargs) -> SequenceClassifierOutput:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           **kwargs).last_hidden_state
+    def forward(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs
+    ) -> SequenceClassifierOutput:
+        hidden = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            **kwargs,
+        ).last_hidden_state
         if attention_mask is None:
             pooled = hidden.mean(1)
         else:
@@ -189,7 +245,9 @@ def _register() -> None:
     AutoConfig.register(GeneBertConfig.model_type, GeneBertConfig, exist_ok=True)
     AutoModel.register(GeneBertConfig, GeneBertModel, exist_ok=True)
     AutoModelForMaskedLM.register(GeneBertConfig, GeneBertForPhenotypicMLM, exist_ok=True)
-    AutoModelForSequenceClassification.register(GeneBertConfig, GeneBertForClassification, exist_ok=True)
+    AutoModelForSequenceClassification.register(
+        GeneBertConfig, GeneBertForClassification, exist_ok=True
+    )
 
 
 _register()

@@ -30,7 +30,7 @@ def unpack_to_padded(batch: Mapping[str, Any], pad_id: int) -> dict[str, Any]:
     ``masked_positions`` are re-indexed into the padded layout.
     """
     cu = batch["cu_seqlens"].long()
-    lengths = (cu[1:] - cu[:-1])
+    lengths = cu[1:] - cu[:-1]
     n, longest = lengths.numel(), int(lengths.max())
     seq = torch.repeat_interleave(torch.arange(n), lengths)
     pos = torch.arange(int(cu[-1])) - cu[:-1].repeat_interleave(lengths)
@@ -54,7 +54,12 @@ def unpack_to_padded(batch: Mapping[str, Any], pad_id: int) -> dict[str, Any]:
 def _varlen_kwargs(batch: Mapping[str, Any]) -> dict[str, Any]:
     cu = batch["cu_seqlens"].to(torch.int32)
     longest = int(batch["max_seqlen"])
-    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+    return {
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -63,7 +68,9 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def encoder_inputs(model: torch.nn.Module, batch: Mapping[str, Any]) -> tuple[dict[str, Any], Mapping[str, Any]]:
+def encoder_inputs(
+    model: torch.nn.Module, batch: Mapping[str, Any]
+) -> tuple[dict[str, Any], Mapping[str, Any]]:
     """The keyword arguments of the encoder for ``batch`` (and the batch, unpacked if needed)."""
     config = _unwrap(model).config
     if "cu_seqlens" in batch:
@@ -73,7 +80,10 @@ def encoder_inputs(model: torch.nn.Module, batch: Mapping[str, Any]) -> tuple[di
             kwargs.update(_varlen_kwargs(batch))
             return kwargs, batch
         unpacked = unpack_to_padded(batch, config.pad_token_id or 0)
-        batch = {**{k: v for k, v in batch.items() if k not in ("cu_seqlens", "position_ids")}, **unpacked}
+        batch = {
+            **{k: v for k, v in batch.items() if k not in ("cu_seqlens", "position_ids")},
+            **unpacked,
+        }
     kwargs = {k: batch[k] for k in ENCODER_KEYS if k in batch and batch[k] is not None}
     return kwargs, batch
 
