@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -21,6 +22,37 @@ TINY = ModelConfig(
     hidden_dropout_prob=0.0,
     attention_probs_dropout_prob=0.0,
 )
+
+
+def _reset_process_state() -> None:
+    """Forget every process-wide singleton that an in-process DeepSpeed run sets up.
+
+    Accelerate keeps its distributed state in class-level singletons, transformers a global
+    reference to the active DeepSpeed config, DeepSpeed its communication backend: left behind,
+    a later ``Trainer`` in the same pytest process would start on DeepSpeed (and ask for mpi4py).
+    """
+    from accelerate.state import AcceleratorState, GradientState
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    unset_hf_deepspeed_config()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    ds_comm = sys.modules.get("deepspeed.comm.comm")
+    if ds_comm is not None:
+        ds_comm.cdb = None
+
+
+@pytest.fixture(autouse=True)
+def _isolated_process_state():
+    """Each test starts and ends with a clean environment and no distributed state."""
+    saved = dict(os.environ)
+    _reset_process_state()
+    yield
+    _reset_process_state()
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
