@@ -42,7 +42,7 @@ def demo(
     layers: Annotated[int, typer.Option(help="Transformer layers.")] = 2,
     hidden: Annotated[int, typer.Option(help="Hidden size.")] = 128,
     heads: Annotated[int, typer.Option(help="Attention heads.")] = 4,
-    epochs: Annotated[float, typer.Option(help="Pretraining epochs.")] = 12.0,
+    epochs: Annotated[float, typer.Option(help="Pretraining epochs.")] = 20.0,
     batch_size: Annotated[int, typer.Option(help="Per-device batch size.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
     test_fraction: Annotated[
