@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,29 +16,6 @@ def register(app: typer.Typer) -> None:
     app.command("embed")(embed)
     app.command("evaluate")(evaluate)
     app.command("finetune")(finetune)
-
-
-def load_config_file(path: Path) -> dict[str, Any]:
-    """Read a YAML or JSON file with optional ``model``, ``train`` and ``tokenize`` sections."""
-    from stformer_data import InputError
-
-    if not path.is_file():
-        raise InputError(path, "--config", "does not exist", "pass a YAML or JSON file")
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict) or set(data) - {"model", "train", "tokenize"}:
-        raise InputError(
-            path,
-            "top-level keys",
-            f"must be among model, train, tokenize; got {sorted(data)}",
-            "put ModelConfig fields under `model:` and TrainConfig fields under `train:`",
-        )
-    return data
 
 
 def _corpus_from_inputs(inputs: list[Path], out: Path, tok: dict[str, Any], progress: bool):
@@ -132,6 +108,8 @@ def pretrain(
     if engine not in ("hf", "lightning"):
         raise ValueError(f"--engine must be 'hf' or 'lightning', got {engine!r}")
     overrides = _deepspeed_overrides(deepspeed, engine) if deepspeed else {}
+    from stformer_train.config import load_config_file
+
     data = load_config_file(config) if config else {}
     model_d, train_d, tok = (
         dict(data.get("model") or {}),

@@ -6,7 +6,6 @@ entry point. stformer_tune, torch and Ray are imported inside the command, so ``
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,29 +49,6 @@ def parse_resources(text: str | None) -> dict[str, float] | None:
     return out
 
 
-def load_base_config(path: Path) -> dict[str, Any]:
-    """A YAML/JSON file with ``model:`` and ``train:`` sections (the format of ``stformer pretrain --config``)."""
-    from stformer_data import InputError
-
-    if not path.is_file():
-        raise InputError(path, "--config", "does not exist", "pass a YAML or JSON file")
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict) or set(data) - {"model", "train", "tokenize"}:
-        raise InputError(
-            path,
-            "top-level keys",
-            f"must be among model, train, tokenize; got {sorted(data)}",
-            "put ModelConfig fields under `model:` and TrainConfig fields under `train:`",
-        )
-    return data
-
-
 def _base_configs(corpus_path: Path, config: Path | None, overrides: dict[str, Any]):
     from stformer_data import InputError, load_corpus
     from stformer_train import ModelConfig, TrainConfig
@@ -84,7 +60,9 @@ def _base_configs(corpus_path: Path, config: Path | None, overrides: dict[str, A
             "is not a corpus folder",
             "tokenize the .h5ad files first (stformer_data.tokenize_files) and pass that folder",
         )
-    data = load_base_config(config) if config else {}
+    from stformer_train.config import load_config_file
+
+    data = load_config_file(config) if config else {}
     model_d, train_d = dict(data.get("model") or {}), dict(data.get("train") or {})
     train_d.update({k: v for k, v in overrides.items() if v is not None})
     train_d.setdefault("eval_fraction", 0.1)

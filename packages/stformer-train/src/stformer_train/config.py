@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields
+from os import PathLike
+from pathlib import Path
 from typing import Any
 
 
@@ -170,3 +173,33 @@ class TrainConfig(_ConfigMixin):
             raise ValueError(
                 f"TrainConfig.max_steps must be -1 (use epochs) or > 0, got {self.max_steps}"
             )
+
+
+CONFIG_SECTIONS = ("model", "train", "tokenize")
+
+
+def load_config_file(path: str | PathLike[str]) -> dict[str, Any]:
+    """Read a YAML or JSON run config with optional ``model``, ``train`` and ``tokenize`` sections.
+
+    This is the format ``stformer pretrain --config`` reads and hyperparameter searches write.
+    """
+    from stformer_data import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "--config", "does not exist", "pass a YAML or JSON file")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict) or set(data) - set(CONFIG_SECTIONS):
+        raise InputError(
+            path,
+            "top-level keys",
+            f"must be among {', '.join(CONFIG_SECTIONS)}; got {sorted(data) if isinstance(data, dict) else data!r}",
+            "put ModelConfig fields under `model:` and TrainConfig fields under `train:`",
+        )
+    return data

@@ -1,0 +1,28 @@
+import json
+
+import pytest
+
+from stformer_data import InputError
+from stformer_train import ModelConfig, TrainConfig
+from stformer_train.config import load_config_file
+
+
+def test_yaml_and_json_sections_round_trip(tmp_path):
+    model = ModelConfig(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64)
+    (tmp_path / "c.yaml").write_text(
+        "model:\n  num_layers: 2\n  hidden_size: 32\n  num_heads: 2\n"
+        "  intermediate_size: 64\ntrain:\n  learning_rate: 0.0005\n"
+    )
+    data = load_config_file(tmp_path / "c.yaml")
+    assert ModelConfig.from_dict(data["model"]) == model
+    assert TrainConfig.from_dict(data["train"]).learning_rate == 0.0005
+    (tmp_path / "c.json").write_text(json.dumps({"model": model.to_dict()}))
+    assert ModelConfig.from_dict(load_config_file(tmp_path / "c.json")["model"]) == model
+
+
+def test_unknown_section_and_missing_file_are_clear_errors(tmp_path):
+    (tmp_path / "bad.yaml").write_text("optimiser:\n  lr: 1\n")
+    with pytest.raises(InputError, match="top-level keys.*optimiser"):
+        load_config_file(tmp_path / "bad.yaml")
+    with pytest.raises(InputError, match="does not exist"):
+        load_config_file(tmp_path / "absent.yaml")
