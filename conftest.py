@@ -32,3 +32,26 @@ def _quiet_threads():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     yield
+
+
+@pytest.fixture(scope="session")
+def make_tiny_corpus(tmp_path_factory):
+    """Factory: simulate a few cells, tokenize them (rank-value) and return the :class:`Corpus`."""
+    import stformer_data as sd
+
+    def make(*, n_cells: int = 100, n_genes: int = 60, seed: int = 0, model_input_size: int = 48):
+        root = tmp_path_factory.mktemp(f"corpus_{n_cells}x{n_genes}_s{seed}")
+        h5ad = root / "cells.h5ad"
+        adata = sd.simulate_counts(n_cells=n_cells, n_genes=n_genes, seed=seed)
+        adata.write_h5ad(h5ad)
+        config = sd.TokenizeConfig(rank=sd.RankTokenizerConfig(model_input_size=model_input_size))
+        return sd.tokenize_files(
+            [h5ad],
+            root / "corpus",
+            config=config,
+            progress=False,
+            vocab=sd.GeneVocab.from_genes(sd.resolve_gene_ids(adata.var)),
+            medians=sd.compute_medians_exact([h5ad]),
+        )
+
+    return make

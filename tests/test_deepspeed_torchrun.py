@@ -11,8 +11,6 @@ import sys
 
 import pytest
 
-import stformer_data as sd
-
 WORKER = "import sys\nfrom stformer_cli.main import cli\nsys.exit(cli(sys.argv[1:]))\n"
 
 
@@ -23,21 +21,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ds")
-    adata = sd.simulate_counts(n_cells=200, n_genes=80, seed=0)
-    adata.write_h5ad(root / "cells.h5ad")
-    vocab = sd.GeneVocab.from_genes(sd.resolve_gene_ids(adata.var))
-    medians = sd.compute_medians_exact([root / "cells.h5ad"])
-    config = sd.TokenizeConfig(rank=sd.RankTokenizerConfig(model_input_size=48))
-    return sd.tokenize_files(
-        [root / "cells.h5ad"],
-        root / "corpus",
-        vocab=vocab,
-        medians=medians,
-        config=config,
-        progress=False,
-    ).path
+def corpus(make_tiny_corpus):
+    return make_tiny_corpus(n_cells=200, n_genes=80, seed=0).path
 
 
 @pytest.mark.slow

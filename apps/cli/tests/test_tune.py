@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-import stformer_data as sd
 from stformer_cli import _tune
 from stformer_cli.main import cli
 
@@ -17,21 +16,8 @@ train: {max_steps: 4, eval_fraction: 0.2, eval_steps: 2, logging_steps: 2, save_
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli_tune")
-    adata = sd.simulate_counts(n_cells=80, n_genes=60, seed=3)
-    adata.write_h5ad(root / "cells.h5ad")
-    vocab = sd.GeneVocab.from_genes(sd.resolve_gene_ids(adata.var))
-    medians = sd.compute_medians_exact([root / "cells.h5ad"])
-    config = sd.TokenizeConfig(rank=sd.RankTokenizerConfig(model_input_size=48))
-    return sd.tokenize_files(
-        [root / "cells.h5ad"],
-        root / "corpus",
-        vocab=vocab,
-        medians=medians,
-        config=config,
-        progress=False,
-    ).path
+def corpus(make_tiny_corpus):
+    return make_tiny_corpus(n_cells=80, n_genes=60, seed=3).path
 
 
 def test_stformer_tune_writes_a_best_config_that_pretrain_runs(corpus, tmp_path, capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import stformer_data as sd
 from stformer_train import ModelConfig, TrainConfig
 
 torch.set_num_threads(1)
@@ -36,21 +35,8 @@ SPACE = {
 
 
 @pytest.fixture(scope="session")
-def tiny_corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tune_corpus")
-    adata = sd.simulate_counts(n_cells=100, n_genes=60, seed=0)
-    adata.write_h5ad(root / "cells.h5ad")
-    vocab = sd.GeneVocab.from_genes(sd.resolve_gene_ids(adata.var))
-    medians = sd.compute_medians_exact([root / "cells.h5ad"])
-    config = sd.TokenizeConfig(rank=sd.RankTokenizerConfig(model_input_size=48))
-    return sd.tokenize_files(
-        [root / "cells.h5ad"],
-        root / "corpus",
-        vocab=vocab,
-        medians=medians,
-        config=config,
-        progress=False,
-    )
+def tiny_corpus(make_tiny_corpus):
+    return make_tiny_corpus(n_cells=100, n_genes=60, seed=0)
 
 
 @pytest.fixture(scope="session")
