@@ -67,6 +67,22 @@ class SparseBertForMaskedLM(BertForMaskedLM):
         return MaskedLMOutput(loss=loss, logits=logits)
 
 
+def _encoder_kwargs(m: ModelConfig) -> dict:
+    """The transformer-encoder fields of a ``BertConfig`` (shared by BERT and GeneBert) from a ModelConfig."""
+    return dict(
+        hidden_size=m.hidden_size,
+        num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_heads,
+        intermediate_size=m.intermediate_size,
+        hidden_act=m.hidden_act,
+        hidden_dropout_prob=m.hidden_dropout_prob,
+        attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+        max_position_embeddings=m.max_position_embeddings,
+        initializer_range=m.initializer_range,
+        layer_norm_eps=m.layer_norm_eps,
+    )
+
+
 def build_bert_config(
     *,
     vocab_size: int,
@@ -88,16 +104,7 @@ def build_bert_config(
     m = model or ModelConfig()
     kwargs = dict(
         vocab_size=vocab_size,
-        hidden_size=m.hidden_size,
-        num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_heads,
-        intermediate_size=m.intermediate_size,
-        hidden_act=m.hidden_act,
-        hidden_dropout_prob=m.hidden_dropout_prob,
-        attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-        max_position_embeddings=m.max_position_embeddings,
-        initializer_range=m.initializer_range,
-        layer_norm_eps=m.layer_norm_eps,
+        **_encoder_kwargs(m),
         pad_token_id=pad_token_id,
         type_vocab_size=2,
         tie_word_embeddings=m.tie_word_embeddings,
@@ -157,16 +164,7 @@ def build_genebert_config(
     kwargs = dict(
         vocab_size=vocab_size,
         type_vocab_size=n_genes,
-        hidden_size=m.hidden_size,
-        num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_heads,
-        intermediate_size=m.intermediate_size,
-        hidden_act=m.hidden_act,
-        hidden_dropout_prob=m.hidden_dropout_prob,
-        attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-        max_position_embeddings=m.max_position_embeddings,
-        initializer_range=m.initializer_range,
-        layer_norm_eps=m.layer_norm_eps,
+        **_encoder_kwargs(m),
         pad_token_id=pad_token_id,
     )
     kwargs.update(overrides)
