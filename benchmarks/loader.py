@@ -95,6 +95,16 @@ def make_file(path: Path, n_cells: int, n_genes: int, seed: int) -> None:
     tmp.rename(path)
 
 
+def warm_page_cache(files) -> float:
+    """Read every file once so that no loader pays for (or profits from) the first disk read."""
+    t0 = time.perf_counter()
+    for f in files:
+        with open(f, "rb") as fh:
+            while fh.read(1 << 26):
+                pass
+    return time.perf_counter() - t0
+
+
 def measure(batches, seconds: float, labels_of, *, in_process: bool = True) -> dict:
     """Consume batches; cells/s, padding and diversity over what was read (stopped after ``seconds``).
 
@@ -337,6 +347,26 @@ def _ratio(a: dict, b: dict, key: str = "cells_per_s") -> float | None:
     return round(a[key] / b[key], 3) if a.get(key) and b.get(key) else None
 
 
+# batch diversity of fully random batches (the ceiling) differs by about this much between runs
+DIVERSITY_TOLERANCE = 0.001
+
+
+def _best_at_diversity(ours: dict, other: dict) -> dict:
+    """The fastest stformer raw-expression row whose batches are at least as mixed as ``other``'s."""
+    floor = other["diversity_file"] - DIVERSITY_TOLERANCE
+    eligible = {k: v for k, v in ours.items() if v["diversity_file"] >= floor}
+    if not eligible:
+        return {"ours": None, "met": False}
+    best = max(eligible, key=lambda k: eligible[k]["cells_per_s"])
+    return {
+        "ours": best,
+        "diversity_file_ours_vs_other": [eligible[best]["diversity_file"], other["diversity_file"]],
+        "ratio": _ratio(eligible[best], other),
+        "ratio_per_cpu_s": _ratio(eligible[best], other, "cells_per_cpu_s"),
+        "met": eligible[best]["cells_per_s"] >= other["cells_per_s"],
+    }
+
+
 def _targets(results: dict) -> dict:
     """The issue's three targets, from figures measured in this run (wall clock and CPU time)."""
     ours = results["stformer_block_shuffle_raw"]
@@ -346,10 +376,6 @@ def _targets(results: dict) -> dict:
         if k.startswith(("anndata", "annbatch", "scdataset")) and "cells_per_s" in v
     }
     fastest = max(others, key=lambda k: others[k]["cells_per_s"])
-    # loaders that mix batches about as well as ours (the plain-anndata baseline reads one block
-    # of one file per batch, diversity 0)
-    mixed = {k: v for k, v in others.items() if v["diversity_file"] >= 0.9 * ours["diversity_file"]}
-    fastest_mixed = max(mixed, key=lambda k: mixed[k]["cells_per_s"]) if mixed else None
     tokens = results["stformer_block_shuffle_tokens"]
     stream = results["stformer_corpus_stream_block_shuffle"]
     hf = results["hf_datasets_iterable_shuffle_buffer"]
@@ -376,17 +402,13 @@ def _targets(results: dict) -> dict:
             "met": stream["cells_per_s"] >= 5 * hf["cells_per_s"],
         },
     }
-    if fastest_mixed is not None:
-        out["block_shuffle_vs_fastest_equally_mixed_other"] = {
-            "other": fastest_mixed,
-            "ratio": _ratio(ours, mixed[fastest_mixed]),
-            "ratio_per_cpu_s": _ratio(ours, mixed[fastest_mixed], "cells_per_cpu_s"),
-            "diversity_file_ours_vs_other": [
-                ours["diversity_file"],
-                mixed[fastest_mixed]["diversity_file"],
-            ],
-            "met": ours["cells_per_s"] >= mixed[fastest_mixed]["cells_per_s"],
-        }
+    ours_rows = {
+        k: v for k, v in results.items() if k.startswith("stformer_") and k.endswith("_raw")
+    }
+    out["at_equal_or_better_diversity"] = {
+        "tolerance": DIVERSITY_TOLERANCE,
+        **{name: _best_at_diversity(ours_rows, other) for name, other in others.items()},
+    }
     return out
 
 
@@ -425,9 +447,13 @@ def main(argv: list[str] | None = None) -> dict:
     strategies = {
         "sequential": SequentialShuffleStrategy(),
         "block_shuffle": block,
+        # smaller blocks: better mixed batches for a little speed
+        "block_shuffle_block64": ShuffleStrategy(block_size=64, buffer_size=16_384),
+        "block_shuffle_block16": ShuffleStrategy(block_size=16, buffer_size=16_384),
         "random": RandomShuffleStrategy(buffer_size=16_384),
     }
 
+    page_cache_s = warm_page_cache(files)
     results: dict[str, dict] = {}
     for name, strategy in strategies.items():
         results[f"stformer_{name}_raw"] = run_stformer(files, None, seconds, strategy)
@@ -480,6 +506,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds_cap": seconds,
         "generate_s": round(generate_s, 1),
         "tokenize_corpus_s": round(tokenize_s, 1),
+        "page_cache_warm_s": round(page_cache_s, 1),
         "machine": platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "results": results,
