@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 
@@ -315,6 +316,27 @@ def test_corpus_streaming_yields_every_tokenized_cell_once(corpus_rows, world, w
                 seen.append(key)
         assert n_batches == len(ds)
     assert sorted(seen) == sorted(rows)
+
+
+def test_corpus_bad_input_is_named(corpus_rows, tmp_path):
+    path, _ = corpus_rows
+    with pytest.raises(InputError, match="manifest.json.*not a complete stformer corpus"):
+        CorpusStreamDataset(tmp_path)
+    with pytest.raises(InputError, match="columns \\['tissue'\\].*choose among"):
+        CorpusStreamDataset(path, obs_keys=("tissue",))
+    # a shard that vanishes, or is truncated, after the dataset was created
+    for damage, message in [
+        (os.remove, "vanished after the dataset was created"),
+        (lambda f: os.truncate(f, os.path.getsize(f) // 2), "record batches|changed"),
+    ]:
+        copy = tmp_path / f"corpus_{message[:4]}"
+        shutil.copytree(path, copy)
+        ds = CorpusStreamDataset(copy, batch_size=8)
+        arrow = ds.source.arrow_files[-1]
+        damage(arrow)
+        with pytest.raises(InputError, match=message) as info:
+            list(ds)
+        assert str(copy) in str(info.value)
 
 
 def test_resolve_world_prefers_arguments_then_environment(monkeypatch):
