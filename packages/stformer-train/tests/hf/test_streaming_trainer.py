@@ -34,7 +34,7 @@ class _RecordingTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
-def _train(dataset, vocab, tiny, out, max_steps):
+def _train(dataset, vocab, tiny, out, max_steps, workers=0):
     model = build_mlm_model(
         build_bert_config(vocab_size=len(vocab), pad_token_id=vocab.pad_id, model=tiny), seed=0
     )
@@ -48,7 +48,7 @@ def _train(dataset, vocab, tiny, out, max_steps):
         report_to=[],
         disable_tqdm=True,
         use_cpu=True,
-        dataloader_num_workers=0,
+        dataloader_num_workers=workers,
         seed=0,
     )
     trainer = _RecordingTrainer(
@@ -94,19 +94,29 @@ def _check_epochs(trainer, corpus, n_cells):
 
 
 @pytest.mark.slow
-def test_trainer_trains_from_h5ad_with_on_the_fly_tokens(tiny_h5ad, tiny_corpus, tiny, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_trainer_trains_from_h5ad_with_on_the_fly_tokens(
+    tiny_h5ad, tiny_corpus, tiny, tmp_path, workers
+):
     # the same vocabulary, medians and tokenizer settings as the tokenized corpus fixture
     medians = sd.compute_medians_exact([tiny_h5ad])
     tokenizer = sd.RankValueTokenizer(
         tiny_corpus.vocab, medians, sd.RankTokenizerConfig(model_input_size=48)
     )
+    # shuffle buffers of 4 batches, so that with 2 DataLoader workers both read (whole batches)
     dataset = IterableAnnDataset(
-        [tiny_h5ad], tokenizer=tokenizer, batch_size=BATCH, rank=0, world_size=1, seed=1
+        [tiny_h5ad],
+        tokenizer=tokenizer,
+        batch_size=BATCH,
+        strategy=sd.ShuffleStrategy(block_size=4, buffer_size=4 * BATCH),
+        rank=0,
+        world_size=1,
+        seed=1,
     )
     n_cells = len(dataset)
     assert n_cells == len(tiny_corpus.dataset) == 120
     max_steps = n_cells // BATCH + 3
-    trainer, result = _train(dataset, tiny_corpus.vocab, tiny, tmp_path, max_steps)
+    trainer, result = _train(dataset, tiny_corpus.vocab, tiny, tmp_path, max_steps, workers)
     assert result.global_step == max_steps == len(trainer.seen)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == max_steps and all(torch.isfinite(torch.tensor(losses)))
