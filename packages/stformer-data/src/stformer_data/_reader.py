@@ -542,9 +542,9 @@ def _direct_view(path: Path, dataset: h5py.Dataset) -> _MappedSegments | h5py.Da
         )
         infos.sort()
         chunk = dataset.chunks[0]
-        itemsize = dataset.dtype.itemsize  # h5py builds the dtype on every access
+        itemsize, size = dataset.dtype.itemsize, dataset.size  # h5py computes both per access
         chunk_bytes = chunk * itemsize
-        if len(infos) != -(-dataset.size // chunk) or any(
+        if len(infos) != -(-size // chunk) or any(
             m != 0 or n != chunk_bytes for _, m, _, n in infos
         ):
             return dataset
@@ -552,10 +552,10 @@ def _direct_view(path: Path, dataset: h5py.Dataset) -> _MappedSegments | h5py.Da
         for first, _, byte, _ in infos:
             prev = segments[-1] if segments else None
             if prev is not None and byte == prev[2] + (first - prev[0]) * itemsize:
-                prev[1] = min(first + chunk, dataset.size)
+                prev[1] = min(first + chunk, size)
             else:
-                segments.append([first, min(first + chunk, dataset.size), byte])
-        return _MappedSegments(path, dataset.dtype, dataset.size, [tuple(s) for s in segments])
+                segments.append([first, min(first + chunk, size), byte])
+        return _MappedSegments(path, dataset.dtype, size, [tuple(s) for s in segments])
     except (AttributeError, OSError, ValueError):  # h5py/HDF5 without chunk queries, odd layouts
         return dataset
 
