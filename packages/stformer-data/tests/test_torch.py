@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ from stformer_data import (  # noqa: E402
     SplitInfo,
     TokenizeConfig,
     map_genes,
+    resolve_gene_ids,
     tokenize_files,
 )
 from stformer_data.torch import (  # noqa: E402
@@ -91,13 +93,36 @@ def test_every_cell_exactly_once_across_ranks_and_workers(files, world, workers)
     assert len(set(n_batches)) == 1
 
 
+@pytest.fixture(scope="module")
+def real_files(request):
+    """A single-cell and a spatial file of ../shared/data (different gene sets), and their union."""
+    shared = request.getfixturevalue("shared_data")
+    files = [
+        shared / "sc" / "pbmc68k_reduced_700_counts.h5ad",
+        shared / "spatial" / "mouse_cortex_ccc_1073_orgaccc.h5ad",
+    ]
+    genes = sorted(
+        {g for f in files for g in resolve_gene_ids(ad.io.read_h5ad(f, backed="r").var).tolist()}
+    )
+    return files, genes
+
+
 @pytest.mark.shared_data
-@pytest.mark.parametrize("world,workers", [(1, 0), (3, 2), (4, 0)])
-def test_exactly_once_on_a_real_file(shared_data, world, workers):
-    path = shared_data / "sc" / "pbmc68k_reduced_700_counts.h5ad"
-    ds = DistributedAnnDataset([path], batch_size=32, obs_keys=("bulk_labels",))
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_exactly_once_on_real_files(real_files, world, workers):
+    files, genes = real_files
+    ds = DistributedAnnDataset(
+        files,
+        genes=genes,
+        batch_size=32,
+        strategy=ShuffleStrategy(block_size=64, buffer_size=256),
+        obs_keys=("n_counts",),
+    )
+    ds.set_epoch(world)
     seen, n_batches = _consume(ds, world, workers)
-    assert sorted(c for cells in seen for c in cells) == [(0, r) for r in range(700)]
+    expected = [(0, r) for r in range(700)] + [(1, r) for r in range(1073)]
+    assert sorted(c for cells in seen for c in cells) == expected
     assert len(set(n_batches)) == 1
 
 
@@ -239,19 +264,22 @@ def test_empty_files_are_skipped_and_all_empty_is_an_error(tmp_path):
         DistributedAnnDataset([e1, e2])
 
 
-def test_corpus_streaming_yields_every_tokenized_cell_once(tmp_path, tokenizer):
-    fs = [_write(tmp_path / "a.h5ad", 50), _write(tmp_path / "b.h5ad", 30, seed=9)]
-    medians = {g: 1.0 + i for i, g in enumerate(GENES)}
+@pytest.fixture(scope="module")
+def corpus_rows(tmp_path_factory):
+    """A tokenized corpus of two files and its sequences by (file, cell)."""
+    tmp = tmp_path_factory.mktemp("corpus")
+    fs = [_write(tmp / "a.h5ad", 50), _write(tmp / "b.h5ad", 30, seed=9)]
+    vocab = GeneVocab.from_genes(GENES)
     corpus = tokenize_files(
         fs,
-        tmp_path / "corpus",
-        vocab=tokenizer.vocab,
-        medians=medians,
+        tmp / "corpus",
+        vocab=vocab,
+        medians={g: 1.0 + i for i, g in enumerate(GENES)},
         config=TokenizeConfig(obs_columns=("donor",)),
         progress=False,
     )
     rows = {
-        (int(f), int(c)): ids
+        (int(f), int(c)): list(ids)
         for f, c, ids in zip(
             corpus.dataset["file_index"],
             corpus.dataset["cell_index"],
@@ -259,25 +287,56 @@ def test_corpus_streaming_yields_every_tokenized_cell_once(tmp_path, tokenizer):
             strict=True,
         )
     }
-    for world in (1, 2):
-        seen = []
-        for rank in range(world):
-            ds = CorpusStreamDataset(
-                tmp_path / "corpus",
-                batch_size=8,
-                length_bucketing=True,
-                rank=rank,
-                world_size=world,
-                obs_keys=("donor",),
-            )
-            for batch in DataLoader(ds, batch_size=None, num_workers=2 if rank == 0 else 0):
-                for i, key in enumerate(
-                    zip(batch["file_index"].tolist(), batch["cell_index"].tolist(), strict=True)
-                ):
-                    n = int(batch["length"][i])
-                    assert batch["input_ids"][i, :n].tolist() == list(rows[key])
-                    seen.append(key)
-        assert sorted(seen) == sorted(rows)
+    return corpus.path, rows
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corpus_streaming_yields_every_tokenized_cell_once(corpus_rows, world, workers):
+    path, rows = corpus_rows
+    seen = []
+    for rank in range(world):
+        ds = CorpusStreamDataset(
+            path,
+            batch_size=8,
+            length_bucketing=True,
+            rank=rank,
+            world_size=world,
+            obs_keys=("donor",),
+            strategy=ShuffleStrategy(block_size=4, buffer_size=16),
+        )
+        n_batches = 0
+        for batch in DataLoader(ds, batch_size=None, num_workers=workers):
+            n_batches += 1
+            for i, key in enumerate(
+                zip(batch["file_index"].tolist(), batch["cell_index"].tolist(), strict=True)
+            ):
+                n = int(batch["length"][i])
+                assert batch["input_ids"][i, :n].tolist() == rows[key]
+                seen.append(key)
+        assert n_batches == len(ds)
+    assert sorted(seen) == sorted(rows)
+
+
+def test_corpus_bad_input_is_named(corpus_rows, tmp_path):
+    path, _ = corpus_rows
+    with pytest.raises(InputError, match="manifest.json.*not a complete stformer corpus"):
+        CorpusStreamDataset(tmp_path)
+    with pytest.raises(InputError, match="columns \\['tissue'\\].*choose among"):
+        CorpusStreamDataset(path, obs_keys=("tissue",))
+    # a shard that vanishes, or is truncated, after the dataset was created
+    for damage, message in [
+        (os.remove, "vanished after the dataset was created"),
+        (lambda f: os.truncate(f, os.path.getsize(f) // 2), "record batches|changed"),
+    ]:
+        copy = tmp_path / f"corpus_{message[:4]}"
+        shutil.copytree(path, copy)
+        ds = CorpusStreamDataset(copy, batch_size=8)
+        arrow = ds.source.arrow_files[-1]
+        damage(arrow)
+        with pytest.raises(InputError, match=message) as info:
+            list(ds)
+        assert str(copy) in str(info.value)
 
 
 def test_resolve_world_prefers_arguments_then_environment(monkeypatch):

@@ -68,20 +68,23 @@ class Buffer:
         lengths = self.lengths[positions]
         indptr = np.zeros(positions.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
-        data = np.empty(int(indptr[-1]), dtype=np.float32)
-        indices = np.empty(int(indptr[-1]), dtype=np.int32)
-        for k, (p, s, n) in enumerate(
+        rows = list(
             zip(
                 self.piece_of[positions].tolist(),
                 self.start[positions].tolist(),
-                lengths.tolist(),
+                (self.start[positions] + lengths).tolist(),
                 strict=True,
             )
-        ):
-            piece_data, piece_indices = self.pieces[p]
-            o = indptr[k]
-            data[o : o + n] = piece_data[s : s + n]
-            indices[o : o + n] = piece_indices[s : s + n]
+        )
+        if not rows:
+            return indptr, np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+        # one concatenate per array (a single copy, the loop over cells only makes views)
+        data = np.concatenate(
+            [self.pieces[p][0][a:b] for p, a, b in rows], dtype=np.float32, casting="unsafe"
+        )
+        indices = np.concatenate(
+            [self.pieces[p][1][a:b] for p, a, b in rows], dtype=np.int32, casting="unsafe"
+        )
         return indptr, indices, data
 
     def matrix(self, positions: np.ndarray | None = None) -> sp.csr_matrix:
@@ -490,7 +493,8 @@ class _MappedSegments:
     def __init__(
         self, path: Path, dtype: np.dtype, size: int, segments: list[tuple[int, int, int]]
     ) -> None:
-        self._file = np.memmap(path, dtype=np.uint8, mode="r")
+        # a plain ndarray over the map: slicing a np.memmap builds memmap objects (slow per row)
+        self._file = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)
         self.dtype, self.size = dtype, size
         self._starts = np.array([s[0] for s in segments], dtype=np.int64)
         self._segments = segments  # (first element, stop element, byte offset)
@@ -538,19 +542,20 @@ def _direct_view(path: Path, dataset: h5py.Dataset) -> _MappedSegments | h5py.Da
         )
         infos.sort()
         chunk = dataset.chunks[0]
-        chunk_bytes = chunk * dataset.dtype.itemsize
-        if len(infos) != -(-dataset.size // chunk) or any(
+        itemsize, size = dataset.dtype.itemsize, dataset.size  # h5py computes both per access
+        chunk_bytes = chunk * itemsize
+        if len(infos) != -(-size // chunk) or any(
             m != 0 or n != chunk_bytes for _, m, _, n in infos
         ):
             return dataset
         segments: list[list[int]] = []
         for first, _, byte, _ in infos:
             prev = segments[-1] if segments else None
-            if prev is not None and byte == prev[2] + (first - prev[0]) * dataset.dtype.itemsize:
-                prev[1] = min(first + chunk, dataset.size)
+            if prev is not None and byte == prev[2] + (first - prev[0]) * itemsize:
+                prev[1] = min(first + chunk, size)
             else:
-                segments.append([first, min(first + chunk, dataset.size), byte])
-        return _MappedSegments(path, dataset.dtype, dataset.size, [tuple(s) for s in segments])
+                segments.append([first, min(first + chunk, size), byte])
+        return _MappedSegments(path, dataset.dtype, size, [tuple(s) for s in segments])
     except (AttributeError, OSError, ValueError):  # h5py/HDF5 without chunk queries, odd layouts
         return dataset
 
