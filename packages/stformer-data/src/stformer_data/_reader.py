@@ -415,6 +415,8 @@ class H5adReader:
         piece_of = np.empty(sorted_ids.size, dtype=np.int64)
         start = np.empty(sorted_ids.size, dtype=np.int64)
         nnz = np.empty(sorted_ids.size, dtype=np.int64)
+        fused = hasattr(src.tokenizer, "tokenize_csr")
+        token_parts: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
         for f in np.unique(file_of).tolist():
             info = src.files[f]
             sel = np.flatnonzero(file_of == f)
@@ -430,6 +432,17 @@ class H5adReader:
                 done += wanted.size
                 if src.check_values:
                     check_counts(block, path=info.path, rows=(a, b))
+                if fused:  # the whole run at once, no per-row Python, no matrix copies
+                    tok, off = src.tokenizer.tokenize_csr(
+                        block.indptr,
+                        block.indices,
+                        block.data,
+                        info.mapping,
+                        info.factors,
+                        rows=None if wanted.size == b - a else wanted,
+                    )
+                    token_parts.append((here, tok, off))
+                    continue
                 if src.tokenizer is not None:
                     blocks.append(block if wanted.size == b - a else block[wanted])
                     continue
@@ -439,7 +452,7 @@ class H5adReader:
                 piece_of[here] = len(pieces) - 1
                 start[here] = block.indptr[wanted]
                 nnz[here] = block.indptr[wanted + 1] - block.indptr[wanted]
-            if src.tokenizer is not None:
+            if src.tokenizer is not None and not fused:
                 block = _stack_csr(blocks, blocks[0].shape[1])
                 n_counts = (
                     info.n_counts[rows]
@@ -455,6 +468,7 @@ class H5adReader:
                             info.factors,
                         )
                     )
+                    token_parts.append((sel[c : c + TOKENIZE_ROWS], None, None))
         order = np.searchsorted(sorted_ids, cells)
         obs = {
             k: np.concatenate(
@@ -470,10 +484,7 @@ class H5adReader:
             obs=obs,
         )
         if src.tokenizer is not None:
-            buf.tokens = [tokens[i] for i in order]
-            buf.lengths = np.fromiter(
-                (t.size for t in buf.tokens), dtype=np.int64, count=len(buf.tokens)
-            )
+            buf.tokens, buf.lengths = _tokens_in_order(token_parts, tokens, sorted_ids.size, order)
         else:
             buf.pieces, buf.piece_of, buf.start, buf.lengths = (
                 pieces,
@@ -482,6 +493,33 @@ class H5adReader:
                 nnz[order],
             )
         return buf
+
+
+def _tokens_in_order(
+    parts: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]],
+    listed: list[np.ndarray],
+    n: int,
+    order: np.ndarray,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each cell's tokens (views) in buffer order, and their lengths.
+
+    ``parts`` are ``(positions, flat tokens, offsets)`` in reading order; a part without flat
+    tokens takes its rows, in order, from ``listed`` (tokenizers without ``tokenize_csr``).
+    """
+    by_position: list[np.ndarray | None] = [None] * n
+    taken = 0
+    for positions, flat, offsets in parts:
+        if flat is None:
+            rows = listed[taken : taken + positions.size]
+            taken += positions.size
+        else:
+            bounds = offsets.tolist()
+            rows = [flat[bounds[k] : bounds[k + 1]] for k in range(positions.size)]
+        for p, row in zip(positions.tolist(), rows, strict=True):
+            by_position[p] = row
+    tokens = [by_position[i] for i in order.tolist()]
+    lengths = np.fromiter((t.size for t in tokens), dtype=np.int64, count=len(tokens))
+    return tokens, lengths
 
 
 class _MappedSegments:
@@ -494,6 +532,11 @@ class _MappedSegments:
         self.dtype, self.size = dtype, size
         self._starts = np.array([s[0] for s in segments], dtype=np.int64)
         self._segments = segments  # (first element, stop element, byte offset)
+
+    @property
+    def breaks(self) -> np.ndarray:
+        """Element positions where a new segment starts: a slice across one is copied."""
+        return self._starts[1:]
 
     def _view(self, k: int, a: int, b: int) -> np.ndarray:
         first, _, byte = self._segments[k]
