@@ -105,6 +105,12 @@ class RankValueTokenizer:
         ok = (tid >= 0) & np.isfinite(med) & (med > 0)
         self._median_by_token[tid[ok]] = med[ok]
 
+    def warm_up(self) -> None:
+        """Load the compiled kernel now (importing numba and loading its cached machine code take
+        about half a second): call it before timing, or before DataLoader workers fork."""
+        if self.use_kernel:
+            _kernel.warm_up()
+
     @property
     def max_genes(self) -> int:
         return self.config.model_input_size - int(self.config.add_cls) - int(self.config.add_eos)

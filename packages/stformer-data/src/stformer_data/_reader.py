@@ -203,6 +203,8 @@ class H5adSource:
         if tokenizer is not None and genes is not None:
             raise ValueError("pass either tokenizer (tokens) or genes (raw expression), not both")
         self.tokenizer = tokenizer
+        if hasattr(tokenizer, "warm_up"):
+            tokenizer.warm_up()  # compiled code loaded once here, inherited by forked workers
         self.layer = layer
         self.obs_keys = tuple(obs_keys)
         self.check_values = check_values
