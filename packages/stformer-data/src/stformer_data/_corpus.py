@@ -28,6 +28,7 @@ import os
 import pickle
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -782,10 +783,19 @@ def tokenize_files(
             )
         if not isinstance(medians, Mapping):
             medians = load_medians(medians)
-        RankValueTokenizer(vocab, medians, config.rank)  # validates cls/eos against the vocabulary
+        rank = RankValueTokenizer(vocab, medians, config.rank)  # checks cls/eos in the vocabulary
     medians = dict(medians or {})
     started = time.time()
-    plans, obs_kinds, phenotype_values = _plan_files(files, vocab, config, name_to_id)
+    loading = None
+    if config.scheme == "rank" and RankValueTokenizer.use_kernel:
+        # numba's import and cache load (~0.5 s) overlap the planning; joined before any fork
+        loading = threading.Thread(target=_kernel.warm_up, daemon=True)
+        loading.start()
+    try:
+        plans, obs_kinds, phenotype_values = _plan_files(files, vocab, config, name_to_id)
+    finally:
+        if loading is not None:
+            loading.join()
     token_vocab = (
         binned_vocab(config.binned.n_bins, phenotype_values) if config.scheme == "binned" else vocab
     )
@@ -811,7 +821,11 @@ def tokenize_files(
         if (shard_dir / f"{u.index:05d}.json").is_file()
     }
     todo = [u for u in units if u.index not in done]
-    factors = _rank_factors(plans, vocab, medians, config)
+    factors = (
+        [rank.column_factors(p.mapping).astype(np.float32) for p in plans]
+        if config.scheme == "rank"
+        else [None] * len(plans)
+    )
     threads = config.num_proc if config.uses_threads else 1
     jobs = [
         _Job(
@@ -888,14 +902,6 @@ def tokenize_files(
     else:
         os.replace(tmp, out_dir)
     return load_corpus(out_dir)
-
-
-def _rank_factors(plans, vocab, medians, config) -> list[np.ndarray | None]:
-    """Per file, the float32 ``target_sum / median`` of each column (rank scheme), computed once."""
-    if config.scheme != "rank":
-        return [None] * len(plans)
-    rank = RankValueTokenizer(vocab, medians, config.rank)
-    return [rank.column_factors(p.mapping).astype(np.float32) for p in plans]
 
 
 def _fingerprint(config, vocab, token_vocab, medians, plans, obs_kinds) -> str:

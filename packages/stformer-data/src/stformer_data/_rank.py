@@ -96,7 +96,11 @@ class RankValueTokenizer:
             )
         # median by token id; NaN where the gene has no usable median
         self._median_by_token = np.full(len(vocab), np.nan)
-        tid = np.fromiter((vocab.get(g, -1) for g in medians), dtype=np.int64, count=len(medians))
+        tid = (
+            vocab.lookup(medians)
+            if hasattr(vocab, "lookup")
+            else np.fromiter((vocab.get(g, -1) for g in medians), np.int64, count=len(medians))
+        )
         med = np.fromiter(
             (np.nan if m is None else m for m in medians.values()),
             dtype=np.float64,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import pickle
 from collections.abc import Iterable, Mapping
 from os import PathLike
 from pathlib import Path
+
+import numpy as np
 
 from stformer_data._errors import InputError
 
@@ -170,6 +173,12 @@ class GeneVocab(Mapping[str, int]):
         return path
 
     # --- mapping + TokenSpec ----------------------------------------------------------------------
+    def lookup(self, tokens: Iterable[str], default: int = -1) -> np.ndarray:
+        """The ids of many tokens at once (int64; ``default`` for unknown ones)."""
+        tokens = tokens.tolist() if isinstance(tokens, np.ndarray) else list(tokens)
+        ids = map(self._token_to_id.get, tokens, itertools.repeat(default))
+        return np.fromiter(ids, dtype=np.int64, count=len(tokens))
+
     def get(self, token: str, default: int | None = None) -> int | None:
         return self._token_to_id.get(token, default)  # faster than Mapping.get's try/except
 
