@@ -4,6 +4,7 @@ import json
 import pickle
 
 import datasets
+import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -312,4 +313,34 @@ def test_chunks_follow_the_mapped_segments_of_the_file(tmp_path, small_h5ad, mon
         config=TokenizeConfig(chunk_size=64),
     )
     assert breaks == [[997, 1000, 2500, 2501]] * 2  # data and indices
+    assert corpus.dataset["input_ids"] == _expected(path, vocab, medians)
+
+
+def test_unsorted_and_repeated_csr_entries_in_a_file_are_summed(tmp_path, small_h5ad):
+    """A CSR file whose rows list columns out of order, one entry split in two: the fast path
+    hands such chunks to the exact scipy path (sorted, duplicates summed)."""
+    path, adata, vocab, medians = small_h5ad
+    X = sp.csr_matrix(adata.X, dtype=np.float32)
+    indptr, indices, data = [0], [], []
+    for i in range(X.shape[0]):
+        cols, vals = X[i].indices[::-1].tolist(), X[i].data[::-1].tolist()
+        if vals and vals[0] >= 2:
+            cols, vals = [cols[0], *cols], [1.0, vals[0] - 1.0, *vals[1:]]
+        indices += cols
+        data += vals
+        indptr.append(len(indices))
+    messy = adata.copy()
+    messy.X = sp.csr_matrix(
+        (np.array(data, np.float32), np.array(indices, np.int32), np.array(indptr)),
+        shape=X.shape,
+    )
+    assert not messy.X.has_canonical_format
+    messy_path = tmp_path / "messy.h5ad"
+    messy.write_h5ad(messy_path)
+    with h5py.File(messy_path, "r") as h5:  # stored as given
+        stored = h5["X/indices"][: h5["X/indptr"][1]]
+        assert (np.diff(stored) <= 0).any()
+    corpus = tokenize_files(
+        [messy_path], tmp_path / "c", vocab=vocab, medians=medians, progress=False
+    )
     assert corpus.dataset["input_ids"] == _expected(path, vocab, medians)
