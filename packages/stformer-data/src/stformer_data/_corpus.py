@@ -843,41 +843,7 @@ def tokenize_files(
         )
         for u in todo
     ]
-    total = sum(p.n_obs for p in plans)
-    # checksums for the manifest, computed while the work runs (xxhash releases the GIL)
-    hashing = ThreadPoolExecutor(max_workers=1)
-    checksums: list = []
-
-    def start_hashing() -> (
-        None
-    ):  # called once worker processes exist: never fork with this thread alive
-        unique = {p.path: hashing.submit(checksum_file, p.path) for p in plans}
-        checksums.extend(unique[p.path] for p in plans)
-
-    bar = tqdm(
-        total=total,
-        initial=sum(u.stop - u.start for u in units if u.index in done),
-        desc="tokenize",
-        unit="cell",
-        disable=not progress,
-    )
-    try:
-        for result in _execute(
-            jobs, 1 if config.uses_threads else config.num_proc, bar, start_hashing
-        ):
-            done[result["unit"]["index"]] = result
-    except KeyboardInterrupt:
-        bar.close()
-        print(
-            f"interrupted; {len(done)} of {len(units)} shards done are kept in {tmp}; rerun the "
-            f"same command to resume, or delete {tmp}",
-            file=sys.stderr,
-        )
-        raise
-    finally:
-        bar.close()
-        hashing.shutdown(wait=True, cancel_futures=True)
-    sha = [c.result() for c in checksums]
+    sha = _run_jobs(jobs, units, done, plans, config, tmp, progress)
     _finalize(
         tmp,
         units,
@@ -902,6 +868,44 @@ def tokenize_files(
     else:
         os.replace(tmp, out_dir)
     return load_corpus(out_dir)
+
+
+def _run_jobs(jobs, units, done, plans, config, tmp: Path, progress: bool) -> list[str]:
+    """Run the jobs (filling ``done``) while the inputs are checksummed; return the checksums.
+
+    On Ctrl-C the finished shards stay in ``tmp`` (the resume state) and the user is told so.
+    """
+    # checksums for the manifest, computed while the work runs (xxhash releases the GIL)
+    hashing = ThreadPoolExecutor(max_workers=1)
+    checksums: list = []
+
+    def start_hashing() -> None:  # called once worker processes exist: never fork with it alive
+        unique = {p.path: hashing.submit(checksum_file, p.path) for p in plans}
+        checksums.extend(unique[p.path] for p in plans)
+
+    bar = tqdm(
+        total=sum(p.n_obs for p in plans),
+        initial=sum(u.stop - u.start for u in units if u.index in done),
+        desc="tokenize",
+        unit="cell",
+        disable=not progress,
+    )
+    workers = 1 if config.uses_threads else config.num_proc
+    try:
+        for result in _execute(jobs, workers, bar, start_hashing):
+            done[result["unit"]["index"]] = result
+    except KeyboardInterrupt:
+        bar.close()
+        print(
+            f"interrupted; {len(done)} of {len(units)} shards done are kept in {tmp}; rerun the "
+            f"same command to resume, or delete {tmp}",
+            file=sys.stderr,
+        )
+        raise
+    finally:
+        bar.close()
+        hashing.shutdown(wait=True, cancel_futures=True)
+    return [c.result() for c in checksums]
 
 
 def _fingerprint(config, vocab, token_vocab, medians, plans, obs_kinds) -> str:
