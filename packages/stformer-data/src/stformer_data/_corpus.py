@@ -200,11 +200,17 @@ def checksum_file(path: str | PathLike[str], block: int = 1 << 22) -> str:
     h = xxhash.xxh3_128()
     with open(path, "rb") as fh:
         try:
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                h.update(mapped)  # straight from the page cache, no copy
+            with (
+                mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+                memoryview(mapped) as view,
+            ):
+                window = 1 << 26  # straight from the page cache, no copy; pages unmapped as
+                for start in range(0, len(mapped), window):  # they are done (resident memory)
+                    h.update(view[start : start + window])
+                    mapped.madvise(mmap.MADV_DONTNEED, start, min(window, len(mapped) - start))
                 return h.hexdigest()
         except (ValueError, OSError):  # empty files and file systems without mmap
-            pass
+            h = xxhash.xxh3_128()
         while chunk := fh.read(block):
             h.update(chunk)
     return h.hexdigest()
@@ -563,6 +569,7 @@ class _CsrRankSource:
 
     def close(self) -> None:
         self.h5.close()
+        self.data = self.indices = None  # unmaps the file
 
     def _submit(self, pool, a: int, b: int):
         unit = self.job.unit
@@ -592,6 +599,13 @@ class _CsrRankSource:
         tokens, offsets, flags = result()
         if flags:
             tokens, offsets = self._redo(a, b, arrays, flags)
+        p0, p1 = (
+            int(self.indptr[a - self.job.unit.start]),
+            int(self.indptr[b - self.job.unit.start]),
+        )
+        for stored in (self.data, self.indices):  # resident memory follows the chunks
+            if isinstance(stored, _MappedSegments):
+                stored.release(p0, p1)
         ids, offsets = add_specials(tokens, offsets, self.cls_id, self.eos_id)
         return a, b, ids, None, offsets, None
 

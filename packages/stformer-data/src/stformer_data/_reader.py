@@ -11,6 +11,7 @@ the corpus.
 from __future__ import annotations
 
 import json
+import mmap
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -539,6 +540,23 @@ class _MappedSegments:
     def breaks(self) -> np.ndarray:
         """Element positions where a new segment starts: a slice across one is copied."""
         return self._starts[1:]
+
+    def release(self, a: int, b: int) -> None:
+        """Unmap the pages of elements ``a:b`` from this process (they stay in the page cache and
+        come back if read again), so that resident memory follows the chunk being read."""
+        raw = getattr(self._file, "_mmap", None)
+        if raw is None or b <= a:
+            return
+        k = int(np.searchsorted(self._starts, a, side="right")) - 1
+        while a < b and k < len(self._segments):
+            first, stop, byte = self._segments[k]
+            end = min(b, stop)
+            lo = byte + (a - first) * self.dtype.itemsize
+            hi = byte + (end - first) * self.dtype.itemsize
+            lo, hi = -(-lo // mmap.PAGESIZE) * mmap.PAGESIZE, hi // mmap.PAGESIZE * mmap.PAGESIZE
+            if hi > lo:
+                raw.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            a, k = end, k + 1
 
     def _view(self, k: int, a: int, b: int) -> np.ndarray:
         first, _, byte = self._segments[k]
