@@ -43,10 +43,13 @@ def _numpy_path(tok, block, mapping):
 def test_tokenize_csr_equals_the_numpy_path(reverse, threads):
     vocab, medians, block, mapping = _case(reverse=reverse)
     tok = RankValueTokenizer(
-        vocab, medians, RankTokenizerConfig(model_input_size=50, add_cls=True, add_eos=True)
+        vocab,
+        medians,
+        RankTokenizerConfig(model_input_size=50, add_cls=True, add_eos=True),
+        threads=threads,
     )
     want = _numpy_path(tok, block, mapping)
-    got = tok.tokenize_csr(block.indptr, block.indices, block.data, mapping, threads=threads)
+    got = tok.tokenize_csr(block.indptr, block.indices, block.data, mapping)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     assert got[1][8] == got[1][7]  # the empty cell stays empty (no <cls>/<eos> alone)
     assert (np.diff(got[1]) <= 50).all() and (np.diff(got[1]) == 50).any()  # truncated
@@ -117,3 +120,9 @@ def test_out_of_range_columns_are_refused():
         np.array([0, 1]), np.array([2], np.int32), np.ones(1, np.float32), *tok_args
     )
     assert flags & kernel.BAD_INDEX
+
+
+def test_threads_must_be_positive():
+    vocab, medians, _, _ = _case(n_rows=10)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        RankValueTokenizer(vocab, medians, threads=0)

@@ -60,6 +60,9 @@ class RankValueTokenizer:
     ``float32(count) * float32(target_sum / median)`` descending, ties (equal float32 values) broken
     by the lower token id.
 
+    ``threads`` is how many threads :meth:`tokenize_csr` ranks a block on by default (1: the
+    DataLoader workers give the parallelism; more when tokens are made in the main process).
+
     >>> import numpy as np, scipy.sparse as sp
     >>> from stformer_data import GeneVocab, map_genes
     >>> vocab = GeneVocab.from_genes(["g1", "g2", "g3"])
@@ -77,8 +80,13 @@ class RankValueTokenizer:
         vocab: GeneVocab,
         medians: Mapping[str, float],
         config: RankTokenizerConfig | None = None,
+        *,
+        threads: int = 1,
     ):
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.vocab = vocab
+        self.threads = threads  # default of tokenize_csr (e.g. on-the-fly tokens without workers)
         self.config = config or RankTokenizerConfig()
         if self.config.add_cls and vocab.cls_id is None:
             raise InputError(
@@ -185,14 +193,15 @@ class RankValueTokenizer:
         factors: np.ndarray | None = None,
         *,
         rows: np.ndarray | None = None,
-        threads: int = 1,
+        threads: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Tokenize CSR rows given as arrays (e.g. memory-mapped slices of a file), without
         building a matrix: flat ``tokens`` (int32) and ``offsets`` (int64), as
         :meth:`tokenize_block_flat` returns them.
 
         ``indptr`` indexes ``indices``/``data`` directly; ``rows`` picks and orders the rows
-        (default: all). The compiled kernel ranks the rows on ``threads`` threads with no
+        (default: all). The compiled kernel ranks the rows on ``threads`` threads (default: the
+        tokenizer's ``threads``) with no
         per-row Python; unsorted or repeated columns and duplicate gene ids take the exact
         scipy path.
 
@@ -217,7 +226,7 @@ class RankValueTokenizer:
                 mapping.column_token.astype(np.int32),
                 self.max_genes,
                 rows=rows,
-                threads=threads,
+                threads=self.threads if threads is None else threads,
             )
             if flags & _kernel.BAD_INDEX:
                 raise ValueError(f"column indices outside 0..{mapping.n_genes - 1}")
