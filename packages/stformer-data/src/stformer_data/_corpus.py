@@ -99,7 +99,8 @@ class TokenizeConfig:
         How ``num_proc`` workers run: ``"threads"`` (in this process: the compiled rank kernel
         releases the GIL, so a chunk's rows are ranked on ``num_proc`` threads while the previous
         chunk is written), ``"processes"`` (worker processes over files and row ranges), or
-        ``"auto"``: threads for ``scheme="rank", mode="spot"``, processes otherwise.
+        ``"auto"``: threads for ``scheme="rank", mode="spot"``, processes otherwise (with
+        ``"threads"`` the other schemes and modes run in this process on one core).
     allow_non_integer
         Accept non-integer (already normalised) values instead of refusing them.
     """
