@@ -4,6 +4,7 @@ import json
 import pickle
 
 import datasets
+import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -103,7 +104,8 @@ def test_dense_csc_and_layer_storage_give_the_same_tokens(tmp_path, small_h5ad, 
     assert corpus.dataset["input_ids"] == _expected(path, vocab, medians)
 
 
-def test_num_proc_over_files_and_row_ranges_matches_one_process(tmp_path, small_h5ad):
+@pytest.mark.parametrize("parallel", ["threads", "processes"])
+def test_num_proc_over_files_and_row_ranges_matches_one_process(tmp_path, small_h5ad, parallel):
     path, _, vocab, medians = small_h5ad
     one = tokenize_files(
         [path, path], tmp_path / "one", vocab=vocab, medians=medians, progress=False
@@ -114,13 +116,13 @@ def test_num_proc_over_files_and_row_ranges_matches_one_process(tmp_path, small_
         vocab=vocab,
         medians=medians,
         progress=False,
-        config=TokenizeConfig(num_proc=2, rows_per_unit=90),
+        config=TokenizeConfig(num_proc=2, rows_per_unit=90, chunk_size=37, parallel=parallel),
     )
     assert one.dataset["input_ids"] == two.dataset["input_ids"]
     assert two.dataset["file_index"] == [0] * 400 + [1] * 400
 
 
-def test_interrupted_run_leaves_no_corpus_and_resumes(tmp_path, small_h5ad, monkeypatch):
+def test_interrupted_run_leaves_no_corpus_and_resumes(tmp_path, small_h5ad, monkeypatch, capsys):
     path, _, vocab, medians = small_h5ad
     cfg = TokenizeConfig(rows_per_unit=100)
     real = corpus_mod._run_unit
@@ -137,6 +139,11 @@ def test_interrupted_run_leaves_no_corpus_and_resumes(tmp_path, small_h5ad, monk
         tokenize_files(
             [path], tmp_path / "c", vocab=vocab, medians=medians, config=cfg, progress=False
         )
+    partial = tmp_path / ".c.partial"
+    assert (
+        f"interrupted; 2 of 4 shards done are kept in {partial}; rerun the same command to "
+        f"resume, or delete {partial}" in capsys.readouterr().err
+    )
     assert not (tmp_path / "c").exists() and not is_complete_corpus(tmp_path / "c")
     with pytest.raises(InputError, match="not a complete"):
         load_corpus(tmp_path / ".c.partial")
@@ -274,3 +281,66 @@ def test_killed_process_leaves_no_corpus_and_a_rerun_completes(tmp_path, small_h
     assert len(calls) == 8 - finished  # the units finished before the kill were reused
     assert corpus.dataset["input_ids"] == _expected(path, vocab, medians)
     assert not (tmp_path / ".c.partial").exists()
+
+
+def test_chunks_follow_the_mapped_segments_of_the_file(tmp_path, small_h5ad, monkeypatch):
+    """Stored values split over several file segments (as anndata's chunked writes leave them):
+    chunks end at segment breaks, rows straddling one are read alone, the tokens are exact."""
+    path, _, vocab, medians = small_h5ad
+    real = corpus_mod._direct_view
+    breaks = []
+
+    def split(file, dataset):
+        view = real(file, dataset)
+        if not isinstance(view, corpus_mod._MappedSegments):
+            return view
+        first, stop, byte = view._segments[0]
+        assert len(view._segments) == 1 and stop == view.size  # a contiguous dataset here
+        cuts = [first, 997, 1000, 2500, 2501, stop]  # several breaks, two very close
+        size = view.dtype.itemsize
+        segments = [(a, b, byte + a * size) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        out = corpus_mod._MappedSegments(file, view.dtype, view.size, segments)
+        breaks.append(out.breaks.tolist())
+        return out
+
+    monkeypatch.setattr(corpus_mod, "_direct_view", split)
+    corpus = tokenize_files(
+        [path],
+        tmp_path / "c",
+        vocab=vocab,
+        medians=medians,
+        progress=False,
+        config=TokenizeConfig(chunk_size=64),
+    )
+    assert breaks == [[997, 1000, 2500, 2501]] * 2  # data and indices
+    assert corpus.dataset["input_ids"] == _expected(path, vocab, medians)
+
+
+def test_unsorted_and_repeated_csr_entries_in_a_file_are_summed(tmp_path, small_h5ad):
+    """A CSR file whose rows list columns out of order, one entry split in two: the fast path
+    hands such chunks to the exact scipy path (sorted, duplicates summed)."""
+    path, adata, vocab, medians = small_h5ad
+    X = sp.csr_matrix(adata.X, dtype=np.float32)
+    indptr, indices, data = [0], [], []
+    for i in range(X.shape[0]):
+        cols, vals = X[i].indices[::-1].tolist(), X[i].data[::-1].tolist()
+        if vals and vals[0] >= 2:
+            cols, vals = [cols[0], *cols], [1.0, vals[0] - 1.0, *vals[1:]]
+        indices += cols
+        data += vals
+        indptr.append(len(indices))
+    messy = adata.copy()
+    messy.X = sp.csr_matrix(
+        (np.array(data, np.float32), np.array(indices, np.int32), np.array(indptr)),
+        shape=X.shape,
+    )
+    assert not messy.X.has_canonical_format
+    messy_path = tmp_path / "messy.h5ad"
+    messy.write_h5ad(messy_path)
+    with h5py.File(messy_path, "r") as h5:  # stored as given
+        stored = h5["X/indices"][: h5["X/indptr"][1]]
+        assert (np.diff(stored) <= 0).any()
+    corpus = tokenize_files(
+        [messy_path], tmp_path / "c", vocab=vocab, medians=medians, progress=False
+    )
+    assert corpus.dataset["input_ids"] == _expected(path, vocab, medians)

@@ -114,3 +114,47 @@ def test_compiled_kernel_and_numpy_path_give_identical_tokens(columns_in_token_o
     slow = tok.tokenize_block_flat(block, None, mapping)
     assert all(np.array_equal(a, b) for a, b in zip(fast, slow, strict=True))
     assert fast[0].size > 64 * 30
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", SC_FILES)
+def test_corpus_fast_path_matches_per_cell_reference_on_real_files(shared_data, name, tmp_path):
+    """tokenize_files' zero-copy CSR path (kernel threads, file-segment chunks) on real files
+    with Geneformer's dictionaries: token for token the plain per-cell reference."""
+    from stformer_data import TokenizeConfig, tokenize_files
+
+    path = shared_data / "sc" / name
+    gf = shared_data / "geneformer_30M"
+    name_to_id = load_name_to_id(gf / "gene_name_id_dict.pkl", allow_pickle=True)
+    adata = open_h5ad(path)
+    try:
+        ids = resolve_gene_ids(adata.var, name_to_id=name_to_id, path=path)
+        dense = [b.toarray() for _, _, b in iter_row_chunks(adata, 4096, path=path)]
+    finally:
+        adata.file.close()
+    vocab = GeneVocab.load(gf / "token_dictionary.pkl", allow_pickle=True)
+    medians = load_medians(gf / "gene_median_dictionary.pkl", allow_pickle=True)
+    if not any(g in vocab for g in ids):  # mouse genes: vocabulary and medians from the data
+        vocab = GeneVocab.from_genes(ids)
+        medians = compute_medians_exact([path])
+    limit = 300
+    corpus = tokenize_files(
+        [path],
+        tmp_path / "c",
+        vocab=vocab,
+        medians=medians,
+        name_to_id=name_to_id,
+        config=TokenizeConfig(
+            rank=RankTokenizerConfig(model_input_size=limit), num_proc=2, chunk_size=97
+        ),
+        progress=False,
+    )
+    mapping = map_genes(ids, vocab, vocab.special_ids, path=path)
+    medians_by_token = _median_by_token(RankValueTokenizer(vocab, medians))
+    want = [
+        rank_cell_reference(row, mapping.column_token, medians_by_token, limit=limit)
+        for block in dense
+        for row in block
+    ]
+    got = dict(zip(corpus.dataset["cell_index"], corpus.dataset["input_ids"], strict=True))
+    assert [got.get(i, []) for i in range(len(want))] == want

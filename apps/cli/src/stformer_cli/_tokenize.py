@@ -103,7 +103,13 @@ def tokenize(
     distance_weighting: Annotated[
         str, typer.Option(help="neighborhood: none, inverse or gaussian.")
     ] = "none",
-    num_proc: Annotated[int, typer.Option(help="Worker processes (files x row ranges).")] = 1,
+    num_proc: Annotated[
+        int,
+        typer.Option(
+            help="Parallel workers: threads of the rank kernel (rank/spot), else worker "
+            "processes over files x row ranges."
+        ),
+    ] = 1,
     chunk_size: Annotated[int, typer.Option(help="Rows read at a time (bounds memory).")] = 2048,
     allow_non_integer: Annotated[
         bool, typer.Option(help="Accept non-integer (normalised) values.")

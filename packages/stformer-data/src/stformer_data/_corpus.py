@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import pickle
 import shutil
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -35,10 +38,13 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+import anndata as ad
 import datasets
+import h5py
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import scipy.sparse as sp
 import xxhash
 from tqdm.auto import tqdm
 
@@ -55,7 +61,8 @@ from stformer_data._io import (
     resolve_gene_ids,
 )
 from stformer_data._medians import load_medians, save_medians
-from stformer_data._rank import RankTokenizerConfig, RankValueTokenizer
+from stformer_data._rank import RankTokenizerConfig, RankValueTokenizer, add_specials
+from stformer_data._reader import _direct_view, _MappedSegments
 from stformer_data._spatial import NeighborhoodConfig, NeighborhoodTokenizer, build_neighbor_graph
 from stformer_data._vocab import GeneVocab
 
@@ -63,6 +70,7 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
 _SCHEMES = ("rank", "binned")
 _MODES = ("spot", "neighborhood")
+_PARALLEL = ("auto", "threads", "processes")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +94,13 @@ class TokenizeConfig:
     rows_per_unit
         Rows per unit of work (one Arrow shard; what ``num_proc`` workers share and a rerun resumes).
     num_proc
-        Worker processes (over files and row ranges); 1 runs in this process.
+        Parallel workers; 1 runs in this process, on one core.
+    parallel
+        How ``num_proc`` workers run: ``"threads"`` (in this process: the compiled rank kernel
+        releases the GIL, so a chunk's rows are ranked on ``num_proc`` threads while the previous
+        chunk is written), ``"processes"`` (worker processes over files and row ranges), or
+        ``"auto"``: threads for ``scheme="rank", mode="spot"``, processes otherwise (with
+        ``"threads"`` the other schemes and modes run in this process on one core).
     allow_non_integer
         Accept non-integer (already normalised) values instead of refusing them.
     """
@@ -99,6 +113,7 @@ class TokenizeConfig:
     chunk_size: int = 2048
     rows_per_unit: int = 32768
     num_proc: int = 1
+    parallel: str = "auto"
     allow_non_integer: bool = False
     rank: RankTokenizerConfig = field(default_factory=RankTokenizerConfig)
     binned: BinnedTokenizerConfig = field(default_factory=BinnedTokenizerConfig)
@@ -112,9 +127,18 @@ class TokenizeConfig:
             raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
         if self.scheme == "binned" and self.mode == "neighborhood":
             raise ValueError("mode='neighborhood' is defined for scheme='rank' only")
+        if self.parallel not in _PARALLEL:
+            raise ValueError(f"parallel must be one of {_PARALLEL}, got {self.parallel!r}")
         for name in ("chunk_size", "rows_per_unit", "num_proc"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def uses_threads(self) -> bool:
+        """Whether ``num_proc`` workers are threads of this process (see ``parallel``)."""
+        if self.parallel == "auto":
+            return self.scheme == "rank" and self.mode == "spot"
+        return self.parallel == "threads"
 
     @property
     def n_counts_key(self) -> str | None:
@@ -176,6 +200,18 @@ def checksum_file(path: str | PathLike[str], block: int = 1 << 22) -> str:
     detects changed or corrupted inputs at a small fraction of SHA-256's cost on large files."""
     h = xxhash.xxh3_128()
     with open(path, "rb") as fh:
+        try:
+            with (
+                mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+                memoryview(mapped) as view,
+            ):
+                window = 1 << 26  # straight from the page cache, no copy; pages unmapped as
+                for start in range(0, len(mapped), window):  # they are done (resident memory)
+                    h.update(view[start : start + window])
+                    mapped.madvise(mmap.MADV_DONTNEED, start, min(window, len(mapped) - start))
+                return h.hexdigest()
+        except (ValueError, OSError):  # empty files and file systems without mmap
+            h = xxhash.xxh3_128()
         while chunk := fh.read(block):
             h.update(chunk)
     return h.hexdigest()
@@ -248,7 +284,11 @@ def _plan_files(
     plans: list[_FilePlan] = []
     kinds: dict[str, set[str]] = {c: set() for c in config.obs_columns}
     phenotype_values: dict[str, set] = {c: set() for c in config.binned.phenotypes}
+    seen: dict[Path, _FilePlan] = {}
     for f in files:
+        if f.resolve() in seen:  # a file listed again: the same plan
+            plans.append(seen[f.resolve()])
+            continue
         adata = open_h5ad(f, lazy=True)
         try:
             wanted = list(config.obs_columns) + (
@@ -304,18 +344,17 @@ def _plan_files(
             )
             mapping = map_genes(ids, vocab, vocab.special_ids, path=f)
             stat = f.stat()
-            plans.append(
-                _FilePlan(
-                    path=str(f.resolve()),
-                    size_bytes=stat.st_size,
-                    mtime_ns=stat.st_mtime_ns,
-                    n_obs=adata.n_obs,
-                    n_genes=mapping.n_genes,
-                    n_genes_in_vocab=mapping.n_in_vocab,
-                    n_duplicate_gene_columns=mapping.n_duplicate_columns,
-                    mapping=mapping,
-                )
+            seen[f.resolve()] = _FilePlan(
+                path=str(f.resolve()),
+                size_bytes=stat.st_size,
+                mtime_ns=stat.st_mtime_ns,
+                n_obs=adata.n_obs,
+                n_genes=mapping.n_genes,
+                n_genes_in_vocab=mapping.n_in_vocab,
+                n_duplicate_gene_columns=mapping.n_duplicate_columns,
+                mapping=mapping,
             )
+            plans.append(seen[f.resolve()])
         finally:
             adata.file.close()
     obs_kinds = {c: (k.pop() if len(k) == 1 else "string") for c, k in kinds.items()}
@@ -362,9 +401,12 @@ class _Job:
     medians: Mapping[str, float]
     obs_kinds: Mapping[str, str]
     shard_dir: str
+    factors: np.ndarray | None = None  # rank scheme: float32 target_sum / median per column
+    threads: int = 1  # threads that rank a chunk (fast CSR path)
 
 
 def _list_array(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
+    """A list<int32> array over ``values`` (no copy when they are int32 already)."""
     return pa.ListArray.from_arrays(
         pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32, copy=False))
     )
@@ -379,10 +421,10 @@ def _select_rows(
     return values[np.repeat(keep, lengths)], np.concatenate([[0], np.cumsum(lengths[keep])])
 
 
-def _obs_arrays(adata, job: _Job) -> dict[str, np.ndarray]:
+def _obs_arrays(obs: pd.DataFrame, job: _Job) -> dict[str, np.ndarray]:
     out = {}
     for c, kind in job.obs_kinds.items():
-        col = adata.obs[c]
+        col = obs[c]
         out[c] = col.astype(str).to_numpy() if kind == "string" else col.to_numpy()
     return out
 
@@ -400,26 +442,11 @@ def _run_unit(job: _Job, on_chunk: Callable[[int], None] | None = None) -> dict[
         "spots_without_neighbours": 0,
     }
     lengths_parts: list[np.ndarray] = []
-    adata = open_h5ad(job.path, lazy=True)
+    source = _CsrRankSource.open(job) or _GenericSource(job)
     try:
-        encode = _encoder(adata, job)
-        obs = _obs_arrays(adata, job)
+        obs = _obs_arrays(source.obs(), job) if job.obs_kinds else {}
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            for start, stop, block in iter_row_chunks(
-                adata,
-                cfg.chunk_size,
-                layer=cfg.layer,
-                path=job.path,
-                start=unit.start,
-                stop=unit.stop,
-            ):
-                check_counts(
-                    block,
-                    path=job.path,
-                    rows=(start, stop),
-                    allow_non_integer=cfg.allow_non_integer,
-                )
-                ids, types, offsets, extra = encode(start, stop, block)
+            for start, stop, ids, types, offsets, extra in source.chunks():
                 keep = np.diff(offsets) > 0
                 counts["cells_in"] += stop - start
                 counts["cells_written"] += int(keep.sum())
@@ -445,7 +472,7 @@ def _run_unit(job: _Job, on_chunk: Callable[[int], None] | None = None) -> dict[
                 if on_chunk is not None:
                     on_chunk(stop - start)
     finally:
-        adata.file.close()
+        source.close()
     os.replace(tmp, shard)
     np.save(
         shard.with_suffix(".lengths.npy"),
@@ -456,6 +483,198 @@ def _run_unit(job: _Job, on_chunk: Callable[[int], None] | None = None) -> dict[
     done_tmp.write_text(json.dumps({"unit": asdict(unit), "counts": counts}))
     os.replace(done_tmp, done)
     return {"unit": asdict(unit), "counts": counts}
+
+
+class _GenericSource:
+    """Any storage, scheme and mode: anndata-backed row chunks through the tokenizer classes."""
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.adata = open_h5ad(job.path, lazy=True)
+
+    def obs(self) -> pd.DataFrame:
+        return self.adata.obs
+
+    def close(self) -> None:
+        self.adata.file.close()
+
+    def chunks(self):
+        job, cfg = self.job, self.job.config
+        encode = _encoder(self.adata, job)
+        for start, stop, block in iter_row_chunks(
+            self.adata,
+            cfg.chunk_size,
+            layer=cfg.layer,
+            path=job.path,
+            start=job.unit.start,
+            stop=job.unit.stop,
+        ):
+            check_counts(
+                block, path=job.path, rows=(start, stop), allow_non_integer=cfg.allow_non_integer
+            )
+            yield (start, stop, *encode(start, stop, block))
+
+
+class _CsrRankSource:
+    """Rank scheme, spot mode, CSR storage: the compiled kernel reads the file's ``data`` and
+    ``indices`` where they lie (memory-mapped when uncompressed) and ranks each chunk on
+    ``job.threads`` threads while the previous chunk is written."""
+
+    def __init__(self, job: _Job, h5: h5py.File, node: h5py.Group) -> None:
+        cfg = job.config
+        self.job, self.h5 = job, h5
+        self.indptr = np.asarray(node["indptr"][job.unit.start : job.unit.stop + 1], np.int64)
+        self.data = _direct_view(Path(job.path), node["data"])
+        self.indices = _direct_view(Path(job.path), node["indices"])
+        self.n_vars = int(node.attrs["shape"][1])
+        self.tokens = job.mapping.column_token.astype(np.int32)
+        self.check = _kernel.CHECK_FINITE if cfg.allow_non_integer else _kernel.CHECK_COUNTS
+        rank = cfg.rank
+        self.limit = rank.model_input_size - int(rank.add_cls) - int(rank.add_eos)
+        self.cls_id = job.vocab.cls_id if rank.add_cls else None
+        self.eos_id = job.vocab.eos_id if rank.add_eos else None
+        self.where = "X" if cfg.layer is None else f"layers/{cfg.layer}"
+
+    @classmethod
+    def open(cls, job: _Job) -> _CsrRankSource | None:
+        """The fast source for this job, or ``None`` when it does not apply."""
+        cfg = job.config
+        if not (
+            cfg.scheme == "rank"
+            and cfg.mode == "spot"
+            and job.factors is not None
+            and job.mapping.representative is None  # duplicate gene ids: summed by the generic path
+            and RankValueTokenizer.use_kernel
+            and _kernel.compiled()
+        ):
+            return None
+        try:
+            h5 = h5py.File(job.path, "r")
+        except OSError:
+            return None  # the generic path reports unreadable files
+        try:
+            key = "X" if cfg.layer is None else f"layers/{cfg.layer}"
+            node = h5.get(key)
+            if isinstance(node, h5py.Group) and node.attrs.get("encoding-type") == "csr_matrix":
+                return cls(job, h5, node)
+        except (OSError, KeyError, ValueError):
+            pass  # unusual layouts: the generic path reads them or reports the error
+        h5.close()
+        return None
+
+    def obs(self) -> pd.DataFrame:
+        try:
+            return ad.io.read_elem(self.h5["obs"])
+        except Exception as exc:
+            raise _unreadable(self.job.path, "obs", exc) from exc
+
+    def close(self) -> None:
+        self.h5.close()
+        self.data = self.indices = None  # unmaps the file
+
+    def _submit(self, pool, a: int, b: int):
+        unit = self.job.unit
+        indptr = self.indptr[a - unit.start : b - unit.start + 1]
+        p0, p1 = int(indptr[0]), int(indptr[-1])
+        try:
+            data, indices = self.data[p0:p1], self.indices[p0:p1]
+            if data.size != p1 - p0 or indices.size != p1 - p0:
+                raise OSError(f"read {data.size} of {p1 - p0} stored values")
+        except Exception as exc:
+            raise _unreadable(self.job.path, f"rows {a}:{b} of {self.where}", exc) from exc
+        local = indptr - p0
+        result = _kernel.rank_csr_async(
+            pool,
+            local,
+            indices,
+            data,
+            self.job.factors,
+            self.tokens,
+            self.limit,
+            self.check,
+            self.job.threads,
+        )
+        return a, b, (local, indices, data), result
+
+    def _finish(self, a: int, b: int, arrays, result):
+        tokens, offsets, flags = result()
+        if flags:
+            tokens, offsets = self._redo(a, b, arrays, flags)
+        p0, p1 = (
+            int(self.indptr[a - self.job.unit.start]),
+            int(self.indptr[b - self.job.unit.start]),
+        )
+        for stored in (self.data, self.indices):  # resident memory follows the chunks
+            if isinstance(stored, _MappedSegments):
+                stored.release(p0, p1)
+        ids, offsets = add_specials(tokens, offsets, self.cls_id, self.eos_id)
+        return a, b, ids, None, offsets, None
+
+    def _redo(self, a: int, b: int, arrays, flags: int):
+        """Chunks the kernel refused: raise the input error, or sort and sum their entries."""
+        local, indices, data = arrays
+        path = self.job.path
+        if flags & _kernel.BAD_INDEX or (indices.size and int(indices.max()) >= self.n_vars):
+            raise InputError(
+                path,
+                f"rows {a}:{b} of {self.where}",
+                f"has column indices outside 0..{self.n_vars - 1}",
+                "the file is corrupt; re-export it",
+            )
+        block = sp.csr_matrix((b - a, self.n_vars), dtype=np.float32)  # no index checks
+        block.data, block.indices, block.indptr = (
+            np.asarray(data, dtype=np.float32),
+            np.asarray(indices),
+            local,
+        )
+        check_counts(
+            block,
+            path=path,
+            rows=(a, b),
+            allow_non_integer=self.job.config.allow_non_integer,
+        )
+        block = block.copy()
+        block.sum_duplicates()  # unsorted columns or repeated entries
+        return _kernel.rank_block(block, self.job.factors, self.tokens, self.limit)
+
+    def _bounds(self) -> list[int]:
+        """Chunk boundaries: every ``chunk_size`` rows, and where the stored values cross from
+        one mapped segment of the file to another (so that each chunk is read without a copy;
+        a row that straddles two segments becomes a chunk of its own)."""
+        unit, step = self.job.unit, self.job.config.chunk_size
+        breaks = [a.breaks for a in (self.data, self.indices) if isinstance(a, _MappedSegments)]
+        cuts = set(range(unit.start, unit.stop, step)) | {unit.stop}
+        if breaks:
+            e = np.unique(np.concatenate(breaks))
+            r = np.searchsorted(self.indptr, e, side="right") - 1
+            inside = (r >= 0) & (r < self.indptr.size - 1)
+            e, r = e[inside], r[inside]
+            straddle = r[self.indptr[r] != e] + 1
+            cuts.update((np.concatenate([r, straddle]) + unit.start).tolist())
+        return sorted(c for c in cuts if unit.start <= c <= unit.stop)
+
+    def chunks(self):
+        bounds = self._bounds()
+        with ThreadPoolExecutor(self.job.threads) as pool:  # lives for this unit only
+            pending = None
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+                if b <= a:
+                    continue
+                started = self._submit(pool, a, b)
+                if pending is not None:
+                    yield self._finish(*pending)  # written while the next chunk is ranked
+                pending = started
+            if pending is not None:
+                yield self._finish(*pending)
+
+
+def _unreadable(path, where: str, exc: Exception) -> InputError:
+    return InputError(
+        path,
+        where,
+        f"cannot be read ({type(exc).__name__}: {exc})",
+        "the file may be truncated or corrupt; re-export it",
+    )
 
 
 def _encoder(adata, job: _Job):
@@ -579,10 +798,19 @@ def tokenize_files(
             )
         if not isinstance(medians, Mapping):
             medians = load_medians(medians)
-        RankValueTokenizer(vocab, medians, config.rank)  # validates cls/eos against the vocabulary
+        rank = RankValueTokenizer(vocab, medians, config.rank)  # checks cls/eos in the vocabulary
     medians = dict(medians or {})
     started = time.time()
-    plans, obs_kinds, phenotype_values = _plan_files(files, vocab, config, name_to_id)
+    loading = None
+    if config.scheme == "rank" and RankValueTokenizer.use_kernel:
+        # numba's import and cache load (~0.5 s) overlap the planning; joined before any fork
+        loading = threading.Thread(target=_kernel.warm_up, daemon=True)
+        loading.start()
+    try:
+        plans, obs_kinds, phenotype_values = _plan_files(files, vocab, config, name_to_id)
+    finally:
+        if loading is not None:
+            loading.join()
     token_vocab = (
         binned_vocab(config.binned.n_bins, phenotype_values) if config.scheme == "binned" else vocab
     )
@@ -608,6 +836,12 @@ def tokenize_files(
         if (shard_dir / f"{u.index:05d}.json").is_file()
     }
     todo = [u for u in units if u.index not in done]
+    factors = (
+        [rank.column_factors(p.mapping).astype(np.float32) for p in plans]
+        if config.scheme == "rank"
+        else [None] * len(plans)
+    )
+    threads = config.num_proc if config.uses_threads else 1
     jobs = [
         _Job(
             unit=u,
@@ -619,33 +853,12 @@ def tokenize_files(
             medians=medians,
             obs_kinds=obs_kinds,
             shard_dir=str(shard_dir),
+            factors=factors[u.file_index],
+            threads=threads,
         )
         for u in todo
     ]
-    total = sum(p.n_obs for p in plans)
-    # checksums for the manifest, computed while the work runs (xxhash releases the GIL)
-    hashing = ThreadPoolExecutor(max_workers=1)
-    checksums: list = []
-
-    def start_hashing() -> (
-        None
-    ):  # called once worker processes exist: never fork with this thread alive
-        checksums.extend(hashing.submit(checksum_file, p.path) for p in plans)
-
-    bar = tqdm(
-        total=total,
-        initial=sum(u.stop - u.start for u in units if u.index in done),
-        desc="tokenize",
-        unit="cell",
-        disable=not progress,
-    )
-    try:
-        for result in _execute(jobs, config.num_proc, bar, start_hashing):
-            done[result["unit"]["index"]] = result
-    finally:
-        bar.close()
-        hashing.shutdown(wait=True, cancel_futures=True)
-    sha = [c.result() for c in checksums]
+    sha = _run_jobs(jobs, units, done, plans, config, tmp, progress)
     _finalize(
         tmp,
         units,
@@ -672,10 +885,50 @@ def tokenize_files(
     return load_corpus(out_dir)
 
 
+def _run_jobs(jobs, units, done, plans, config, tmp: Path, progress: bool) -> list[str]:
+    """Run the jobs (filling ``done``) while the inputs are checksummed; return the checksums.
+
+    On Ctrl-C the finished shards stay in ``tmp`` (the resume state) and the user is told so.
+    """
+    # checksums for the manifest, computed while the work runs (xxhash releases the GIL)
+    hashing = ThreadPoolExecutor(max_workers=1)
+    checksums: list = []
+
+    def start_hashing() -> None:  # called once worker processes exist: never fork with it alive
+        unique = {p.path: hashing.submit(checksum_file, p.path) for p in plans}
+        checksums.extend(unique[p.path] for p in plans)
+
+    bar = tqdm(
+        total=sum(p.n_obs for p in plans),
+        initial=sum(u.stop - u.start for u in units if u.index in done),
+        desc="tokenize",
+        unit="cell",
+        disable=not progress,
+    )
+    workers = 1 if config.uses_threads else config.num_proc
+    try:
+        for result in _execute(jobs, workers, bar, start_hashing):
+            done[result["unit"]["index"]] = result
+    except KeyboardInterrupt:
+        bar.close()
+        print(
+            f"interrupted; {len(done)} of {len(units)} shards done are kept in {tmp}; rerun the "
+            f"same command to resume, or delete {tmp}",
+            file=sys.stderr,
+        )
+        raise
+    finally:
+        bar.close()
+        hashing.shutdown(wait=True, cancel_futures=True)
+    return [c.result() for c in checksums]
+
+
 def _fingerprint(config, vocab, token_vocab, medians, plans, obs_kinds) -> str:
     payload = {
         "format_version": FORMAT_VERSION,
-        "config": {k: v for k, v in asdict(config).items() if k != "num_proc"},  # output-neutral
+        "config": {  # leaving out what does not change the output
+            k: v for k, v in asdict(config).items() if k not in ("num_proc", "parallel")
+        },
         "vocab": vocab.content_hash(),
         "token_vocab": token_vocab.content_hash(),
         "medians": hashlib.sha256(json.dumps(sorted(medians.items())).encode()).hexdigest(),

@@ -373,7 +373,12 @@ def map_genes(
     behaviour of Geneformer's tokenizer; see :meth:`GeneMapping.collapse`.
     """
     gene_ids = np.asarray(gene_ids)
-    tokens = np.fromiter((vocab.get(g, -1) for g in gene_ids), dtype=np.int64, count=len(gene_ids))
+    if hasattr(vocab, "lookup"):  # GeneVocab: one C-level pass
+        tokens = vocab.lookup(gene_ids)
+    else:
+        tokens = np.fromiter(
+            (vocab.get(g, -1) for g in gene_ids), dtype=np.int64, count=len(gene_ids)
+        )
     if special_ids:
         tokens[np.isin(tokens, list(special_ids))] = -1
     n_in = int((tokens >= 0).sum())

@@ -277,7 +277,7 @@ def save_medians(medians: Mapping[str, float], path: str | PathLike[str]) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(dict(medians), indent=0))
+    tmp.write_text(json.dumps(dict(medians)))  # C encoder: no indent
     tmp.replace(path)
     return path
 

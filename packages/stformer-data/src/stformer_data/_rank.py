@@ -60,6 +60,9 @@ class RankValueTokenizer:
     ``float32(count) * float32(target_sum / median)`` descending, ties (equal float32 values) broken
     by the lower token id.
 
+    ``threads`` is how many threads :meth:`tokenize_csr` ranks a block on by default (1: the
+    DataLoader workers give the parallelism; more when tokens are made in the main process).
+
     >>> import numpy as np, scipy.sparse as sp
     >>> from stformer_data import GeneVocab, map_genes
     >>> vocab = GeneVocab.from_genes(["g1", "g2", "g3"])
@@ -77,8 +80,13 @@ class RankValueTokenizer:
         vocab: GeneVocab,
         medians: Mapping[str, float],
         config: RankTokenizerConfig | None = None,
+        *,
+        threads: int = 1,
     ):
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.vocab = vocab
+        self.threads = threads  # default of tokenize_csr (e.g. on-the-fly tokens without workers)
         self.config = config or RankTokenizerConfig()
         if self.config.add_cls and vocab.cls_id is None:
             raise InputError(
@@ -96,10 +104,24 @@ class RankValueTokenizer:
             )
         # median by token id; NaN where the gene has no usable median
         self._median_by_token = np.full(len(vocab), np.nan)
-        for gene, med in medians.items():
-            tid = vocab.get(gene)
-            if tid is not None and med is not None and np.isfinite(med) and med > 0:
-                self._median_by_token[tid] = float(med)
+        tid = (
+            vocab.lookup(medians)
+            if hasattr(vocab, "lookup")
+            else np.fromiter((vocab.get(g, -1) for g in medians), np.int64, count=len(medians))
+        )
+        med = np.fromiter(
+            (np.nan if m is None else m for m in medians.values()),
+            dtype=np.float64,
+            count=len(medians),
+        )
+        ok = (tid >= 0) & np.isfinite(med) & (med > 0)
+        self._median_by_token[tid[ok]] = med[ok]
+
+    def warm_up(self) -> None:
+        """Load the compiled kernel now (importing numba and loading its cached machine code take
+        about half a second): call it before timing, or before DataLoader workers fork."""
+        if self.use_kernel:
+            _kernel.warm_up()
 
     @property
     def max_genes(self) -> int:
@@ -146,7 +168,7 @@ class RankValueTokenizer:
             factors = self.column_factors(mapping)
         block = mapping.collapse(block)
         limit = self.max_genes if limit is None else limit
-        if self.use_kernel and _kernel.compiled() is not None:
+        if self.use_kernel and _kernel.compiled():
             genes, offsets = _kernel.rank_block(
                 block, factors.astype(np.float32), mapping.column_token, limit
             )
@@ -161,6 +183,69 @@ class RankValueTokenizer:
             self.vocab.cls_id if self.config.add_cls else None,
             self.vocab.eos_id if self.config.add_eos else None,
         )
+
+    def tokenize_csr(
+        self,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        data: np.ndarray,
+        mapping: GeneMapping,
+        factors: np.ndarray | None = None,
+        *,
+        rows: np.ndarray | None = None,
+        threads: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Tokenize CSR rows given as arrays (e.g. memory-mapped slices of a file), without
+        building a matrix: flat ``tokens`` (int32) and ``offsets`` (int64), as
+        :meth:`tokenize_block_flat` returns them.
+
+        ``indptr`` indexes ``indices``/``data`` directly; ``rows`` picks and orders the rows
+        (default: all). The compiled kernel ranks the rows on ``threads`` threads (default: the
+        tokenizer's ``threads``) with no
+        per-row Python; unsorted or repeated columns and duplicate gene ids take the exact
+        scipy path.
+
+        >>> import numpy as np
+        >>> from stformer_data import GeneVocab, map_genes
+        >>> vocab = GeneVocab.from_genes(["g1", "g2", "g3"])
+        >>> tok = RankValueTokenizer(vocab, {"g1": 1.0, "g2": 2.0, "g3": 1.0})
+        >>> mapping = map_genes(np.array(["g1", "g2", "g3"]), vocab, vocab.special_ids)
+        >>> indptr, indices, data = np.array([0, 2, 3]), np.array([0, 1, 2]), np.array([1.0, 4.0, 3.0])
+        >>> [a.tolist() for a in tok.tokenize_csr(indptr, indices, data, mapping, rows=np.array([1, 0]))]
+        [[4, 3, 2], [0, 1, 3]]
+        """
+        if factors is None:
+            factors = self.column_factors(mapping)
+        indptr = np.asarray(indptr, dtype=np.int64)
+        if self.use_kernel and _kernel.compiled() and mapping.representative is None:
+            tokens, offsets, flags = _kernel.rank_csr(
+                indptr,
+                indices,
+                data,
+                factors.astype(np.float32),
+                mapping.column_token.astype(np.int32),
+                self.max_genes,
+                rows=rows,
+                threads=self.threads if threads is None else threads,
+            )
+            if flags & _kernel.BAD_INDEX:
+                raise ValueError(f"column indices outside 0..{mapping.n_genes - 1}")
+            if not flags:
+                return add_specials(
+                    tokens,
+                    offsets,
+                    self.vocab.cls_id if self.config.add_cls else None,
+                    self.vocab.eos_id if self.config.add_eos else None,
+                )
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        block = sp.csr_matrix(
+            (np.asarray(data[lo:hi], dtype=np.float32), indices[lo:hi], indptr - lo),
+            shape=(indptr.size - 1, mapping.n_genes),
+        )
+        if rows is not None:
+            block = block[np.asarray(rows, dtype=np.int64)]
+        block.sum_duplicates()
+        return self.tokenize_block_flat(block, None, mapping, factors)
 
 
 def rank_keys(

@@ -11,6 +11,7 @@ the corpus.
 from __future__ import annotations
 
 import json
+import mmap
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -206,6 +207,8 @@ class H5adSource:
         if tokenizer is not None and genes is not None:
             raise ValueError("pass either tokenizer (tokens) or genes (raw expression), not both")
         self.tokenizer = tokenizer
+        if hasattr(tokenizer, "warm_up"):
+            tokenizer.warm_up()  # compiled code loaded once here, inherited by forked workers
         self.layer = layer
         self.obs_keys = tuple(obs_keys)
         self.check_values = check_values
@@ -418,6 +421,8 @@ class H5adReader:
         piece_of = np.empty(sorted_ids.size, dtype=np.int64)
         start = np.empty(sorted_ids.size, dtype=np.int64)
         nnz = np.empty(sorted_ids.size, dtype=np.int64)
+        fused = hasattr(src.tokenizer, "tokenize_csr")
+        token_parts: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
         for f in np.unique(file_of).tolist():
             info = src.files[f]
             sel = np.flatnonzero(file_of == f)
@@ -433,6 +438,17 @@ class H5adReader:
                 done += wanted.size
                 if src.check_values:
                     check_counts(block, path=info.path, rows=(a, b))
+                if fused:  # the whole run at once, no per-row Python, no matrix copies
+                    tok, off = src.tokenizer.tokenize_csr(
+                        block.indptr,
+                        block.indices,
+                        block.data,
+                        info.mapping,
+                        info.factors,
+                        rows=None if wanted.size == b - a else wanted,
+                    )
+                    token_parts.append((here, tok, off))
+                    continue
                 if src.tokenizer is not None:
                     blocks.append(block if wanted.size == b - a else block[wanted])
                     continue
@@ -442,7 +458,7 @@ class H5adReader:
                 piece_of[here] = len(pieces) - 1
                 start[here] = block.indptr[wanted]
                 nnz[here] = block.indptr[wanted + 1] - block.indptr[wanted]
-            if src.tokenizer is not None:
+            if src.tokenizer is not None and not fused:
                 block = _stack_csr(blocks, blocks[0].shape[1])
                 n_counts = (
                     info.n_counts[rows]
@@ -458,6 +474,7 @@ class H5adReader:
                             info.factors,
                         )
                     )
+                    token_parts.append((sel[c : c + TOKENIZE_ROWS], None, None))
         order = np.searchsorted(sorted_ids, cells)
         obs = {
             k: np.concatenate(
@@ -473,10 +490,7 @@ class H5adReader:
             obs=obs,
         )
         if src.tokenizer is not None:
-            buf.tokens = [tokens[i] for i in order]
-            buf.lengths = np.fromiter(
-                (t.size for t in buf.tokens), dtype=np.int64, count=len(buf.tokens)
-            )
+            buf.tokens, buf.lengths = _tokens_in_order(token_parts, tokens, sorted_ids.size, order)
         else:
             buf.pieces, buf.piece_of, buf.start, buf.lengths = (
                 pieces,
@@ -485,6 +499,33 @@ class H5adReader:
                 nnz[order],
             )
         return buf
+
+
+def _tokens_in_order(
+    parts: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]],
+    listed: list[np.ndarray],
+    n: int,
+    order: np.ndarray,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each cell's tokens (views) in buffer order, and their lengths.
+
+    ``parts`` are ``(positions, flat tokens, offsets)`` in reading order; a part without flat
+    tokens takes its rows, in order, from ``listed`` (tokenizers without ``tokenize_csr``).
+    """
+    by_position: list[np.ndarray | None] = [None] * n
+    taken = 0
+    for positions, flat, offsets in parts:
+        if flat is None:
+            rows = listed[taken : taken + positions.size]
+            taken += positions.size
+        else:
+            bounds = offsets.tolist()
+            rows = [flat[bounds[k] : bounds[k + 1]] for k in range(positions.size)]
+        for p, row in zip(positions.tolist(), rows, strict=True):
+            by_position[p] = row
+    tokens = [by_position[i] for i in order.tolist()]
+    lengths = np.fromiter((t.size for t in tokens), dtype=np.int64, count=len(tokens))
+    return tokens, lengths
 
 
 class _MappedSegments:
@@ -498,6 +539,28 @@ class _MappedSegments:
         self.dtype, self.size = dtype, size
         self._starts = np.array([s[0] for s in segments], dtype=np.int64)
         self._segments = segments  # (first element, stop element, byte offset)
+
+    @property
+    def breaks(self) -> np.ndarray:
+        """Element positions where a new segment starts: a slice across one is copied."""
+        return self._starts[1:]
+
+    def release(self, a: int, b: int) -> None:
+        """Unmap the pages of elements ``a:b`` from this process (they stay in the page cache and
+        come back if read again), so that resident memory follows the chunk being read."""
+        raw = getattr(self._file, "_mmap", None)
+        if raw is None or b <= a:
+            return
+        k = int(np.searchsorted(self._starts, a, side="right")) - 1
+        while a < b and k < len(self._segments):
+            first, stop, byte = self._segments[k]
+            end = min(b, stop)
+            lo = byte + (a - first) * self.dtype.itemsize
+            hi = byte + (end - first) * self.dtype.itemsize
+            lo, hi = -(-lo // mmap.PAGESIZE) * mmap.PAGESIZE, hi // mmap.PAGESIZE * mmap.PAGESIZE
+            if hi > lo:
+                raw.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            a, k = end, k + 1
 
     def _view(self, k: int, a: int, b: int) -> np.ndarray:
         first, _, byte = self._segments[k]

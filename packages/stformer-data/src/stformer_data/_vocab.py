@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import pickle
 from collections.abc import Iterable, Mapping
 from os import PathLike
 from pathlib import Path
+
+import numpy as np
 
 from stformer_data._errors import InputError
 
@@ -58,6 +61,7 @@ class GeneVocab(Mapping[str, int]):
         if special_tokens is None:
             special_tokens = [t for t in mapping if t.startswith("<") and t.endswith(">")]
         self._special = tuple(t for t in special_tokens if t in mapping)
+        self._hash: str | None = None
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -159,7 +163,7 @@ class GeneVocab(Mapping[str, int]):
     def save_json(self, path: str | PathLike[str]) -> Path:
         path = Path(path)
         payload = {"special_tokens": list(self._special), "token_to_id": self._token_to_id}
-        _atomic_write_bytes(path, json.dumps(payload, indent=1).encode())
+        _atomic_write_bytes(path, json.dumps(payload).encode())  # C encoder: no indent
         return path
 
     def save_pickle(self, path: str | PathLike[str]) -> Path:
@@ -169,6 +173,15 @@ class GeneVocab(Mapping[str, int]):
         return path
 
     # --- mapping + TokenSpec ----------------------------------------------------------------------
+    def lookup(self, tokens: Iterable[str], default: int = -1) -> np.ndarray:
+        """The ids of many tokens at once (int64; ``default`` for unknown ones)."""
+        tokens = tokens.tolist() if isinstance(tokens, np.ndarray) else list(tokens)
+        ids = map(self._token_to_id.get, tokens, itertools.repeat(default))
+        return np.fromiter(ids, dtype=np.int64, count=len(tokens))
+
+    def get(self, token: str, default: int | None = None) -> int | None:
+        return self._token_to_id.get(token, default)  # faster than Mapping.get's try/except
+
     def __getitem__(self, token: str) -> int:
         return self._token_to_id[token]
 
@@ -220,10 +233,12 @@ class GeneVocab(Mapping[str, int]):
 
     def content_hash(self) -> str:
         """SHA-256 of the canonical JSON of the mapping: equal vocabularies hash equal."""
-        canon = json.dumps(
-            sorted(self._token_to_id.items(), key=lambda kv: kv[1]), separators=(",", ":")
-        )
-        return hashlib.sha256(canon.encode()).hexdigest()
+        if self._hash is None:  # the mapping never changes after construction
+            canon = json.dumps(
+                sorted(self._token_to_id.items(), key=lambda kv: kv[1]), separators=(",", ":")
+            )
+            self._hash = hashlib.sha256(canon.encode()).hexdigest()
+        return self._hash
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
