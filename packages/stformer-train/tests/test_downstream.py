@@ -101,6 +101,7 @@ def test_evaluate_run_scores_held_out_cells_against_baselines(run, tiny_h5ad, tm
     assert set(res["scores"]) == {"stformer", "random_init", "pca"}
     saved = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert saved["scores"] == res["scores"] and saved["seed"] == 3
+    assert saved["pooling"] == "mean" and saved["hidden_layer"] == -1
     # The held-out split is holdout_split's, the same for every embedding.
     adata = sd.open_h5ad(tiny_h5ad, backed=False)
     labels = adata.obs["cell_type"].astype(str).to_numpy()
@@ -113,6 +114,31 @@ def test_evaluate_run_scores_held_out_cells_against_baselines(run, tiny_h5ad, tm
     assert res["scores"]["pca"]["macro_f1"] == pytest.approx(pca.macro_f1)
     plot = tmp_path / "ev" / "embedding_2d.png"
     assert res["plot"] == str(plot) and plot.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_evaluate_run_pools_the_same_hidden_layer_for_both_models(run, tiny_h5ad, tmp_path):
+    res = evaluate_run(
+        run,
+        tiny_h5ad,
+        label_key="cell_type",
+        out_dir=tmp_path,
+        hidden_layer=0,
+        progress=False,
+    )
+    assert res["hidden_layer"] == 0
+    rm = RunModel.open(run)
+    corpus = rm.tokenize(tiny_h5ad, tmp_path / "corpus", obs_columns=("cell_type",), progress=False)
+    labels = np.asarray(corpus.dataset["cell_type"]).astype(str)
+    test = holdout_split(labels, test_fraction=0.2, seed=0)
+    for name, model in (("stformer", rm.load_mlm()), ("random_init", rm.random_init(1))):
+        x = embed_sequences(
+            model,
+            corpus.dataset["input_ids"],
+            pad_id=rm.vocab.pad_id,
+            hidden_layer=0,
+            progress=False,
+        )
+        assert res["scores"][name]["accuracy"] == pytest.approx(knn_score(x, labels, test).accuracy)
 
 
 def test_evaluate_run_names_a_missing_label_column(run, tiny_h5ad, tmp_path):

@@ -48,3 +48,20 @@ def test_bad_pooling_and_batch_size_are_value_errors(model):
         embed_sequences(model, SEQS, pad_id=PAD, pooling="max", progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         embed_sequences(model, SEQS, pad_id=PAD, batch_size=0, progress=False)
+
+
+def test_hidden_layer_picks_that_layer_of_the_encoder(model):
+    with torch.inference_mode():
+        states = model.base_model.eval()(
+            input_ids=torch.tensor([SEQS[0]]), output_hidden_states=True
+        ).hidden_states
+    for layer in (0, 1, -2, -1):
+        emb = embed_sequences(model, SEQS, pad_id=PAD, hidden_layer=layer, progress=False)
+        np.testing.assert_allclose(emb[0], states[layer][0].numpy().mean(0), atol=1e-5)
+    last = embed_sequences(model, SEQS, pad_id=PAD, progress=False)
+    np.testing.assert_allclose(
+        embed_sequences(model, SEQS, pad_id=PAD, hidden_layer=2, progress=False), last, atol=1e-6
+    )
+    for bad in (3, -4):  # a 2-layer model has 3 hidden states: embeddings + 2 layers
+        with pytest.raises(ValueError, match="hidden_layer"):
+            embed_sequences(model, SEQS, pad_id=PAD, hidden_layer=bad, progress=False)
