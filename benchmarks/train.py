@@ -11,8 +11,11 @@ dictionary and medians, up to 2,048 tokens), draws ``steps x batch`` cells, and 
   with flash-attention, packed batches without padding.
 
 It reports real (non-pad) tokens per second, the ratios (c)/(a) and (c)/(b), and the loss after
-the last step (the three compute the same function, so the losses agree up to float noise).
-Prints one JSON line. Usage: ``uv run python benchmarks/train.py [--steps 3] [--batch-size 8]``
+the last step (the three compute the same function, so the losses agree up to float noise). The
+setups take their steps in turn (step 1 of a, b, c, then step 2, ...), so that other load on a
+shared machine slows all three alike.
+Prints one JSON line. Usage: ``uv run python benchmarks/train.py [--steps 3] [--batch-size 8]`` (batch 8 padded to 2,048
+peaks near 18 GB of RAM; ``--batch-size 4`` about half of that).
 """
 
 from __future__ import annotations
@@ -54,30 +57,43 @@ def tokenize(root: Path, workdir: Path):
     return corpus.dataset["input_ids"], vocab
 
 
-def run_setup(name, model, batches, collate, loss_fn, *, pad_to=None):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.001)
-    model.train()
-    real = 0
-    losses = []
-    start = time.perf_counter()
-    for examples in batches:
-        batch = collate(examples)
-        if pad_to is not None:
-            batch = pad_batch(batch, pad_to, collate.spec.pad_id)
-        real += sum(len(e["input_ids"]) for e in examples)
-        loss = loss_fn(model, batch)
+class Setup:
+    """One training setup (model, optimiser, collator, loss); :meth:`step` times one step."""
+
+    def __init__(self, model, collate, loss_fn, *, pad_to=None, seed=0):
+        self.model, self.collate, self.loss_fn, self.pad_to = model, collate, loss_fn, pad_to
+        # Each setup draws its dropout masks from its own random stream, as if it ran alone.
+        self.rng = torch.Generator().manual_seed(seed).get_state()
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.001)
+        self.model.train()
+        self.real = 0
+        self.seconds = 0.0
+        self.losses: list[float] = []
+
+    def step(self, examples) -> None:
+        start = time.perf_counter()
+        batch = self.collate(examples)
+        if self.pad_to is not None:
+            batch = pad_batch(batch, self.pad_to, self.collate.spec.pad_id)
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng)
+            loss = self.loss_fn(self.model, batch)
+            self.rng = torch.get_rng_state()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-    seconds = time.perf_counter() - start
-    return {
-        "real_tokens_per_s": round(real / seconds, 1),
-        "seconds": round(seconds, 2),
-        "loss_last_step": round(losses[-1], 4),
-        "loss_first_step": round(losses[0], 4),
-    }
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.losses.append(float(loss.detach()))
+        self.seconds += time.perf_counter() - start
+        self.real += sum(len(e["input_ids"]) for e in examples)
+
+    def result(self) -> dict:
+        return {
+            "real_tokens_per_s": round(self.real / self.seconds, 1),
+            "seconds": round(self.seconds, 2),
+            "loss_last_step": round(self.losses[-1], 4),
+            "loss_first_step": round(self.losses[0], 4),
+        }
 
 
 def pad_batch(batch, length, pad_id):
@@ -136,31 +152,33 @@ def main() -> None:
     def sparse_loss(model, batch):
         return mlm_loss(model, batch)[0]
 
-    setups = {
+    makers = {
         "a": (
             "naive_pad2048_full_logits",
-            lambda: run_setup("a", fresh(), batches, dense_collator(), dense_mlm_loss, pad_to=2048),
+            lambda: Setup(fresh(), dense_collator(), dense_mlm_loss, pad_to=2048, seed=args.seed),
         ),
         "b": (
             "length_grouped_full_logits",
-            lambda: run_setup("b", fresh(), batches, dense_collator(), dense_mlm_loss),
+            lambda: Setup(fresh(), dense_collator(), dense_mlm_loss, seed=args.seed),
         ),
         "c": (
             "stformer_default",
-            lambda: run_setup(
-                "c",
+            lambda: Setup(
                 fresh(),
-                batches,
                 DataCollatorForMLM(spec=vocab, seed=args.seed, return_masked_positions=True),
                 sparse_loss,
+                seed=args.seed,
             ),
         ),
     }
-    results = {}
-    for key in args.setups.split(","):
-        name, fn = setups[key]
-        results[name] = fn()
-        print(name, results[name], file=sys.stderr, flush=True)
+    setups = {makers[k][0]: makers[k][1]() for k in args.setups.split(",")}
+    # Round robin: step i of every setup before step i + 1 of any, so that load from other
+    # processes on a shared machine falls on all setups alike and the ratios stay meaningful.
+    for i, examples in enumerate(batches):
+        for name, setup in setups.items():
+            setup.step(examples)
+            print(f"step {i} {name}: {setup.losses[-1]:.4f}", file=sys.stderr, flush=True)
+    results = {name: setup.result() for name, setup in setups.items()}
     tps = {k: v["real_tokens_per_s"] for k, v in results.items()}
     a = tps.get("naive_pad2048_full_logits")
     b = tps.get("length_grouped_full_logits")

@@ -73,6 +73,22 @@ def test_demo_on_pbmc(shared_data, tmp_path):
     _check_run(run, 600)
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_demo_on_cortex_with_the_documented_recipe(shared_data, tmp_path):
+    """The README's cortex recipe (``--mlm-probability 0.3``) runs end to end; a fraction of an epoch."""
+    h5ad = shared_data / "sc" / "cxg_cortex_culture_hvg2000_counts.h5ad"
+    run = tmp_path / "cortex"
+    tiny = [*TINY[2:], "--epochs", "0.1", "--mlm-probability", "0.3"]
+    assert cli(["demo", "--h5ad", str(h5ad), "--out", str(run), *tiny]) == 0
+    metrics = _check_run(run, 4400)
+    assert metrics["label_key"] == "cell_type"
+    assert json.loads((run / "config.json").read_text())["train"]["mlm_probability"] == 0.3
+    # the held-out part is a fifth of the cells, the same for the three embeddings
+    n_test = {s["n_test"] for s in metrics["scores"].values()}
+    assert len(n_test) == 1 and abs(n_test.pop() - 0.2 * 4474) <= 2
+
+
 def test_demo_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     assert cli(["demo", "--out", str(tmp_path)]) == 2

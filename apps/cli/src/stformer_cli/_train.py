@@ -178,13 +178,27 @@ def embed(
     pooling: Annotated[
         str, typer.Option(help="mean (non-pad tokens) or cls (first token).")
     ] = "mean",
+    hidden_layer: Annotated[
+        int,
+        typer.Option(
+            help="Hidden layer pooled: -1 last, -2 second-to-last (Geneformer), 0 input embeddings."
+        ),
+    ] = -1,
     batch_size: Annotated[int, typer.Option(help="Cells per forward pass.")] = 64,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Tokenize H5AD with the run's vocabulary and settings, and write cell embeddings."""
     from stformer_train.downstream import embed_h5ad
 
-    path = embed_h5ad(run, h5ad, out, pooling=pooling, batch_size=batch_size, progress=progress)
+    path = embed_h5ad(
+        run,
+        h5ad,
+        out,
+        pooling=pooling,
+        hidden_layer=hidden_layer,
+        batch_size=batch_size,
+        progress=progress,
+    )
     console.print(f"obsm['X_stformer'] -> {path}")
 
 
@@ -198,6 +212,12 @@ def evaluate(
     test_fraction: Annotated[float, typer.Option(help="Held-out fraction.")] = 0.2,
     k: Annotated[int, typer.Option(help="Neighbours of the kNN classifier.")] = 15,
     seed: Annotated[int, typer.Option(help="Seed of the split and the random-init baseline.")] = 0,
+    hidden_layer: Annotated[
+        int,
+        typer.Option(
+            help="Hidden layer pooled: -1 last, -2 second-to-last (Geneformer), 0 input embeddings."
+        ),
+    ] = -1,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """kNN accuracy and macro-F1 on held-out cells: the model vs random init vs PCA, plus a 2-D plot."""
@@ -214,6 +234,7 @@ def evaluate(
         test_fraction=test_fraction,
         k=k,
         seed=seed,
+        hidden_layer=hidden_layer,
         progress=progress,
     )
     table = Table(

@@ -112,12 +112,14 @@ def embed_h5ad(
     out: str | PathLike[str],
     *,
     pooling: Pooling = "mean",
+    hidden_layer: int = -1,
     batch_size: int = 64,
     progress: bool = True,
 ) -> Path:
     """Embed every cell of ``h5ad`` with the run's model into ``out`` (``obsm["X_stformer"]``).
 
     Cells with no gene of the vocabulary get a row of NaN and ``obs["stformer_embedded"] = False``.
+    ``pooling`` and ``hidden_layer`` are those of :func:`~stformer_train.embed_sequences`.
     """
     rm = RunModel.open(run)
     adata = sd.open_h5ad(h5ad, backed=False)
@@ -128,6 +130,7 @@ def embed_h5ad(
             corpus.dataset["input_ids"],
             pad_id=rm.vocab.pad_id,
             pooling=pooling,
+            hidden_layer=hidden_layer,
             batch_size=batch_size,
             progress=progress,
         )
@@ -136,7 +139,11 @@ def embed_h5ad(
     full[rows] = emb
     adata.obsm["X_stformer"] = full
     adata.obs["stformer_embedded"] = np.isin(np.arange(adata.n_obs), rows)
-    adata.uns["stformer"] = {"model_dir": str(rm.model_dir), "pooling": pooling}
+    adata.uns["stformer"] = {
+        "model_dir": str(rm.model_dir),
+        "pooling": pooling,
+        "hidden_layer": hidden_layer,
+    }
     return _write_h5ad(adata, Path(out))
 
 
@@ -150,9 +157,12 @@ def evaluate_run(
     seed: int = 0,
     k: int = 15,
     pooling: Pooling = "mean",
+    hidden_layer: int = -1,
     progress: bool = True,
 ) -> dict[str, Any]:
     """kNN label transfer to held-out cells: the run's embeddings vs a random-init model and PCA.
+
+    The random-init model has the run's shape and is pooled the same way (``pooling``, ``hidden_layer``).
 
     Writes ``evaluation.json`` and ``embedding_2d.png`` (2-D PCA of the embeddings coloured by label)
     into ``out_dir`` and returns the scores.
@@ -180,6 +190,7 @@ def evaluate_run(
             seqs,
             pad_id=rm.vocab.pad_id,
             pooling=pooling,
+            hidden_layer=hidden_layer,
             progress=progress,
             desc="embed (pretrained)",
         )
@@ -188,6 +199,7 @@ def evaluate_run(
             seqs,
             pad_id=rm.vocab.pad_id,
             pooling=pooling,
+            hidden_layer=hidden_layer,
             progress=progress,
             desc="embed (random init)",
         )
@@ -212,6 +224,7 @@ def evaluate_run(
         "test_fraction": test_fraction,
         "seed": seed,
         "pooling": pooling,
+        "hidden_layer": hidden_layer,
         "n_cells": int(valid.sum()),
         "scores": scores,
         "plot": str(plot),

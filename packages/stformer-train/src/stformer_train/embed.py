@@ -31,17 +31,25 @@ def embed_sequences(
     device: str | torch.device | None = None,
     progress: bool = True,
     desc: str = "embed",
+    hidden_layer: int = -1,
 ) -> np.ndarray:
-    """One vector per token sequence, from the encoder's last hidden layer.
+    """One vector per token sequence, from one hidden layer of the encoder.
 
     ``mean`` averages the hidden states of the non-pad tokens; ``cls`` takes the first token (use it
-    with corpora tokenized with ``<cls>``). Sequences are batched in order of length so that little
-    padding is computed; the result is in the input order.
+    with corpora tokenized with ``<cls>``). ``hidden_layer`` indexes the encoder's hidden states: ``-1``
+    the last layer (default), ``-2`` the second-to-last (Geneformer's choice for cell embeddings),
+    ``0`` the input embeddings (gene + position). Sequences are batched in order of length so that
+    little padding is computed; the result is in the input order.
     """
     if pooling not in ("mean", "cls"):
         raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    n_states = model.config.num_hidden_layers + 1
+    if not -n_states <= hidden_layer < n_states:
+        raise ValueError(
+            f"hidden_layer must be in [{-n_states}, {n_states - 1}] for a {n_states - 1}-layer model, got {hidden_layer}"
+        )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = _encoder(model).to(device).eval()
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
@@ -54,7 +62,11 @@ def embed_sequences(
         batch = pad_examples([{"input_ids": sequences[i]} for i in idx], pad_id=pad_id)
         ids = batch["input_ids"].to(device)
         mask = batch["attention_mask"].to(device)
-        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        if hidden_layer == -1:
+            hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        else:
+            states = encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            hidden = states.hidden_states[hidden_layer]
         if pooling == "cls":
             pooled = hidden[:, 0]
         else:
