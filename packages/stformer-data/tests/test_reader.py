@@ -46,3 +46,36 @@ def test_compressed_datasets_stay_with_hdf5(tmp_path):
         f.create_dataset("a", data=np.arange(1000, dtype=np.float32), compression="gzip")
     with h5py.File(path, "r") as f:
         assert isinstance(_direct_view(path, f["a"]), h5py.Dataset)
+
+
+@pytest.mark.skipif(
+    not __import__("os").path.exists("/proc/self/smaps"), reason="reads Linux /proc/self/smaps"
+)
+def test_release_unmaps_pages_and_reads_come_back(tmp_path):
+    path = tmp_path / "x.h5"
+    truth = np.arange(4_000_000, dtype=np.float32)  # 16 MB: many pages
+    with h5py.File(path, "w") as f:
+        f.create_dataset("a", data=truth)
+    with h5py.File(path, "r") as f:
+        view = _direct_view(path, f["a"])
+        assert isinstance(view, _MappedSegments)
+        assert view._mmap is not None  # the map itself stays reachable for madvise
+        assert float(view[:].sum(dtype=np.float64)) == float(truth.sum(dtype=np.float64))
+        resident = _resident_pages(view)
+        view.release(0, truth.size)
+        assert _resident_pages(view) < resident // 4  # unmapped from this process
+        assert np.array_equal(view[1000:2000], truth[1000:2000])  # and back on the next read
+
+
+def _resident_pages(view: _MappedSegments) -> int:
+    """Pages of the mapping resident in this process (Linux smaps Rss of the file's mapping)."""
+    import re
+    from pathlib import Path
+
+    text = Path("/proc/self/smaps").read_text()
+    total = 0
+    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", text):
+        if block.split("\n", 1)[0].endswith(str(view._path)):
+            m = re.search(r"^Rss:\s+(\d+) kB", block, re.M)
+            total += int(m.group(1)) if m else 0
+    return total

@@ -534,8 +534,11 @@ class _MappedSegments:
     def __init__(
         self, path: Path, dtype: np.dtype, size: int, segments: list[tuple[int, int, int]]
     ) -> None:
+        mapped = np.memmap(path, dtype=np.uint8, mode="r")
+        self._path = Path(path)
+        self._mmap = mapped._mmap  # for madvise in release()
         # a plain ndarray over the map: slicing a np.memmap builds memmap objects (slow per row)
-        self._file = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)
+        self._file = mapped.view(np.ndarray)
         self.dtype, self.size = dtype, size
         self._starts = np.array([s[0] for s in segments], dtype=np.int64)
         self._segments = segments  # (first element, stop element, byte offset)
@@ -548,7 +551,7 @@ class _MappedSegments:
     def release(self, a: int, b: int) -> None:
         """Unmap the pages of elements ``a:b`` from this process (they stay in the page cache and
         come back if read again), so that resident memory follows the chunk being read."""
-        raw = getattr(self._file, "_mmap", None)
+        raw = self._mmap
         if raw is None or b <= a:
             return
         k = int(np.searchsorted(self._starts, a, side="right")) - 1
