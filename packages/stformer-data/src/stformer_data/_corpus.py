@@ -30,6 +30,7 @@ import shutil
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
@@ -515,6 +516,9 @@ class _GenericSource:
             yield (start, stop, *encode(start, stop, block))
 
 
+_AHEAD = 3  # chunks ranked ahead of the one being written (the kernel threads never wait)
+
+
 class _CsrRankSource:
     """Rank scheme, spot mode, CSR storage: the compiled kernel reads the file's ``data`` and
     ``indices`` where they lie (memory-mapped when uncompressed) and ranks each chunk on
@@ -656,16 +660,15 @@ class _CsrRankSource:
     def chunks(self):
         bounds = self._bounds()
         with ThreadPoolExecutor(self.job.threads) as pool:  # lives for this unit only
-            pending = None
+            pending: deque = deque()
             for a, b in zip(bounds[:-1], bounds[1:], strict=True):
                 if b <= a:
                     continue
-                started = self._submit(pool, a, b)
-                if pending is not None:
-                    yield self._finish(*pending)  # written while the next chunk is ranked
-                pending = started
-            if pending is not None:
-                yield self._finish(*pending)
+                pending.append(self._submit(pool, a, b))
+                if len(pending) > _AHEAD:
+                    yield self._finish(*pending.popleft())  # written while later chunks rank
+            while pending:
+                yield self._finish(*pending.popleft())
 
 
 def _unreadable(path, where: str, exc: Exception) -> InputError:
