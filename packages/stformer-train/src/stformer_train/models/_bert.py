@@ -139,7 +139,13 @@ def build_mlm_model(
         else SparseBertForMaskedLM(config)
     )
     if gradient_checkpointing:
-        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(net, "activation_checkpointing_enable", None)  # transformers >= 5.17
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            net.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
     return net
 
 
