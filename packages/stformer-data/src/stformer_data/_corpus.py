@@ -414,12 +414,12 @@ def _list_array(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
 
 
 def _select_rows(
-    values: np.ndarray, offsets: np.ndarray, keep: np.ndarray
+    values: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, keep: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``keep`` of a ragged array (``sizes`` = ``np.diff(offsets)``)."""
     if keep.all():
         return values, offsets
-    lengths = np.diff(offsets)
-    return values[np.repeat(keep, lengths)], np.concatenate([[0], np.cumsum(lengths[keep])])
+    return values[np.repeat(keep, sizes)], np.concatenate([[0], np.cumsum(sizes[keep])])
 
 
 def _obs_arrays(obs: pd.DataFrame, job: _Job) -> dict[str, np.ndarray]:
@@ -448,20 +448,21 @@ def _run_unit(job: _Job, on_chunk: Callable[[int], None] | None = None) -> dict[
         obs = _obs_arrays(source.obs(), job) if job.obs_kinds else {}
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
             for start, stop, ids, types, offsets, extra in source.chunks():
-                keep = np.diff(offsets) > 0
+                sizes = np.diff(offsets)
+                keep = sizes > 0
                 counts["cells_in"] += stop - start
                 counts["cells_written"] += int(keep.sum())
                 counts["empty_after_vocab_filter"] += int((~keep).sum())
                 if extra is not None:
                     counts["spots_without_neighbours"] += int((keep & ~extra).sum())
                 rows = np.flatnonzero(keep)
-                lengths = np.diff(offsets)[keep].astype(np.int32)
+                lengths = sizes[keep].astype(np.int32)
                 lengths_parts.append(lengths)
-                sel_ids, sel_off = _select_rows(ids, offsets, keep)
+                sel_ids, sel_off = _select_rows(ids, offsets, sizes, keep)
                 arrays = {"input_ids": _list_array(sel_ids, sel_off), "length": pa.array(lengths)}
                 if types is not None:
                     arrays["token_type_ids"] = _list_array(
-                        _select_rows(types, offsets, keep)[0], sel_off
+                        _select_rows(types, offsets, sizes, keep)[0], sel_off
                     )
                 arrays["file_index"] = pa.array(np.full(rows.size, unit.file_index, dtype=np.int32))
                 arrays["cell_index"] = pa.array((start + rows).astype(np.int64))

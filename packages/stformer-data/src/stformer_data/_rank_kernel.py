@@ -15,6 +15,7 @@ Without numba the numpy path in ``_rank.py`` (one ``np.sort`` per cell) gives th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import cache
@@ -74,13 +75,21 @@ def rank_csr(
     :func:`stformer_data.check_counts` for the message); rows whose columns are not strictly
     increasing give :data:`UNSORTED` (sort and sum duplicates first) and out-of-range columns
     :data:`BAD_INDEX`. When ``flags`` is not 0 the tokens are not valid. ``threads`` > 1 splits
-    the rows among that many threads (of ``pool`` when given, else of a pool for this call).
+    the rows among that many threads (of ``pool`` when given, else of a pool shared by the calls
+    of this process).
     """
     args = (indptr, indices, data, factor, column_token, limit, check, threads, rows)
     if pool is None and threads > 1:
-        with ThreadPoolExecutor(threads) as own:  # short-lived: never alive across a fork
-            return rank_csr_async(own, *args)()
+        pool = _shared_pool(threads, os.getpid())
     return rank_csr_async(pool, *args)()
+
+
+@cache
+def _shared_pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """One pool per process and size, reused by every call (starting threads per call cost more
+    than the ranking on small blocks). Keyed by pid: a forked child (e.g. a DataLoader worker)
+    never uses its parent's pool, whose threads it does not have."""
+    return ThreadPoolExecutor(threads, thread_name_prefix=f"stformer-rank-{pid}")
 
 
 def rank_csr_async(
