@@ -61,13 +61,13 @@ def test_release_unmaps_pages_and_reads_come_back(tmp_path):
         assert isinstance(view, _MappedSegments)
         assert view._mmap is not None  # the map itself stays reachable for madvise
         assert float(view[:].sum(dtype=np.float64)) == float(truth.sum(dtype=np.float64))
-        resident = _resident_pages(view)
+        resident = _resident_pages(path)
         view.release(0, truth.size)
-        assert _resident_pages(view) < resident // 4  # unmapped from this process
+        assert _resident_pages(path) < resident // 4  # unmapped from this process
         assert np.array_equal(view[1000:2000], truth[1000:2000])  # and back on the next read
 
 
-def _resident_pages(view: _MappedSegments) -> int:
+def _resident_pages(path) -> int:
     """Pages of the mapping resident in this process (Linux smaps Rss of the file's mapping)."""
     import re
     from pathlib import Path
@@ -75,7 +75,7 @@ def _resident_pages(view: _MappedSegments) -> int:
     text = Path("/proc/self/smaps").read_text()
     total = 0
     for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", text):
-        if block.split("\n", 1)[0].endswith(str(view._path)):
+        if block.split("\n", 1)[0].endswith(str(path)):
             m = re.search(r"^Rss:\s+(\d+) kB", block, re.M)
             total += int(m.group(1)) if m else 0
     return total

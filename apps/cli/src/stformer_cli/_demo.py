@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stformer_cli._train import HiddenLayer
+
 console = Console()
 MARKER = "demo.json"
 
@@ -51,12 +53,7 @@ def demo(
             help="Fraction of tokens masked per cell (0.3 learns faster on short runs of real data)."
         ),
     ] = 0.15,
-    hidden_layer: Annotated[
-        int,
-        typer.Option(
-            help="Hidden layer pooled into cell embeddings: -1 last, -2 second-to-last, 0 input embeddings."
-        ),
-    ] = -1,
+    hidden_layer: HiddenLayer = -1,
     test_fraction: Annotated[
         float, typer.Option(help="Fraction of cells held out for evaluation.")
     ] = 0.2,

@@ -10,6 +10,15 @@ from rich.console import Console
 
 console = Console()
 
+#: ``--hidden-layer`` of embed, evaluate and demo
+HiddenLayer = Annotated[
+    int,
+    typer.Option(
+        help="Hidden layer pooled into cell embeddings: -1 last, -2 second-to-last (Geneformer), "
+        "0 input embeddings."
+    ),
+]
+
 
 def register(app: typer.Typer) -> None:
     app.command("pretrain")(pretrain)
@@ -178,12 +187,7 @@ def embed(
     pooling: Annotated[
         str, typer.Option(help="mean (non-pad tokens) or cls (first token).")
     ] = "mean",
-    hidden_layer: Annotated[
-        int,
-        typer.Option(
-            help="Hidden layer pooled: -1 last, -2 second-to-last (Geneformer), 0 input embeddings."
-        ),
-    ] = -1,
+    hidden_layer: HiddenLayer = -1,
     batch_size: Annotated[int, typer.Option(help="Cells per forward pass.")] = 64,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
@@ -212,12 +216,7 @@ def evaluate(
     test_fraction: Annotated[float, typer.Option(help="Held-out fraction.")] = 0.2,
     k: Annotated[int, typer.Option(help="Neighbours of the kNN classifier.")] = 15,
     seed: Annotated[int, typer.Option(help="Seed of the split and the random-init baseline.")] = 0,
-    hidden_layer: Annotated[
-        int,
-        typer.Option(
-            help="Hidden layer pooled: -1 last, -2 second-to-last (Geneformer), 0 input embeddings."
-        ),
-    ] = -1,
+    hidden_layer: HiddenLayer = -1,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """kNN accuracy and macro-F1 on held-out cells: the model vs random init vs PCA, plus a 2-D plot."""

@@ -535,7 +535,6 @@ class _MappedSegments:
         self, path: Path, dtype: np.dtype, size: int, segments: list[tuple[int, int, int]]
     ) -> None:
         mapped = np.memmap(path, dtype=np.uint8, mode="r")
-        self._path = Path(path)
         self._mmap = mapped._mmap  # for madvise in release()
         # a plain ndarray over the map: slicing a np.memmap builds memmap objects (slow per row)
         self._file = mapped.view(np.ndarray)
@@ -551,8 +550,7 @@ class _MappedSegments:
     def release(self, a: int, b: int) -> None:
         """Unmap the pages of elements ``a:b`` from this process (they stay in the page cache and
         come back if read again), so that resident memory follows the chunk being read."""
-        raw = self._mmap
-        if raw is None or b <= a:
+        if b <= a:
             return
         k = int(np.searchsorted(self._starts, a, side="right")) - 1
         while a < b and k < len(self._segments):
@@ -562,7 +560,7 @@ class _MappedSegments:
             hi = byte + (end - first) * self.dtype.itemsize
             lo, hi = -(-lo // mmap.PAGESIZE) * mmap.PAGESIZE, hi // mmap.PAGESIZE * mmap.PAGESIZE
             if hi > lo:
-                raw.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+                self._mmap.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
             a, k = end, k + 1
 
     def _view(self, k: int, a: int, b: int) -> np.ndarray:
