@@ -155,11 +155,10 @@ def pretrain_mlm(
     args = training_arguments(
         train_cfg, run.checkpoints, disable_tqdm=not progress, **argument_overrides
     )
-    callbacks = [
-        cb
-        for cb in (_tensorboard_callback(run.logs / "tensorboard"), *(callbacks or ()))
-        if cb is not None
-    ]
+    # one TensorBoard writer, on rank 0: every rank creating one raced on making the folder
+    # (tensorboardX: exists-check then makedirs -> FileExistsError on the slower rank)
+    tensorboard = _tensorboard_callback(run.logs / "tensorboard") if main_process else None
+    callbacks = [cb for cb in (tensorboard, *(callbacks or ())) if cb is not None]
     if train_cfg.early_stopping_patience:
         callbacks.append(
             HFEarlyStopping(
