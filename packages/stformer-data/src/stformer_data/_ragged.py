@@ -6,7 +6,8 @@ into an Arrow ``ListArray`` without copying row by row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import cache, partial
 
 import numpy as np
 
@@ -50,3 +51,73 @@ def concat_rows(
             out[dest] = values
         before += n
     return out, new_offsets
+
+
+@cache
+def _row_kernels():
+    try:
+        from stformer_data import _rows_jit
+    except ImportError:  # numba is a dependency; numpy gives the same result, slower
+        return None
+    return _rows_jit
+
+
+def gather_rows(
+    src: np.ndarray,
+    src_start: np.ndarray,
+    lengths: np.ndarray,
+    dst: np.ndarray,
+    dst_start: np.ndarray,
+) -> None:
+    """Copy row ``i`` (``lengths[i]`` values from ``src[src_start[i]]``) to ``dst[dst_start[i]]``."""
+    kernels = _row_kernels()
+    if kernels is not None:
+        kernels.gather_rows(src, src_start, lengths, dst, dst_start)
+        return
+    if lengths.size:
+        row = np.repeat(np.arange(lengths.size), lengths)
+        within = np.arange(row.size) - np.repeat(offsets_from_lengths(lengths)[:-1], lengths)
+        dst[dst_start[row] + within] = src[src_start[row] + within]
+
+
+def pad_rows(
+    values: np.ndarray,
+    start: np.ndarray,
+    lengths: np.ndarray,
+    positions: np.ndarray,
+    pad: int,
+    *,
+    width: int | None = None,
+    mask: bool = False,
+    empty: Callable[[tuple[int, int]], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows at ``positions`` right-padded with ``pad`` into an int64 ``(rows, width)`` matrix
+    (default width: the longest row, at least 1), and with ``mask`` an int64 attention mask.
+    ``empty(shape)`` allocates the int64 outputs (default ``np.empty``; e.g. torch's allocator,
+    which reuses memory where numpy's huge-page advice makes every fresh batch fault its pages in).
+
+    >>> ids, m = pad_rows(np.array([5, 6, 7]), np.array([0, 2]), np.array([2, 1]), np.array([1, 0]), 0, mask=True)
+    >>> ids.tolist(), m.tolist()
+    ([[7, 0], [5, 6]], [[1, 0], [1, 1]])
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    rows = lengths[positions]
+    if width is None:
+        width = max(int(rows.max()), 1) if rows.size else 1
+    if empty is None:
+        empty = partial(np.empty, dtype=np.int64)
+    out = empty((positions.size, width))
+    att = empty((positions.size if mask else 0, width))
+    kernels = _row_kernels()
+    if kernels is not None:
+        kernels.pad_rows(values, start, lengths, positions, pad, out, att)
+        return out, att if mask else None
+    keep = np.arange(width) < np.minimum(rows, width)[:, None]
+    out.fill(pad)
+    if positions.size:
+        n = np.minimum(rows, width)
+        src = np.repeat(start[positions], n) + (
+            np.arange(int(n.sum())) - np.repeat(offsets_from_lengths(n)[:-1], n)
+        )
+        out[keep] = values[src]
+    return out, keep.astype(np.int64) if mask else None

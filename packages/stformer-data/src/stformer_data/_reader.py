@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,12 +27,16 @@ import scipy.sparse as sp
 
 from stformer_data._errors import InputError
 from stformer_data._io import GeneMapping, check_counts, map_genes, open_h5ad, resolve_gene_ids
+from stformer_data._ragged import gather_rows, offsets_from_lengths, pad_rows
 
 TOKENIZE_ROWS = 512  # rows handed to a tokenizer at once
 
 
 class BlockTokenizer(Protocol):
-    """What on-the-fly tokenization needs: the interface of :class:`stformer_data.RankValueTokenizer`."""
+    """What on-the-fly tokenization needs of a tokenizer with one ``input_ids`` sequence per cell
+    (the interface of :class:`stformer_data.RankValueTokenizer`; one with ``tokenize_csr`` is fed
+    CSR arrays straight from the file). :class:`stformer_data.BinnedTokenizer` is also accepted
+    (bins in ``input_ids``, genes in ``token_type_ids``, phenotype tokens from ``obs``)."""
 
     def column_factors(self, mapping: GeneMapping) -> np.ndarray: ...
 
@@ -44,31 +49,59 @@ class BlockTokenizer(Protocol):
     ) -> list[np.ndarray]: ...
 
 
+def _tokenizer_mode(tokenizer: Any) -> str | None:
+    """How :class:`H5adReader` drives ``tokenizer``: ``"csr"``, ``"binned"`` or ``"blocks"``."""
+    if tokenizer is None:
+        return None
+    if hasattr(tokenizer, "tokenize_csr"):
+        return "csr"
+    if hasattr(tokenizer, "gene_vocab") and hasattr(tokenizer, "phenotype_ids"):
+        return "binned"
+    if hasattr(tokenizer, "column_factors") and hasattr(tokenizer, "tokenize_block"):
+        return "blocks"
+    raise TypeError(
+        f"{type(tokenizer).__name__} cannot tokenize streamed cells: on the fly, a cell is "
+        "tokenized from its own counts only (RankValueTokenizer, BinnedTokenizer, or any "
+        "tokenizer with column_factors() and tokenize_block()). Neighbourhood (spatial) tokens "
+        "need each spot's neighbours: write a corpus with `stformer tokenize --mode neighborhood` "
+        "and stream it with CorpusStreamDataset"
+    )
+
+
 @dataclass
 class Buffer:
-    """The cells of one shuffle buffer, in planned order.
+    """The cells of one shuffle buffer, in planned order, copied out of the files.
 
-    Raw expression is kept as the slices read (``pieces`` of ``(data, indices)``) with each cell's
-    piece, start and length, so a batch is gathered with one copy (:meth:`csr_rows`); tokens are
-    one int array per cell. ``lengths`` is the token count or, for raw expression, the number of
-    stored values of each cell.
+    Raw expression is kept as the runs read (``pieces`` of ``{"data", "indices"}``, private
+    copies), with each cell's piece, ``start`` in it and length, so a batch is gathered with one
+    copy (:meth:`csr_rows`). Tokens are flat arrays (``fields``: ``input_ids`` and, for binned
+    tokens, ``token_type_ids``) in which cell ``i`` starts at ``start[i]``, cells in buffer order;
+    a batch is padded from them in one compiled pass (:meth:`padded`). ``lengths`` is the number
+    of stored values (raw) or tokens of each cell. Nothing points into a file, so a file changed
+    meanwhile cannot corrupt a batch. Batches are copies: once a buffer is done its reader may
+    refill its token arrays (``storage``) with a later buffer (:meth:`H5adReader.release`), which
+    spares the page faults of a fresh allocation of this size on every buffer.
     """
 
     lengths: np.ndarray
     file_index: np.ndarray
     cell_index: np.ndarray
+    start: np.ndarray
+    fields: dict[str, np.ndarray]
+    raw: bool = False
     n_columns: int = 0
-    pieces: list[tuple[np.ndarray, np.ndarray]] | None = None
-    piece_of: np.ndarray | None = None
-    start: np.ndarray | None = None
-    tokens: list[np.ndarray] | None = None
     obs: dict[str, np.ndarray] = field(default_factory=dict)
+    storage: dict[str, np.ndarray] = field(default_factory=dict)
+    pieces: list[dict[str, np.ndarray]] = field(default_factory=list)
+    piece_of: np.ndarray | None = None
 
     def csr_rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(indptr, indices, data)`` of the cells at ``positions`` (a CSR matrix, one copy of the values)."""
+        """``(indptr, indices, data)`` of the cells at ``positions`` (raw expression; one copy)."""
+        positions = np.asarray(positions, dtype=np.int64)
         lengths = self.lengths[positions]
-        indptr = np.zeros(positions.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
+        indptr = offsets_from_lengths(lengths)
+        if not positions.size:
+            return indptr, np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
         rows = list(
             zip(
                 self.piece_of[positions].tolist(),
@@ -77,15 +110,9 @@ class Buffer:
                 strict=True,
             )
         )
-        if not rows:
-            return indptr, np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
-        # one concatenate per array (a single copy, the loop over cells only makes views)
-        data = np.concatenate(
-            [self.pieces[p][0][a:b] for p, a, b in rows], dtype=np.float32, casting="unsafe"
-        )
-        indices = np.concatenate(
-            [self.pieces[p][1][a:b] for p, a, b in rows], dtype=np.int32, casting="unsafe"
-        )
+        # one concatenate per array (the loop over cells only makes views)
+        data = np.concatenate([self.pieces[p]["data"][a:b] for p, a, b in rows])
+        indices = np.concatenate([self.pieces[p]["indices"][a:b] for p, a, b in rows])
         return indptr, indices, data
 
     def matrix(self, positions: np.ndarray | None = None) -> sp.csr_matrix:
@@ -93,6 +120,101 @@ class Buffer:
         positions = np.arange(self.lengths.size) if positions is None else positions
         indptr, indices, data = self.csr_rows(positions)
         return sp.csr_matrix((data, indices, indptr), shape=(positions.size, self.n_columns))
+
+    def token_row(self, i: int, name: str = "input_ids") -> np.ndarray:
+        """The values (a view) of cell ``i`` in field ``name``."""
+        a = int(self.start[i])
+        return self.fields[name][a : a + int(self.lengths[i])]
+
+    def padded(
+        self, positions: np.ndarray, pads: Mapping[str, int], empty: Any = None
+    ) -> dict[str, np.ndarray]:
+        """Each token field of the cells at ``positions`` right-padded to the longest of them (int64
+        ``(rows, width)``; field ``name`` padded with ``pads.get(name, 0)``), and ``attention_mask``;
+        ``empty`` allocates them (see :func:`stformer_data._ragged.pad_rows`)."""
+        out: dict[str, np.ndarray] = {}
+        width = None
+        for name, values in self.fields.items():
+            first = not out
+            ids, mask = pad_rows(
+                values,
+                self.start,
+                self.lengths,
+                positions,
+                pads.get(name, 0),
+                width=width,
+                mask=first,
+                empty=empty,
+            )
+            out[name] = ids
+            if first:
+                out["attention_mask"], width = mask, ids.shape[1]
+        return out
+
+
+@dataclass
+class _Part:
+    """Rows read from one place: sorted-cell ``positions``, their ``starts``/``lengths`` in the
+    ``flats`` arrays (views into a file, or a tokenizer's output)."""
+
+    positions: np.ndarray
+    flats: dict[str, np.ndarray]
+    starts: np.ndarray
+    lengths: np.ndarray
+
+
+class _Recycler:
+    """Field arrays of released buffers, refilled by later reads of the same reader."""
+
+    def __init__(self) -> None:
+        self._spare: list[dict[str, np.ndarray]] = []
+
+    def release(self, buf: Buffer) -> None:
+        """``buf`` and every view of its fields are no longer used: its arrays may be refilled."""
+        if buf.storage:
+            self._spare.append(buf.storage)
+            buf.fields, buf.storage = {}, {}
+
+    def _arrays(self, sizes: Mapping[str, tuple[int, Any]]) -> tuple[dict, dict]:
+        """``(fields, storage)``: a ``size`` array of ``dtype`` per name, from a spare set when big enough."""
+        storage = self._spare.pop() if self._spare else {}
+        fields = {}
+        for name, (size, dtype) in sizes.items():
+            arr = storage.get(name)
+            if arr is None or arr.dtype != dtype or arr.size < size:
+                arr = storage[name] = np.empty(size + size // 8, dtype=dtype)  # room to grow
+            fields[name] = arr[:size]
+        return fields, storage
+
+
+def _assemble(
+    parts: list[_Part],
+    n: int,
+    order: np.ndarray,
+    dtypes: Mapping[str, Any],
+    recycler: _Recycler,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Copy the rows of ``parts`` (``n`` sorted cells) into one flat array per field, in buffer order
+    (buffer position ``p`` holds sorted cell ``order[p]``); returns the fields, starts, lengths
+    and the storage behind the fields."""
+    part_of = np.zeros(n, dtype=np.int64)
+    src = np.zeros(n, dtype=np.int64)
+    lengths = np.zeros(n, dtype=np.int64)
+    for k, part in enumerate(parts):
+        part_of[part.positions], src[part.positions] = k, part.starts
+        lengths[part.positions] = part.lengths
+    part_of, src, lengths = part_of[order], src[order], lengths[order]
+    start = offsets_from_lengths(lengths)
+    by_part = np.argsort(part_of, kind="stable")
+    groups = np.split(by_part, np.flatnonzero(np.diff(part_of[by_part])) + 1) if order.size else []
+    fields, storage = recycler._arrays(
+        {k: (int(start[-1]), np.dtype(t)) for k, t in dtypes.items()}
+    )
+    for name, out in fields.items():
+        for sel in groups:  # one compiled copy per part and field
+            flat = parts[int(part_of[sel[0]])].flats[name]
+            gather_rows(flat, src[sel], lengths[sel], out, start[sel])
+    return fields, start[:-1], lengths, storage
 
 
 def _locate(cells: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,24 +230,6 @@ def _runs(rows: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
     firsts = np.concatenate([[0], cut])
     lasts = np.concatenate([cut - 1, [rows.size - 1]])
     return [(int(rows[a]), int(rows[b]) + 1) for a, b in zip(firsts, lasts, strict=True)]
-
-
-def _stack_csr(parts: Sequence[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
-    if len(parts) == 1:
-        return parts[0]
-    indptr = [np.zeros(1, dtype=np.int64)]
-    base = 0
-    for p in parts:
-        indptr.append(p.indptr[1:].astype(np.int64) + base)
-        base += int(p.indptr[-1])
-    return sp.csr_matrix(
-        (
-            np.concatenate([p.data for p in parts]),
-            np.concatenate([p.indices for p in parts]),
-            np.concatenate(indptr),
-        ),
-        shape=(sum(p.shape[0] for p in parts), n_cols),
-    )
 
 
 def _align_columns(block: sp.csr_matrix, column_map: np.ndarray, n_cols: int) -> sp.csr_matrix:
@@ -151,6 +255,7 @@ class _FileInfo:
     factors: np.ndarray | None
     n_counts: np.ndarray | None
     obs: dict[str, np.ndarray]
+    phenotype_ids: np.ndarray | None = None
 
     @property
     def count(self) -> int:
@@ -207,13 +312,23 @@ class H5adSource:
         if tokenizer is not None and genes is not None:
             raise ValueError("pass either tokenizer (tokens) or genes (raw expression), not both")
         self.tokenizer = tokenizer
+        self.mode = _tokenizer_mode(tokenizer)
         if hasattr(tokenizer, "warm_up"):
             tokenizer.warm_up()  # compiled code loaded once here, inherited by forked workers
         self.layer = layer
         self.obs_keys = tuple(obs_keys)
         self.check_values = check_values
         self.max_gap = max_gap
-        vocab = getattr(tokenizer, "vocab", None) if tokenizer is not None else None
+        if self.mode == "binned":
+            vocab = tokenizer.gene_vocab
+            pad_id = tokenizer.token_vocab.pad_id
+            phenotypes = tuple(tokenizer.config.phenotypes)
+        else:
+            vocab = getattr(tokenizer, "vocab", None) if tokenizer is not None else None
+            pad_id = getattr(vocab, "pad_id", None)
+            phenotypes = ()
+        #: pad value of each token field (tokens only)
+        self.pads = {"input_ids": 0 if pad_id is None else int(pad_id), "token_type_ids": 0}
         if genes is not None and not isinstance(genes, Mapping):
             genes = {str(g): i for i, g in enumerate(genes)}
         target = vocab if vocab is not None else genes
@@ -231,7 +346,11 @@ class H5adSource:
                 if target is not None:
                     mapping = map_genes(ids, target, special, path=path)
                     column_map = mapping.column_token
-                    factors = tokenizer.column_factors(mapping) if tokenizer is not None else None
+                    factors = (
+                        tokenizer.column_factors(mapping)
+                        if hasattr(tokenizer, "column_factors")
+                        else None
+                    )
                 elif reference is None:
                     reference = (path, ids)
                     self.n_columns = ids.size
@@ -253,6 +372,25 @@ class H5adSource:
                         "do not exist",
                         f"choose among {list(adata.obs.columns)}",
                     )
+                missing = [k for k in phenotypes if k not in adata.obs.columns]
+                if missing:
+                    raise InputError(
+                        path,
+                        f"obs columns {missing}",
+                        "are phenotypes of the binned tokenizer but do not exist",
+                        f"choose phenotypes among {list(adata.obs.columns)}",
+                    )
+                phenotype_ids = (
+                    np.stack(
+                        [
+                            tokenizer.phenotype_ids(k, adata.obs[k].astype(str).to_numpy(), path)
+                            for k in phenotypes
+                        ],
+                        axis=1,
+                    )
+                    if phenotypes
+                    else None
+                )
                 obs = {k: adata.obs[k].astype(str).to_numpy() for k in self.obs_keys}
                 n_counts = None
                 if tokenizer is not None and n_counts_key and n_counts_key in adata.obs.columns:
@@ -289,6 +427,7 @@ class H5adSource:
                     factors=factors,
                     n_counts=n_counts,
                     obs=obs,
+                    phenotype_ids=phenotype_ids,
                 )
             )
         self.counts = np.array([f.count for f in self.files], dtype=np.int64)
@@ -305,15 +444,19 @@ class H5adSource:
     def n_cells(self) -> int:
         return int(self.offsets[-1])
 
-    def open(self) -> H5adReader:
-        return H5adReader(self)
+    def open(self, *, threads: int = 1) -> H5adReader:
+        """A reader for one worker; ``threads`` rank each read on that many threads (tokenizers
+        with ``tokenize_csr``)."""
+        return H5adReader(self, threads=threads)
 
 
-class H5adReader:
+class H5adReader(_Recycler):
     """Open files of an :class:`H5adSource` in one worker (opened lazily, closed by :meth:`close`)."""
 
-    def __init__(self, source: H5adSource) -> None:
+    def __init__(self, source: H5adSource, *, threads: int = 1) -> None:
+        super().__init__()
         self.source = source
+        self.threads = threads
         self._open: dict[int, Any] = {}
 
     def __enter__(self) -> H5adReader:
@@ -325,6 +468,9 @@ class H5adReader:
     def close(self) -> None:
         for handle in self._open.values():
             handle["file"].close()
+            for key in ("data", "indices"):
+                if isinstance(handle.get(key), _PreadSegments):
+                    handle[key].close()
         self._open.clear()
 
     def _handle(self, f: int) -> dict:
@@ -344,8 +490,9 @@ class H5adReader:
             handle: dict[str, Any] = {"file": h5, "encoding": encoding, "node": node}
             if encoding == "csr_matrix":
                 handle["indptr"] = node["indptr"][:].astype(np.int64)
-                handle["data"] = _direct_view(info.path, node["data"])
-                handle["indices"] = _direct_view(info.path, node["indices"])
+                # read into private arrays: batches outlive the read (a map would die on truncation)
+                handle["data"] = _direct_view(info.path, node["data"], private=True)
+                handle["indices"] = _direct_view(info.path, node["indices"], private=True)
                 handle["n_vars"] = int(node.attrs["shape"][1])
             elif encoding != "array":
                 handle["adata"] = open_h5ad(info.path)
@@ -416,13 +563,7 @@ class H5adReader:
         sorted_ids = np.unique(cells)
         file_of, local = _locate(sorted_ids, src.offsets)
         rows_all = np.empty(sorted_ids.size, dtype=np.int64)
-        tokens: list[np.ndarray] = []
-        pieces: list[tuple[np.ndarray, np.ndarray]] = []
-        piece_of = np.empty(sorted_ids.size, dtype=np.int64)
-        start = np.empty(sorted_ids.size, dtype=np.int64)
-        nnz = np.empty(sorted_ids.size, dtype=np.int64)
-        fused = hasattr(src.tokenizer, "tokenize_csr")
-        token_parts: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+        parts: list[_Part] = []
         for f in np.unique(file_of).tolist():
             info = src.files[f]
             sel = np.flatnonzero(file_of == f)
@@ -430,7 +571,7 @@ class H5adReader:
             rows_all[sel] = rows
             if f in self._open:
                 self._check_unchanged(f)
-            blocks, done = [], 0
+            done = 0
             for a, b in _runs(rows, src.max_gap):
                 block = self._read_range(f, a, b)
                 wanted = rows[done : done + np.searchsorted(rows[done:], b)] - a
@@ -438,43 +579,21 @@ class H5adReader:
                 done += wanted.size
                 if src.check_values:
                     check_counts(block, path=info.path, rows=(a, b))
-                if fused:  # the whole run at once, no per-row Python, no matrix copies
-                    tok, off = src.tokenizer.tokenize_csr(
-                        block.indptr,
-                        block.indices,
-                        block.data,
-                        info.mapping,
-                        info.factors,
-                        rows=None if wanted.size == b - a else wanted,
-                    )
-                    token_parts.append((here, tok, off))
-                    continue
                 if src.tokenizer is not None:
-                    blocks.append(block if wanted.size == b - a else block[wanted])
+                    fields, offsets = self._tokenize(info, block, a, wanted)
+                    parts.append(_Part(here, fields, offsets[:-1], np.diff(offsets)))
                     continue
                 if info.column_map is not None:
                     block = _align_columns(block, info.column_map, src.n_columns)
-                pieces.append((block.data, block.indices))
-                piece_of[here] = len(pieces) - 1
-                start[here] = block.indptr[wanted]
-                nnz[here] = block.indptr[wanted + 1] - block.indptr[wanted]
-            if src.tokenizer is not None and not fused:
-                block = _stack_csr(blocks, blocks[0].shape[1])
-                n_counts = (
-                    info.n_counts[rows]
-                    if info.n_counts is not None
-                    else np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
-                )
-                for c in range(0, block.shape[0], TOKENIZE_ROWS):  # bounded memory and sort sizes
-                    tokens.extend(
-                        src.tokenizer.tokenize_block(
-                            block[c : c + TOKENIZE_ROWS],
-                            n_counts[c : c + TOKENIZE_ROWS],
-                            info.mapping,
-                            info.factors,
-                        )
+                first = block.indptr[wanted]
+                parts.append(
+                    _Part(
+                        here,
+                        {"data": block.data, "indices": block.indices},
+                        first,
+                        block.indptr[wanted + 1] - first,
                     )
-                    token_parts.append((sel[c : c + TOKENIZE_ROWS], None, None))
+                )
         order = np.searchsorted(sorted_ids, cells)
         obs = {
             k: np.concatenate(
@@ -486,46 +605,74 @@ class H5adReader:
             lengths=np.zeros(0, dtype=np.int64),
             file_index=file_of[order],
             cell_index=rows_all[order],
+            start=np.zeros(0, dtype=np.int64),
+            fields={},
+            raw=src.tokenizer is None,
             n_columns=int(src.n_columns or 0),
             obs=obs,
         )
-        if src.tokenizer is not None:
-            buf.tokens, buf.lengths = _tokens_in_order(token_parts, tokens, sorted_ids.size, order)
+        if buf.raw:
+            piece_of = np.zeros(sorted_ids.size, dtype=np.int64)
+            start = np.zeros(sorted_ids.size, dtype=np.int64)
+            lengths = np.zeros(sorted_ids.size, dtype=np.int64)
+            for k, part in enumerate(parts):
+                piece_of[part.positions], start[part.positions] = k, part.starts
+                lengths[part.positions] = part.lengths
+            buf.pieces = [part.flats for part in parts]
+            buf.piece_of, buf.start, buf.lengths = piece_of[order], start[order], lengths[order]
         else:
-            buf.pieces, buf.piece_of, buf.start, buf.lengths = (
-                pieces,
-                piece_of[order],
-                start[order],
-                nnz[order],
+            names = ("input_ids", "token_type_ids") if src.mode == "binned" else ("input_ids",)
+            buf.fields, buf.start, buf.lengths, buf.storage = _assemble(
+                parts, sorted_ids.size, order, dict.fromkeys(names, np.int32), self
             )
         return buf
 
-
-def _tokens_in_order(
-    parts: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]],
-    listed: list[np.ndarray],
-    n: int,
-    order: np.ndarray,
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each cell's tokens (views) in buffer order, and their lengths.
-
-    ``parts`` are ``(positions, flat tokens, offsets)`` in reading order; a part without flat
-    tokens takes its rows, in order, from ``listed`` (tokenizers without ``tokenize_csr``).
-    """
-    by_position: list[np.ndarray | None] = [None] * n
-    taken = 0
-    for positions, flat, offsets in parts:
-        if flat is None:
-            rows = listed[taken : taken + positions.size]
-            taken += positions.size
-        else:
-            bounds = offsets.tolist()
-            rows = [flat[bounds[k] : bounds[k + 1]] for k in range(positions.size)]
-        for p, row in zip(positions.tolist(), rows, strict=True):
-            by_position[p] = row
-    tokens = [by_position[i] for i in order.tolist()]
-    lengths = np.fromiter((t.size for t in tokens), dtype=np.int64, count=len(tokens))
-    return tokens, lengths
+    def _tokenize(
+        self, info: _FileInfo, block: sp.csr_matrix, a: int, wanted: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Token fields (flat) and offsets of rows ``wanted`` of ``block`` (file rows ``a + wanted``)."""
+        tok = self.source.tokenizer
+        if self.source.mode == "csr":  # the whole run at once, straight from the file's arrays
+            ids, offsets = tok.tokenize_csr(
+                block.indptr,
+                block.indices,
+                block.data,
+                info.mapping,
+                info.factors,
+                rows=None if wanted.size == block.shape[0] else wanted,
+                threads=self.threads,
+            )
+            return {"input_ids": ids}, offsets
+        if wanted.size != block.shape[0]:
+            block = block[wanted]
+        file_rows = a + wanted
+        names = ("input_ids", "token_type_ids") if self.source.mode == "binned" else ("input_ids",)
+        flats: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        lengths = []
+        for c in range(0, block.shape[0], TOKENIZE_ROWS):  # bounded memory and sort sizes
+            sub = block[c : c + TOKENIZE_ROWS]
+            rows = file_rows[c : c + TOKENIZE_ROWS]
+            n_counts = (
+                info.n_counts[rows]
+                if info.n_counts is not None
+                else np.asarray(sub.sum(axis=1), dtype=np.float64).ravel()
+            )
+            if self.source.mode == "binned":
+                pheno = None if info.phenotype_ids is None else info.phenotype_ids[rows]
+                ids, types, off = tok.tokenize_block(sub, n_counts, info.mapping, pheno)
+                flats["input_ids"].append(ids)
+                flats["token_type_ids"].append(types)
+                lengths.append(np.diff(off))
+            else:
+                seqs = tok.tokenize_block(sub, n_counts, info.mapping, info.factors)
+                flats["input_ids"].extend(seqs)
+                lengths.append(np.fromiter((t.size for t in seqs), np.int64, count=len(seqs)))
+        fields = {
+            name: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+            for name, parts in flats.items()
+        }
+        lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        return fields, offsets_from_lengths(lengths_all)
 
 
 class _MappedSegments:
@@ -581,8 +728,45 @@ class _MappedSegments:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _direct_view(path: Path, dataset: h5py.Dataset) -> _MappedSegments | h5py.Dataset:
-    """Serve an uncompressed 1-D dataset straight from the page cache (memory map), else use HDF5.
+class _PreadSegments(_MappedSegments):
+    """Like :class:`_MappedSegments`, but every slice is read (``pread``) into a new array: a file
+    truncated while it is being read gives a short read, which is an error naming it, where a
+    memory map would kill the process with SIGBUS. Used where the data outlive the read."""
+
+    def __init__(
+        self, path: Path, dtype: np.dtype, size: int, segments: list[tuple[int, int, int]]
+    ) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY)
+        self.dtype, self.size = dtype, size
+        self._starts = np.array([s[0] for s in segments], dtype=np.int64)
+        self._segments = segments
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def release(self, a: int, b: int) -> None:
+        """Nothing is mapped."""
+
+    def _view(self, k: int, a: int, b: int) -> np.ndarray:
+        first, _, byte = self._segments[k]
+        out = np.empty(b - a, dtype=self.dtype)
+        offset = byte + (a - first) * self.dtype.itemsize
+        got = os.preadv(self._fd, [memoryview(out).cast("B")], offset)
+        if got != out.nbytes:
+            raise OSError(
+                f"read {got} of {out.nbytes} bytes at offset {offset}: the file is shorter"
+            )
+        return out
+
+
+def _direct_view(
+    path: Path, dataset: h5py.Dataset, *, private: bool = False
+) -> _MappedSegments | h5py.Dataset:
+    """Serve an uncompressed 1-D dataset straight from the page cache (memory map; with
+    ``private``, ``pread`` into new arrays: :class:`_PreadSegments`), else use HDF5.
 
     Contiguous datasets map in one piece; chunked ones (anndata writes them chunked) are mapped as
     runs of back-to-back unfiltered chunks. Anything else (compression, filters) stays with h5py.
@@ -594,10 +778,11 @@ def _direct_view(path: Path, dataset: h5py.Dataset) -> _MappedSegments | h5py.Da
         or dataset.dtype.hasobject
     ):
         return dataset
+    kind = _PreadSegments if private else _MappedSegments
     try:
         offset = dataset.id.get_offset()
         if offset is not None:
-            return _MappedSegments(path, dataset.dtype, dataset.size, [(0, dataset.size, offset)])
+            return kind(path, dataset.dtype, dataset.size, [(0, dataset.size, offset)])
         if dataset.chunks is None:
             return dataset
         infos: list[tuple[int, int, int, int]] = []
@@ -619,7 +804,7 @@ def _direct_view(path: Path, dataset: h5py.Dataset) -> _MappedSegments | h5py.Da
                 prev[1] = min(first + chunk, size)
             else:
                 segments.append([first, min(first + chunk, size), byte])
-        return _MappedSegments(path, dataset.dtype, size, [tuple(s) for s in segments])
+        return kind(path, dataset.dtype, size, [tuple(s) for s in segments])
     except (AttributeError, OSError, ValueError):  # h5py/HDF5 without chunk queries, odd layouts
         return dataset
 
@@ -639,6 +824,8 @@ class CorpusSource:
 
     Every Arrow record batch of the corpus is one planning unit ("file"); sequences are gathered
     from the memory-mapped buffers, so the corpus is neither copied nor decoded row by row.
+    ``input_ids`` and, where the corpus has them (binned and neighbourhood corpora),
+    ``token_type_ids`` are streamed.
     """
 
     def __init__(self, path: str | PathLike[str], *, obs_keys: Sequence[str] = ()) -> None:
@@ -658,10 +845,14 @@ class CorpusSource:
         data_dir = self.path / "dataset"
         state = json.loads((data_dir / "state.json").read_text())
         self.arrow_files = [data_dir / d["filename"] for d in state["_data_files"]]
+        self.pads = {"input_ids": int(self.vocab.pad_id), "token_type_ids": 0}
+        self.fields: tuple[str, ...] = ("input_ids",)
         counts = []
         self._batches: list[tuple[int, int]] = []  # (arrow file, record batch)
         for i, arrow in enumerate(self.arrow_files):
             reader = pa.ipc.open_stream(pa.memory_map(str(arrow), "r"))
+            if i == 0 and "token_type_ids" in reader.schema.names:
+                self.fields = ("input_ids", "token_type_ids")
             for j, batch in enumerate(reader):
                 counts.append(batch.num_rows)
                 self._batches.append((i, j))
@@ -685,14 +876,16 @@ class CorpusSource:
     def n_cells(self) -> int:
         return int(self.offsets[-1])
 
-    def open(self) -> CorpusReader:
+    def open(self, *, threads: int = 1) -> CorpusReader:
+        """A reader for one worker (``threads`` is unused: the corpus is already tokenized)."""
         return CorpusReader(self)
 
 
-class CorpusReader:
+class CorpusReader(_Recycler):
     """Memory-mapped record batches of a :class:`CorpusSource`, opened in one worker."""
 
     def __init__(self, source: CorpusSource) -> None:
+        super().__init__()
         self.source = source
         self._cols: list[dict[str, np.ndarray]] | None = None
 
@@ -721,10 +914,16 @@ class CorpusReader:
                         ids = batch.column("input_ids")
                         entry = {
                             "offsets": ids.offsets.to_numpy(),
-                            "values": ids.values.to_numpy(),
                             "file_index": batch.column("file_index").to_numpy(),
                             "cell_index": batch.column("cell_index").to_numpy(),
                         }
+                        for name in self.source.fields:
+                            column = batch.column(name)
+                            if not np.array_equal(column.offsets.to_numpy(), entry["offsets"]):
+                                raise pa.ArrowInvalid(
+                                    f"{name} and input_ids have different lengths"
+                                )
+                            entry[name] = column.values.to_numpy()
                         for k in self.source.obs_keys:
                             entry[k] = np.asarray(batch.column(k).to_pylist(), dtype=object)
                         cols.append(entry)
@@ -743,19 +942,34 @@ class CorpusReader:
     def read(self, cells: np.ndarray) -> Buffer:
         cols = self._columns()
         batch_of, local = _locate(np.asarray(cells), self.source.offsets)
-        tokens, file_index, cell_index = (
-            [],
-            np.empty(local.size, np.int64),
-            np.empty(local.size, np.int64),
-        )
-        obs = {k: np.empty(local.size, dtype=object) for k in self.source.obs_keys}
-        for i, (b, r) in enumerate(zip(batch_of.tolist(), local.tolist(), strict=True)):
-            c = cols[b]
-            tokens.append(c["values"][c["offsets"][r] : c["offsets"][r + 1]])
-            file_index[i], cell_index[i] = c["file_index"][r], c["cell_index"][r]
+        n = local.size
+        src_start = np.empty(n, np.int64)
+        lengths = np.empty(n, np.int64)
+        file_index, cell_index = np.empty(n, np.int64), np.empty(n, np.int64)
+        obs = {k: np.empty(n, dtype=object) for k in self.source.obs_keys}
+        by_batch = np.argsort(batch_of, kind="stable")
+        groups = np.split(by_batch, np.flatnonzero(np.diff(batch_of[by_batch])) + 1) if n else []
+        for sel in groups:
+            c, r = cols[int(batch_of[sel[0]])], local[sel]
+            src_start[sel] = c["offsets"][r]
+            lengths[sel] = c["offsets"][r + 1] - src_start[sel]
+            file_index[sel], cell_index[sel] = c["file_index"][r], c["cell_index"][r]
             for k in obs:
-                obs[k][i] = c[k][r]
-        lengths = np.fromiter((t.size for t in tokens), dtype=np.int64, count=len(tokens))
+                obs[k][sel] = c[k][r]
+        start = offsets_from_lengths(lengths)
+        fields, storage = self._arrays(
+            {name: (int(start[-1]), cols[0][name].dtype) for name in self.source.fields}
+        )
+        for name, out in fields.items():  # one compiled copy per record batch and field
+            for sel in groups:
+                c = cols[int(batch_of[sel[0]])]
+                gather_rows(c[name], src_start[sel], lengths[sel], out, start[sel])
         return Buffer(
-            lengths=lengths, file_index=file_index, cell_index=cell_index, tokens=tokens, obs=obs
+            lengths=lengths,
+            file_index=file_index,
+            cell_index=cell_index,
+            start=start[:-1],
+            fields=fields,
+            obs=obs,
+            storage=storage,
         )

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from os import PathLike
 from typing import Any
 
@@ -62,6 +65,23 @@ def resolve_world(rank: int | None = None, world_size: int | None = None) -> tup
     return rank, world_size
 
 
+def _torch_empty(shape: tuple[int, int]) -> np.ndarray:
+    """int64 batch memory from torch's allocator (numpy's huge-page advice on fresh allocations
+    of 4 MB and more costs milliseconds of page faults per batch)."""
+    return torch.empty(shape, dtype=torch.int64).numpy()
+
+
+def _auto_threads(num_workers: int) -> int:
+    """Threads for on-the-fly tokenization: the CPUs of this process shared among the local ranks
+    (``LOCAL_WORLD_SIZE``, set by torchrun and Ray Train) and their DataLoader workers."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, cpus // (local_ranks * max(1, num_workers)))
+
+
 class _StreamDataset(IterableDataset):
     """Shared machinery: plan, read buffers, cut batches, convert to tensors."""
 
@@ -78,10 +98,15 @@ class _StreamDataset(IterableDataset):
         world_size: int | None,
         yield_batches: bool,
         collate_fn: Callable[[list[dict]], Any] | None,
-        pad_id: int,
+        prefetch: int = 1,
+        tokenize_threads: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        if tokenize_threads is not None and tokenize_threads < 1:
+            raise ValueError(f"tokenize_threads must be >= 1 or None, got {tokenize_threads}")
         if even_batches not in EVEN_BATCHES:
             raise ValueError(f"even_batches must be one of {EVEN_BATCHES}, got {even_batches!r}")
         self.source = source
@@ -93,7 +118,8 @@ class _StreamDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.yield_batches = yield_batches
         self.collate_fn = collate_fn
-        self.pad_id = pad_id
+        self.prefetch = prefetch
+        self.tokenize_threads = tokenize_threads
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -137,9 +163,13 @@ class _StreamDataset(IterableDataset):
             worker_id=worker_id,
             even_batches=self.even_batches,
         )
-        with self.source.open() as reader:
-            for plan in plans:
-                buf = reader.read(plan.cells)
+        threads = self.tokenize_threads or _auto_threads(num_workers)
+        # the buffer thread is stopped (closing) before the reader's files are closed
+        with (
+            self.source.open(threads=threads) as reader,
+            closing(self._buffers(reader, plans)) as buffers,
+        ):
+            for plan, buf in zip(plans, buffers, strict=True):
                 if self.length_bucketing:
                     rng = epoch_rng(self.seed, self.epoch, 2, rank, plan.index)
                     batches = bucket_batches(buf.lengths, plan.batch_sizes, rng)
@@ -150,6 +180,27 @@ class _StreamDataset(IterableDataset):
                         yield self._batch(buf, positions)
                     else:
                         yield from (self._example(buf, int(i)) for i in positions)
+                reader.release(buf)  # batches and examples are copies: refill its arrays
+
+    def _buffers(self, reader: Any, plans: list) -> Iterator[Buffer]:
+        """The buffers of ``plans`` in order, read ``prefetch`` ahead on a background thread (the
+        reading and the compiled tokenizer release the GIL, so this overlaps with training)."""
+        if self.prefetch == 0:
+            yield from (reader.read(plan.cells) for plan in plans)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="stformer-read") as pool:
+            pending = deque(pool.submit(reader.read, p.cells) for p in plans[: self.prefetch])
+            following = iter(plans[self.prefetch :])
+            try:
+                while pending:
+                    buf = pending.popleft().result()  # re-raises the reader's error here
+                    nxt = next(following, None)
+                    if nxt is not None:
+                        pending.append(pool.submit(reader.read, nxt.cells))
+                    yield buf
+            finally:  # stopped early (or failed): drop what was not started
+                for fut in pending:
+                    fut.cancel()
 
     # --- conversion -----------------------------------------------------------------------------
     @staticmethod
@@ -179,24 +230,14 @@ class _StreamDataset(IterableDataset):
         return out
 
     def _batch(self, buf: Buffer, positions: np.ndarray) -> Any:
-        if buf.tokens is None:
+        if buf.raw:
             out = {"X": self._csr(buf, positions)}
             out.update(self._meta(buf, positions))
             return out
         if self.collate_fn is not None:
             return self.collate_fn([self._example(buf, int(i)) for i in positions])
-        lengths = buf.lengths[positions]
-        width = max(int(lengths.max()), 1) if lengths.size else 1
-        ids = np.full((positions.size, width), self.pad_id, dtype=np.int64)
-        for row, i in enumerate(positions):
-            seq = buf.tokens[i]
-            ids[row, : seq.size] = seq
-        out = {
-            "input_ids": torch.from_numpy(ids),
-            "attention_mask": torch.from_numpy(
-                (np.arange(width) < lengths[:, None]).astype(np.int64)
-            ),
-        }
+        padded = buf.padded(positions, self.source.pads, empty=_torch_empty)
+        out = {k: torch.from_numpy(v) for k, v in padded.items()}
         out.update(self._meta(buf, positions))
         return out
 
@@ -206,10 +247,11 @@ class _StreamDataset(IterableDataset):
             "file_index": int(buf.file_index[i]),
             "cell_index": int(buf.cell_index[i]),
         }
-        if buf.tokens is None:
+        if buf.raw:
             out["X"] = self._csr(buf, np.array([i]))
         else:
-            out["input_ids"] = buf.tokens[i].astype(np.int64)
+            for name in buf.fields:
+                out[name] = buf.token_row(i, name).astype(np.int64)
         for k, v in buf.obs.items():
             out[k] = v[i]
         return out
@@ -234,8 +276,12 @@ class DistributedAnnDataset(_StreamDataset):
     strategy
         Block order and shuffle buffer (default :class:`~stformer_data.ShuffleStrategy`).
     tokenizer
-        Any tokenizer with ``column_factors(mapping)`` and ``tokenize_block(...)``, e.g.
-        :class:`~stformer_data.RankValueTokenizer`; genes are mapped to its ``vocab`` per file.
+        Tokenize on the fly: :class:`~stformer_data.RankValueTokenizer` (its compiled kernel
+        reads the file's CSR arrays directly), :class:`~stformer_data.BinnedTokenizer` (bins in
+        ``input_ids``, genes in ``token_type_ids``, its phenotype columns read from ``obs``), or
+        any tokenizer with ``column_factors(mapping)`` and ``tokenize_block(...)``. Genes are
+        mapped to its vocabulary per file. Neighbourhood (spatial) tokens need each spot's
+        neighbours: tokenize them to a corpus and use :class:`CorpusStreamDataset`.
     genes
         Raw expression: the gene space (a vocabulary or a gene list) the files are aligned to;
         ``None`` requires every file to have the same genes.
@@ -256,6 +302,12 @@ class DistributedAnnDataset(_StreamDataset):
         ``X``) for a DataLoader with a ``batch_size`` and a collator (the Hugging Face Trainer form).
     gene_id_key, name_to_id, layer, obs_keys, n_counts_key, check_values
         How files are read; see :class:`stformer_data._reader.H5adSource`.
+    prefetch
+        Shuffle buffers read (and tokenized) ahead on a background thread while batches of the
+        current one are yielded (0: read in the iterating thread). Each costs a buffer's memory.
+    tokenize_threads
+        Threads ranking the cells of a buffer (``tokenize_csr`` tokenizers); ``None``: the CPUs of
+        this process divided among the local ranks (``LOCAL_WORLD_SIZE``) and DataLoader workers.
 
     >>> from torch.utils.data import DataLoader
     >>> ds = DistributedAnnDataset(["a.h5ad", "b.h5ad"], batch_size=256)  # doctest: +SKIP
@@ -285,6 +337,8 @@ class DistributedAnnDataset(_StreamDataset):
         obs_keys: Sequence[str] = (),
         n_counts_key: str | None = "n_counts",
         check_values: bool = False,
+        prefetch: int = 1,
+        tokenize_threads: int | None = None,
     ) -> None:
         if tokenizer is not None:
             n_counts_key = getattr(getattr(tokenizer, "config", None), "n_counts_key", n_counts_key)
@@ -300,7 +354,6 @@ class DistributedAnnDataset(_StreamDataset):
             n_counts_key=n_counts_key,
             check_values=check_values,
         )
-        vocab = getattr(tokenizer, "vocab", None)
         super().__init__(
             source,
             batch_size=batch_size,
@@ -312,7 +365,8 @@ class DistributedAnnDataset(_StreamDataset):
             world_size=world_size,
             yield_batches=yield_batches,
             collate_fn=collate_fn,
-            pad_id=getattr(vocab, "pad_id", 0),
+            prefetch=prefetch,
+            tokenize_threads=tokenize_threads,
         )
 
     @classmethod
@@ -345,7 +399,9 @@ class CorpusStreamDataset(_StreamDataset):
     """Stream a tokenized corpus on disk (:func:`stformer_data.tokenize_files`) with the same sharding.
 
     The Arrow files are memory-mapped and sequences gathered straight from their buffers (no
-    per-row ``datasets`` decoding). Items are as for :class:`DistributedAnnDataset` with tokens.
+    per-row ``datasets`` decoding). Items are as for :class:`DistributedAnnDataset` with tokens;
+    a binned or neighbourhood corpus also yields its ``token_type_ids`` (padded with 0).
+    ``prefetch`` buffers are gathered ahead on a background thread.
 
     >>> ds = CorpusStreamDataset("corpus/", batch_size=64, length_bucketing=True)  # doctest: +SKIP
     >>> batch = next(iter(ds)); batch["input_ids"].shape  # doctest: +SKIP
@@ -365,6 +421,7 @@ class CorpusStreamDataset(_StreamDataset):
         yield_batches: bool = True,
         collate_fn: Callable[[list[dict]], Any] | None = None,
         obs_keys: Sequence[str] = (),
+        prefetch: int = 1,
     ) -> None:
         source = CorpusSource(corpus, obs_keys=obs_keys)
         super().__init__(
@@ -378,5 +435,5 @@ class CorpusStreamDataset(_StreamDataset):
             world_size=world_size,
             yield_batches=yield_batches,
             collate_fn=collate_fn,
-            pad_id=source.vocab.pad_id,
+            prefetch=prefetch,
         )

@@ -1,0 +1,38 @@
+"""numba loops over ragged rows (see :mod:`stformer_data._ragged`): gathering rows into one flat
+array and padding them into a batch matrix, without a Python step per row. Both release the GIL,
+so a background reader thread and the training loop run them side by side."""
+
+from __future__ import annotations
+
+import numba
+
+_jit = numba.njit(cache=True, nogil=True)
+
+
+@_jit
+def gather_rows(src, src_start, lengths, dst, dst_start):
+    """``dst[dst_start[i]:][:lengths[i]] = src[src_start[i]:][:lengths[i]]`` for every row ``i``."""
+    for i in range(lengths.size):
+        a, b, n = src_start[i], dst_start[i], lengths[i]
+        for q in range(n):
+            dst[b + q] = src[a + q]
+
+
+@_jit
+def pad_rows(values, start, lengths, positions, pad, out, mask):
+    """Row ``r`` of ``out`` is the row ``positions[r]`` of ``values`` then ``pad`` up to the width;
+    ``mask`` (same shape, or 0 rows to skip it) gets 1 on the row's values, 0 on its padding."""
+    width = out.shape[1]
+    with_mask = mask.shape[0] > 0
+    for r in range(positions.size):
+        i = positions[r]
+        a, n = start[i], min(lengths[i], width)
+        for q in range(n):
+            out[r, q] = values[a + q]
+        for q in range(n, width):
+            out[r, q] = pad
+        if with_mask:
+            for q in range(n):
+                mask[r, q] = 1
+            for q in range(n, width):
+                mask[r, q] = 0
