@@ -6,7 +6,8 @@ reads one epoch with each loader, batch 256, no DataLoader workers unless stated
 
 * stformer ``DistributedAnnDataset``: sequential, block shuffle (blocks of 256 rows, shuffle buffer
   of 16,384 cells) and full random, as raw expression (sparse CSR tensors) and as rank-value tokens
-  made on the fly (with and without length bucketing); block shuffle also with 2 workers;
+  made on the fly (with and without length bucketing); block shuffle also with 2 workers. Its
+  defaults apply: one buffer read ahead on a background thread, tokens ranked on every CPU;
 * plain anndata backed access: slices of 256 rows in random block order;
 * annbatch (its pre-shuffled zarr collection, conversion timed separately, then its ``Loader``) and
   scDataset (block shuffling with a fetch factor over an ``AnnCollection``), with the settings their
