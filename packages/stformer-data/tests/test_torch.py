@@ -250,7 +250,11 @@ def test_a_file_truncated_while_open_is_named(tmp_path):
     next(it)
     with open(a, "r+b") as fh:
         fh.truncate(os.path.getsize(a) // 3)
-    with pytest.raises(InputError, match="a.h5ad: file changed .* truncated"):
+    # the stat check before a read ("file changed ... truncated"), or, when the read-ahead thread
+    # checked just before the truncation, the short read itself ("could not be read ... truncated")
+    with pytest.raises(
+        InputError, match="a.h5ad: (file changed|rows .* could not be read).* truncated"
+    ):
         list(it)
 
 
