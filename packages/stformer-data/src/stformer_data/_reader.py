@@ -943,32 +943,25 @@ class CorpusReader(_Recycler):
         cols = self._columns()
         batch_of, local = _locate(np.asarray(cells), self.source.offsets)
         n = local.size
-        src_start = np.empty(n, np.int64)
-        lengths = np.empty(n, np.int64)
         file_index, cell_index = np.empty(n, np.int64), np.empty(n, np.int64)
         obs = {k: np.empty(n, dtype=object) for k in self.source.obs_keys}
-        by_batch = np.argsort(batch_of, kind="stable")
-        groups = np.split(by_batch, np.flatnonzero(np.diff(batch_of[by_batch])) + 1) if n else []
-        for sel in groups:
-            c, r = cols[int(batch_of[sel[0]])], local[sel]
-            src_start[sel] = c["offsets"][r]
-            lengths[sel] = c["offsets"][r + 1] - src_start[sel]
+        parts = []
+        for b in np.unique(batch_of).tolist():  # one part per record batch
+            sel = np.flatnonzero(batch_of == b)
+            c, r = cols[b], local[sel]
+            first = c["offsets"][r]
             file_index[sel], cell_index[sel] = c["file_index"][r], c["cell_index"][r]
             for k in obs:
                 obs[k][sel] = c[k][r]
-        start = offsets_from_lengths(lengths)
-        fields, storage = self._arrays(
-            {name: (int(start[-1]), cols[0][name].dtype) for name in self.source.fields}
-        )
-        for name, out in fields.items():  # one compiled copy per record batch and field
-            for sel in groups:
-                c = cols[int(batch_of[sel[0]])]
-                gather_rows(c[name], src_start[sel], lengths[sel], out, start[sel])
+            flats = {name: c[name] for name in self.source.fields}
+            parts.append(_Part(sel, flats, first, c["offsets"][r + 1] - first))
+        dtypes = {name: cols[0][name].dtype for name in self.source.fields}
+        fields, start, lengths, storage = _assemble(parts, n, np.arange(n), dtypes, self)
         return Buffer(
             lengths=lengths,
             file_index=file_index,
             cell_index=cell_index,
-            start=start[:-1],
+            start=start,
             fields=fields,
             obs=obs,
             storage=storage,
