@@ -126,3 +126,94 @@ def test_threads_must_be_positive():
     vocab, medians, _, _ = _case(n_rows=10)
     with pytest.raises(ValueError, match="threads must be >= 1"):
         RankValueTokenizer(vocab, medians, threads=0)
+
+
+def _random_case(rng, kind):
+    """A CSR block whose values stress the rank table: small counts (ties), counts above any
+    table, fractions, NaN and zeros; factors with ties, zeros and NaN; repeated tokens."""
+    n_genes, n_rows = int(rng.integers(1, 300)), int(rng.integers(1, 40))
+    block = sp.random(
+        n_rows, n_genes, density=rng.uniform(0, 1), format="csr", random_state=rng.integers(1e9)
+    )
+    values = {
+        0: lambda d: np.ceil(d * 5),
+        1: lambda d: np.ceil(d**3 * 200),
+        2: lambda d: d * 7,
+        3: lambda d: rng.choice([0, 1, 2, 3, 0.5, 100, np.nan], d.size),
+    }[kind](block.data)
+    block.data = values.astype(np.float64 if kind == 1 else np.float32)
+    if rng.random() < 0.5:
+        factor = rng.choice([0.0, 0.5, 1.0, 1 / 3, 3.0, 2.0, 7.1, np.nan], n_genes)
+    else:
+        factor = rng.lognormal(0, 1, n_genes)
+    column_token = rng.integers(-1, n_genes // 2 + 3, n_genes).astype(np.int32)
+    return block, factor.astype(np.float32), column_token, int(rng.integers(1, n_genes + 2))
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2, 3])
+def test_rank_table_gives_the_same_tokens_as_the_radix_sort(kind):
+    rng = np.random.default_rng(kind)
+    for _ in range(60):
+        block, factor, column_token, limit = _random_case(rng, kind)
+        args = (block.indptr.astype(np.int64), block.indices, block.data, factor, column_token)
+        rows = rng.integers(0, block.shape[0], 7)
+        for kw in ({}, {"rows": rows, "threads": 2}, {"check": kernel.CHECK_COUNTS}):
+            want = kernel.rank_csr(*args, limit, table=False, **kw)
+            got = kernel.rank_csr(*args, limit, table=True, **kw)
+            assert got[2] == want[2]
+            if not want[2]:
+                assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_rank_table_bounds_its_size_and_orders_every_pair():
+    factor = np.array([2.0, 1.0, 0.0, 4.0, 1.0], np.float32)
+    column_token = np.array([7, 5, 6, -1, 3], np.int32)
+    table = kernel.build_table(factor, column_token)
+    assert table.xmax == kernel.MAX_TABLE_COUNT  # few columns: every count up to the cap
+    pairs = table.pair_rank.reshape(5, table.xmax)
+    assert (pairs[[2, 3]] == -1).all()  # no usable median / no token: never in the table
+    # (column 0, count 1) = 2.0 ties (column 1, count 2) = 2.0 and (column 4, count 2) = 2.0:
+    # the lower token first, as the radix path breaks ties
+    assert pairs[4, 1] < pairs[1, 1] < pairs[0, 0]
+    assert np.all(np.diff(table.rank_key.astype(np.int64)) >= 0)
+    many = np.ones(300_000, np.float32)
+    big = kernel.build_table(many, np.arange(300_000, dtype=np.int32))
+    assert big.xmax == kernel.MIN_TABLE_COUNT  # 300k columns: counts 1..4 only
+    assert kernel.build_table(np.zeros(3, np.float32), np.arange(3, dtype=np.int32)) is None
+
+
+def test_rank_table_is_built_once_enough_values_were_ranked():
+    tables = kernel._Tables(size=2)
+    factor = np.linspace(1, 2, 50).astype(np.float32)
+    column_token = np.arange(50, dtype=np.int32)
+    pairs = 50 * kernel.MAX_TABLE_COUNT
+    assert tables.get(factor, column_token, pairs // 2) is None
+    first = tables.get(factor, column_token, pairs // 2)  # the running count reaches the size
+    assert first is not None
+    same_content = (factor.copy(), column_token.copy())
+    assert tables.get(*same_content, 1) is first  # found by content, not by object
+    for k in range(2):  # least recently used tables are dropped
+        tables.get(factor + k + 1, column_token, 0, force=True)
+    assert tables.get(factor, column_token, 1) is None
+
+
+def test_rank_into_writes_in_place_like_rank_csr():
+    vocab, medians, block, mapping = _case(seed=8)
+    tok = RankValueTokenizer(
+        vocab,
+        medians,
+        RankTokenizerConfig(model_input_size=40, add_cls=True, add_eos=True),
+    )
+    want_ids, want_off = tok.tokenize_csr(block.indptr, block.indices, block.data, mapping)
+    rows = np.arange(block.shape[0])[::-1]
+    slots = tok.csr_slots(np.diff(block.indptr)[rows])
+    start = np.concatenate([[0], np.cumsum(slots + 3)[:-1]])  # gaps between rows stay untouched
+    out = np.full(int(start[-1] + slots[-1] + 3), -9, np.int32)
+    lengths = tok.tokenize_csr_into(
+        block.indptr, block.indices, block.data, mapping, rows=rows, out=out, out_start=start
+    )
+    assert (lengths <= slots).all() and lengths[rows == 7] == 0  # the empty cell stays empty
+    for i, r in enumerate(rows):
+        got = out[start[i] : start[i] + lengths[i]]
+        assert np.array_equal(got, want_ids[want_off[r] : want_off[r + 1]])
+        assert (out[start[i] + lengths[i] : start[i] + slots[i] + 3] == -9).all()

@@ -13,12 +13,15 @@ from stformer_data import (  # noqa: E402
     BinnedTokenizerConfig,
     GeneVocab,
     NeighborhoodTokenizer,
+    RankTokenizerConfig,
     RankValueTokenizer,
     ShuffleStrategy,
     TokenizeConfig,
+    _rank_kernel,  # noqa: E402
     tokenize_files,
 )
 from stformer_data._ragged import _row_kernels, pad_rows  # noqa: E402
+from stformer_data._reader import H5adReader  # noqa: E402
 from stformer_data.torch import (  # noqa: E402
     CorpusStreamDataset,
     DistributedAnnDataset,
@@ -218,3 +221,106 @@ def test_pad_rows_kernel_equals_numpy(monkeypatch):
     for r, i in enumerate(positions):
         assert got[0][r, : lengths[i]].tolist() == values[start[i] : start[i] + lengths[i]].tolist()
         assert got[1][r].sum() == lengths[i]
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_rank_tokens_on_the_fly_equal_the_corpus(tmp_path, dense, monkeypatch):
+    """Rank-value tokens streamed from h5ad equal tokenize_files' corpus for every cell: with
+    <cls>/<eos>, truncation, genes outside the vocabulary, empty cells, counts above the rank
+    table and fractions. Sparse X takes the in-place path (tokens written into slots reserved
+    from indptr), dense X the per-run path."""
+    rng = np.random.default_rng(5)
+    genes = [*GENES, "NOT_IN_VOCAB1", "NOT_IN_VOCAB2"]
+    paths = []
+    for k, n in enumerate([61, 44]):
+        X = sp.random(n, len(genes), density=0.5, format="csr", dtype=np.float32, random_state=k)
+        X.data = np.ceil(X.data * 12)
+        X.data[::7] = 250  # above any rank table's counts
+        X = X.tolil()
+        X[3, :] = 0  # an empty cell
+        X[5, :] = 0
+        X[5, len(GENES)] = 4  # a cell with genes outside the vocabulary only
+        X = X.tocsr()
+        X.eliminate_zeros()
+        adata = ad.AnnData(
+            X=X.toarray() if dense else X,
+            obs=pd.DataFrame(index=[f"f{k}c{i}" for i in range(n)]),
+            var=pd.DataFrame(index=genes),
+        )
+        paths.append(tmp_path / f"r{k}.h5ad")
+        adata.write_h5ad(paths[-1])
+    vocab = GeneVocab.from_genes(GENES, cls_token=True, eos_token=True)
+    medians = {g: float(rng.choice([0.5, 1.0, 2.5, 3.0])) for g in GENES}
+    rank = RankTokenizerConfig(model_input_size=20, add_cls=True, add_eos=True)
+    corpus = tokenize_files(
+        paths,
+        tmp_path / "corpus",
+        vocab=vocab,
+        medians=medians,
+        config=TokenizeConfig(rank=rank),
+        progress=False,
+    )
+    rows = {
+        (int(f), int(c)): list(ids)
+        for f, c, ids in zip(
+            corpus.dataset["file_index"],
+            corpus.dataset["cell_index"],
+            corpus.dataset["input_ids"],
+            strict=True,
+        )
+    }
+    tok = RankValueTokenizer(vocab, medians, rank)
+    used = {"in place": 0, "per run": 0, "table": 0}
+    for name, label in (("_tokenize_into", "in place"), ("_tokenize_part", "per run")):
+        method = getattr(H5adReader, name)
+
+        def spy(self, *args, _method=method, _label=label, **kwargs):
+            used[_label] += 1
+            return _method(self, *args, **kwargs)
+
+        monkeypatch.setattr(H5adReader, name, spy)
+    build = _rank_kernel.build_table
+
+    def counting_build(factor, column_token):
+        used["table"] += factor.size == len(genes)  # (not the kernel's warm-up table)
+        return build(factor, column_token)
+
+    monkeypatch.setattr(_rank_kernel, "build_table", counting_build)
+    _rank_kernel._TABLES.clear()
+    for threads in (1, 2):
+        ds = DistributedAnnDataset(
+            paths,
+            tokenizer=tok,
+            batch_size=16,
+            strategy=ShuffleStrategy(block_size=4, buffer_size=40),
+            tokenize_threads=threads,
+        )
+        seen = []
+        for batch in ds:
+            for i, key in enumerate(
+                zip(batch["file_index"].tolist(), batch["cell_index"].tolist(), strict=True)
+            ):
+                n = int(batch["length"][i])
+                assert batch["input_ids"][i, :n].tolist() == rows.get(key, []), key
+                assert (batch["input_ids"][i, n:] == vocab.pad_id).all()
+                seen.append(key)
+        assert len(seen) == 105 and set(rows) <= set(seen)
+        assert max(len(r) for r in rows.values()) == 20  # truncated, specials included
+    assert used["per run" if dense else "in place"] > 0
+    assert used["in place" if dense else "per run"] == 0
+    assert used["table"] == 1  # built once enough values were ranked, then reused
+
+
+def test_out_of_range_column_indices_are_named(tmp_path):
+    """A corrupt file (column index beyond var) read on the tokenizing pool: an error naming it."""
+    import h5py
+
+    path = _write(tmp_path / "bad.h5ad", 30, 3)
+    with h5py.File(path, "r+") as h5:
+        indices = h5["X/indices"][:]
+        indices[-1] = len(GENES) + 5
+        h5["X/indices"][:] = indices
+    tok = RankValueTokenizer(GeneVocab.from_genes(GENES), {g: 1.0 for g in GENES})
+    ds = DistributedAnnDataset([path], tokenizer=tok, batch_size=8)
+    with pytest.raises(ValueError, match=r"bad\.h5ad.*column indices outside"):
+        list(ds)

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from stformer_data import _rank_kernel as _kernel
 from stformer_data._errors import InputError
 from stformer_data._io import GeneMapping
-from stformer_data._ragged import concat_rows, fixed_rows, head_positions
+from stformer_data._ragged import concat_rows, fixed_rows, gather_rows, head_positions
 from stformer_data._vocab import GeneVocab
 
 
@@ -169,9 +169,7 @@ class RankValueTokenizer:
         block = mapping.collapse(block)
         limit = self.max_genes if limit is None else limit
         if self.use_kernel and _kernel.compiled():
-            genes, offsets = _kernel.rank_block(
-                block, factors.astype(np.float32), mapping.column_token, limit
-            )
+            genes, offsets = _kernel.rank_block(block, factors, mapping.column_token, limit)
         else:
             sorted_keys, bounds = rank_keys(block, factors, mapping.column_token)
             genes, offsets = take_heads(sorted_keys, bounds, limit)
@@ -222,8 +220,8 @@ class RankValueTokenizer:
                 indptr,
                 indices,
                 data,
-                factors.astype(np.float32),
-                mapping.column_token.astype(np.int32),
+                factors,  # the same objects call after call: their rank table is cached
+                mapping.column_token,
                 self.max_genes,
                 rows=rows,
                 threads=self.threads if threads is None else threads,
@@ -246,6 +244,75 @@ class RankValueTokenizer:
             block = block[np.asarray(rows, dtype=np.int64)]
         block.sum_duplicates()
         return self.tokenize_block_flat(block, None, mapping, factors)
+
+    def csr_slots(self, nnz: np.ndarray) -> np.ndarray:
+        """Room :meth:`tokenize_csr_into` needs per row, from each row's number of stored values."""
+        extra = int(self.config.add_cls) + int(self.config.add_eos)
+        return np.minimum(np.asarray(nnz, dtype=np.int64), self.max_genes) + extra
+
+    def tokenize_csr_into(
+        self,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        data: np.ndarray,
+        mapping: GeneMapping,
+        factors: np.ndarray | None = None,
+        *,
+        rows: np.ndarray | None = None,
+        out: np.ndarray,
+        out_start: np.ndarray,
+    ) -> np.ndarray:
+        """:meth:`tokenize_csr` (on this thread) writing row ``i`` in place at
+        ``out[out_start[i]:]``, which must have :meth:`csr_slots` room; returns each row's number
+        of tokens. Spares the copy of a flat result into a larger buffer (on-the-fly tokens).
+
+        >>> import numpy as np
+        >>> from stformer_data import GeneVocab, map_genes
+        >>> vocab = GeneVocab.from_genes(["g1", "g2", "g3"])
+        >>> tok = RankValueTokenizer(vocab, {"g1": 1.0, "g2": 2.0, "g3": 1.0})
+        >>> mapping = map_genes(np.array(["g1", "g2", "g3"]), vocab, vocab.special_ids)
+        >>> out = np.zeros(6, dtype=np.int32)
+        >>> indptr, indices, data = np.array([0, 2, 3]), np.array([0, 1, 2]), np.array([1.0, 4.0, 3.0])
+        >>> tok.tokenize_csr_into(indptr, indices, data, mapping, out=out, out_start=np.array([3, 0])).tolist()
+        [2, 1]
+        >>> out.tolist()
+        [4, 0, 0, 3, 2, 0]
+        """
+        if factors is None:
+            factors = self.column_factors(mapping)
+        indptr = np.asarray(indptr, dtype=np.int64)
+        out_start = np.asarray(out_start, dtype=np.int64)
+        cls_id = self.vocab.cls_id if self.config.add_cls else None
+        eos_id = self.vocab.eos_id if self.config.add_eos else None
+        if self.use_kernel and _kernel.compiled() and mapping.representative is None:
+            pre = int(cls_id is not None)
+            lengths, flags = _kernel.rank_csr_into(
+                indptr,
+                indices,
+                data,
+                factors,
+                mapping.column_token,
+                self.max_genes,
+                rows=rows,
+                out=out,
+                out_start=out_start + pre,
+            )
+            if flags & _kernel.BAD_INDEX:
+                raise ValueError(f"column indices outside 0..{mapping.n_genes - 1}")
+            if not flags:
+                nonempty = np.flatnonzero(lengths)
+                if cls_id is not None:
+                    out[out_start[nonempty]] = cls_id
+                if eos_id is not None:
+                    out[out_start[nonempty] + pre + lengths[nonempty]] = eos_id
+                lengths[nonempty] += pre + int(eos_id is not None)
+                return lengths
+        tokens, offsets = self.tokenize_csr(
+            indptr, indices, data, mapping, factors, rows=rows, threads=1
+        )
+        lengths = np.diff(offsets)
+        gather_rows(tokens, offsets[:-1], lengths, out, out_start)
+        return lengths
 
 
 def rank_keys(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 _SMALL = 32  # rows with at most this many keys are insertion-sorted
 _MAX_DIGIT = 11
@@ -67,55 +68,182 @@ def rank_rows(
                     m += 1
         if flags:
             return flags
-        kmin = top
-        kmax = np.uint32(0)
         for q in range(m):
-            k = top - fbits[q]
-            keys[q] = k
-            kmin = min(kmin, k)
-            kmax = max(kmax, k)
-        src_k, src_t = keys, toks
-        if m > _SMALL:
-            span = kmax - kmin
-            nbits = 0
-            while span:
-                nbits += 1
-                span >>= np.uint32(1)
-            passes = (nbits + _MAX_DIGIT - 1) // _MAX_DIGIT
-            if passes > 0:
-                dbits = (nbits + passes - 1) // passes
-                nb = 1 << dbits
-                mask = np.uint32(nb - 1)
-                hist[:passes, :nb] = 0
-                for q in range(m):
-                    k = keys[q] - kmin
-                    keys[q] = k
-                    for d in range(passes):
-                        hist[d, (k >> np.uint32(d * dbits)) & mask] += 1
-                dst_k, dst_t = keys2, toks2
-                for d in range(passes):
-                    total = 0
-                    for b in range(nb):
-                        c = hist[d, b]
-                        hist[d, b] = total
-                        total += c
-                    shift = np.uint32(d * dbits)
-                    for q in range(m):
-                        k = src_k[q]
-                        b = (k >> shift) & mask
-                        pos = hist[d, b]
-                        dst_k[pos] = k
-                        dst_t[pos] = src_t[q]
-                        hist[d, b] = pos + 1
-                    src_k, dst_k = dst_k, src_k
-                    src_t, dst_t = dst_t, src_t
-        sort_runs(src_k, src_t, m, m <= _SMALL)
+            keys[q] = top - fbits[q]
+        src_k, src_t = _sort_keys(keys, toks, keys2, toks2, m, hist)
         n = min(m, limit)
         o = out_start[i]
         for q in range(n):
             out_tokens[o + q] = src_t[q]
         lengths[i] = n
     return 0
+
+
+@_jit
+def rank_rows_table(
+    starts,
+    ends,
+    indices,
+    data,
+    factor,
+    column_token,
+    limit,
+    check,
+    r0,
+    r1,
+    out_start,
+    out_tokens,
+    lengths,
+    pair_rank,
+    rank_token,
+    rank_key,
+    xmax,
+):
+    """:func:`rank_rows` with a rank table (same tokens): a value ``x`` in ``1..xmax`` (integer)
+    of column ``j`` has the global rank ``pair_rank[j * xmax + x - 1]`` among all such pairs in
+    (key, token, column) order, so a row is sorted by setting one bit per value in a bitmap over
+    the ranks and reading the set bits back in order (``rank_token``/``rank_key`` give the token
+    and key of a rank). Other values (larger counts, fractions) are sorted apart and merged."""
+    n_cols = factor.size
+    n_words = (rank_token.size + 63) >> 6
+    bitmap = np.zeros(n_words, np.uint64)
+    summary = np.zeros((n_words + 63) >> 6, np.uint64)  # which bitmap words are not zero
+    width = 1
+    for i in range(r0, r1):
+        width = max(width, ends[i] - starts[i])
+    keys = np.empty(width, np.uint32)
+    keys2 = np.empty(width, np.uint32)
+    toks = np.empty(width, np.int32)
+    toks2 = np.empty(width, np.int32)
+    hist = np.zeros((3, 1 << _MAX_DIGIT), np.int64)
+    top = np.uint32(0x7FFFFFFF)
+    one = np.uint64(1)
+    for i in range(r0, r1):
+        a, b = starts[i], ends[i]
+        if check and _bad_values(data, a, b, check == 2):
+            return 1
+        flags = 0
+        m = 0  # values outside the table
+        prev = -1
+        for p in range(a, b):
+            x = data[p]
+            j = np.int64(indices[p])
+            if j <= prev:
+                flags |= 2
+            prev = j
+            if j < 0 or j >= n_cols:
+                flags |= 4
+                break
+            if x >= 1 and x <= xmax:  # false for NaN: the cast below is then defined
+                xi = np.int64(x)
+                if xi == x:
+                    r = pair_rank[j * xmax + xi - 1]  # -1: no token or no usable median
+                    if r >= 0:
+                        w = r >> 6
+                        bitmap[w] |= one << np.uint64(r & 63)
+                        summary[w >> 6] |= one << np.uint64(w & 63)
+                    continue
+            t = column_token[j]
+            if t >= 0:
+                v = np.float32(np.float32(x) * factor[j])
+                if v > 0:
+                    keys[m] = top - np.uint32(v.view(np.uint32))
+                    toks[m] = t
+                    m += 1
+        if flags:
+            for w in range(summary.size):  # leave the scratch clean for a caller that goes on
+                if summary[w]:
+                    bitmap[w * 64 : w * 64 + 64] = 0
+                    summary[w] = 0
+            return flags
+        side_k, side_t = _sort_keys(keys, toks, keys2, toks2, m, hist)
+        o = out_start[i]
+        n = 0
+        s = 0  # next value outside the table
+        for sw in range(summary.size):
+            bits = summary[sw]
+            if bits == 0:
+                continue
+            summary[sw] = 0
+            while bits:
+                w = sw * 64 + np.int64(trailing_zeros(bits))
+                bits &= bits - one
+                word = bitmap[w]
+                bitmap[w] = 0
+                while word and n < limit:
+                    r = w * 64 + np.int64(trailing_zeros(word))
+                    word &= word - one
+                    t = rank_token[r]
+                    if s < m:
+                        k = rank_key[r]
+                        while (
+                            s < m
+                            and n < limit
+                            and (side_k[s] < k or (side_k[s] == k and side_t[s] < t))
+                        ):
+                            out_tokens[o + n] = side_t[s]
+                            n += 1
+                            s += 1
+                        if n == limit:
+                            break
+                    out_tokens[o + n] = t
+                    n += 1
+        while s < m and n < limit:
+            out_tokens[o + n] = side_t[s]
+            n += 1
+            s += 1
+        lengths[i] = n
+    return 0
+
+
+@_jit
+def _sort_keys(keys, toks, keys2, toks2, m, hist):
+    """Sort ``keys[:m]`` (carrying ``toks``) by (key, token); returns the pair of arrays (``keys``
+    and ``toks`` or ``keys2`` and ``toks2``) that holds the result."""
+    src_k, src_t = keys, toks
+    if m > _SMALL:
+        kmin = keys[0]
+        kmax = keys[0]
+        for q in range(1, m):
+            kmin = min(kmin, keys[q])
+            kmax = max(kmax, keys[q])
+        span = kmax - kmin
+        nbits = 0
+        while span:
+            nbits += 1
+            span >>= np.uint32(1)
+        passes = (nbits + _MAX_DIGIT - 1) // _MAX_DIGIT
+        if passes > 0:
+            dbits = (nbits + passes - 1) // passes
+            nb = 1 << dbits
+            mask = np.uint32(nb - 1)
+            hist[:passes, :nb] = 0
+            for q in range(m):
+                k = keys[q] - kmin
+                keys[q] = k
+                for d in range(passes):
+                    hist[d, (k >> np.uint32(d * dbits)) & mask] += 1
+            dst_k, dst_t = keys2, toks2
+            for d in range(passes):
+                total = 0
+                for b in range(nb):
+                    c = hist[d, b]
+                    hist[d, b] = total
+                    total += c
+                shift = np.uint32(d * dbits)
+                for q in range(m):
+                    k = src_k[q]
+                    b = (k >> shift) & mask
+                    pos = hist[d, b]
+                    dst_k[pos] = k
+                    dst_t[pos] = src_t[q]
+                    hist[d, b] = pos + 1
+                src_k, dst_k = dst_k, src_k
+                src_t, dst_t = dst_t, src_t
+            for q in range(m):
+                src_k[q] += kmin
+    sort_runs(src_k, src_t, m, m <= _SMALL)
+    return src_k, src_t
 
 
 @_jit

@@ -14,7 +14,9 @@ import json
 import mmap
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -161,6 +163,18 @@ class _Part:
     flats: dict[str, np.ndarray]
     starts: np.ndarray
     lengths: np.ndarray
+
+
+@dataclass
+class _Run:
+    """Rows ``a:b`` of file ``file`` read at once; ``wanted`` (relative to ``a``) are the cells
+    at sorted-cell positions ``here``."""
+
+    file: int
+    a: int
+    b: int
+    wanted: np.ndarray
+    here: np.ndarray
 
 
 class _Recycler:
@@ -458,6 +472,7 @@ class H5adReader(_Recycler):
         self.source = source
         self.threads = threads
         self._open: dict[int, Any] = {}
+        self._pool: ThreadPoolExecutor | None = None  # ranks runs while the next ones are read
 
     def __enter__(self) -> H5adReader:
         return self
@@ -466,6 +481,9 @@ class H5adReader(_Recycler):
         self.close()
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         for handle in self._open.values():
             handle["file"].close()
             for key in ("data", "indices"):
@@ -563,7 +581,51 @@ class H5adReader(_Recycler):
         sorted_ids = np.unique(cells)
         file_of, local = _locate(sorted_ids, src.offsets)
         rows_all = np.empty(sorted_ids.size, dtype=np.int64)
+        runs = list(self._plan_runs(file_of, local, rows_all))
+        order = np.searchsorted(sorted_ids, cells)
+        if src.mode == "csr":
+            direct = hasattr(src.tokenizer, "tokenize_csr_into") and all(
+                self._handle(run.file)["encoding"] == "csr_matrix" for run in runs
+            )
+            start, lengths, fields, storage = self._pipelined(runs, sorted_ids.size, direct)
+            buf = self._buffer(None, sorted_ids, file_of, rows_all, order)
+            if storage is None:  # per-run outputs: copied into one array in buffer order
+                buf.fields, buf.start, buf.lengths, buf.storage = _assemble(
+                    fields, sorted_ids.size, order, {"input_ids": np.int32}, self
+                )
+            else:  # written in place: cells keep the slots reserved for them
+                buf.fields, buf.storage = fields, storage
+                buf.start, buf.lengths = start[order], lengths[order]
+            return buf
         parts: list[_Part] = []
+        for run in runs:
+            info = src.files[run.file]
+            block = self._read_range(run.file, run.a, run.b)
+            if src.check_values:
+                check_counts(block, path=info.path, rows=(run.a, run.b))
+            if src.tokenizer is not None:
+                fields, offsets = self._tokenize(info, block, run.a, run.wanted)
+                parts.append(_Part(run.here, fields, offsets[:-1], np.diff(offsets)))
+                continue
+            if info.column_map is not None:
+                block = _align_columns(block, info.column_map, src.n_columns)
+            first = block.indptr[run.wanted]
+            parts.append(
+                _Part(
+                    run.here,
+                    {"data": block.data, "indices": block.indices},
+                    first,
+                    block.indptr[run.wanted + 1] - first,
+                )
+            )
+        return self._buffer(parts, sorted_ids, file_of, rows_all, order)
+
+    def _plan_runs(
+        self, file_of: np.ndarray, local: np.ndarray, rows_all: np.ndarray
+    ) -> Iterator[_Run]:
+        """The runs of rows covering the cells, file by file (checking that each open file is
+        unchanged); fills ``rows_all`` with each cell's file row."""
+        src = self.source
         for f in np.unique(file_of).tolist():
             info = src.files[f]
             sel = np.flatnonzero(file_of == f)
@@ -573,28 +635,109 @@ class H5adReader(_Recycler):
                 self._check_unchanged(f)
             done = 0
             for a, b in _runs(rows, src.max_gap):
-                block = self._read_range(f, a, b)
                 wanted = rows[done : done + np.searchsorted(rows[done:], b)] - a
-                here = sel[done : done + wanted.size]
+                yield _Run(f, a, b, wanted, sel[done : done + wanted.size])
                 done += wanted.size
+
+    def _pipelined(self, runs: list[_Run], n: int, direct: bool):
+        """Rank-value tokens of the runs, ranked on a pool (one run per task, one thread each)
+        while the next runs are read. ``direct``: every cell's tokens are written straight into
+        one buffer array, in slots reserved from the file's ``indptr``; returns ``(start, lengths,
+        fields, storage)`` by sorted cell. Else returns ``(None, None, parts, None)``."""
+        src = self.source
+        tok = src.tokenizer
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="stformer-tokenize")
+        start = lengths = fields = storage = None
+        if direct:
+            reserved = np.zeros(n, dtype=np.int64)
+            for run in runs:
+                indptr = self._handle(run.file)["indptr"]
+                rows = run.a + run.wanted
+                reserved[run.here] = tok.csr_slots(indptr[rows + 1] - indptr[rows])
+            start = offsets_from_lengths(reserved)
+            fields, storage = self._arrays({"input_ids": (int(start[-1]), np.dtype(np.int32))})
+            lengths = np.zeros(n, dtype=np.int64)
+        parts: list[_Part] = []
+        pending: deque[tuple[_Run, Future]] = deque()
+
+        def collect(run: _Run, fut: Future) -> None:
+            if direct:
+                lengths[run.here] = fut.result()
+            else:
+                parts.append(_Part(run.here, *fut.result()))
+
+        try:
+            for run in runs:
+                info = src.files[run.file]
+                block = self._read_range(run.file, run.a, run.b)
                 if src.check_values:
-                    check_counts(block, path=info.path, rows=(a, b))
-                if src.tokenizer is not None:
-                    fields, offsets = self._tokenize(info, block, a, wanted)
-                    parts.append(_Part(here, fields, offsets[:-1], np.diff(offsets)))
-                    continue
-                if info.column_map is not None:
-                    block = _align_columns(block, info.column_map, src.n_columns)
-                first = block.indptr[wanted]
-                parts.append(
-                    _Part(
-                        here,
-                        {"data": block.data, "indices": block.indices},
-                        first,
-                        block.indptr[wanted + 1] - first,
-                    )
-                )
-        order = np.searchsorted(sorted_ids, cells)
+                    check_counts(block, path=info.path, rows=(run.a, run.b))
+                if direct:
+                    args = (fields["input_ids"], start[run.here])
+                    fut = self._pool.submit(self._tokenize_into, info, block, run, *args)
+                else:
+                    fut = self._pool.submit(self._tokenize_part, info, block, run)
+                pending.append((run, fut))
+                while len(pending) > 2 * self.threads:  # bounded memory: wait for the oldest
+                    collect(*pending.popleft())
+            while pending:
+                collect(*pending.popleft())
+        finally:
+            for _, fut in pending:  # failed: drop what was not started, wait for the rest
+                fut.cancel()
+            for _, fut in pending:
+                if not fut.cancelled():
+                    fut.exception()
+        if direct:
+            return start[:-1], lengths, fields, storage
+        return None, None, parts, None
+
+    def _tokenize_into(
+        self, info: _FileInfo, block: sp.csr_matrix, run: _Run, out: np.ndarray, start: np.ndarray
+    ) -> np.ndarray:
+        """Tokens of a run written at ``out[start[i]:]``; their numbers (on a pool thread)."""
+        try:
+            return self.source.tokenizer.tokenize_csr_into(
+                block.indptr,
+                block.indices,
+                block.data,
+                info.mapping,
+                info.factors,
+                rows=None if run.wanted.size == block.shape[0] else run.wanted,
+                out=out,
+                out_start=start,
+            )
+        except InputError:
+            raise
+        except ValueError as exc:  # the kernel refused the file's column indices
+            where = f"rows {run.a}:{run.b} of {self.source.layer or 'X'}"
+            raise _read_error(info.path, where, exc) from exc
+
+    def _tokenize_part(
+        self, info: _FileInfo, block: sp.csr_matrix, run: _Run
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """``_Part`` fields, starts and lengths of a run (on a pool thread)."""
+        try:
+            fields, offsets = self._tokenize(info, block, run.a, run.wanted, threads=1)
+        except InputError:
+            raise
+        except ValueError as exc:  # the kernel refused the file's column indices
+            where = f"rows {run.a}:{run.b} of {self.source.layer or 'X'}"
+            raise _read_error(info.path, where, exc) from exc
+        return fields, offsets[:-1], np.diff(offsets)
+
+    def _buffer(
+        self,
+        parts: list[_Part] | None,
+        sorted_ids: np.ndarray,
+        file_of: np.ndarray,
+        rows_all: np.ndarray,
+        order: np.ndarray,
+    ) -> Buffer:
+        """The buffer of the parts read (cells in the order ``order`` of the sorted ids); with
+        ``parts=None`` its values are left for the caller to fill."""
+        src = self.source
         obs = {
             k: np.concatenate(
                 [src.files[f].obs[k][rows_all[file_of == f]] for f in np.unique(file_of)]
@@ -611,6 +754,8 @@ class H5adReader(_Recycler):
             n_columns=int(src.n_columns or 0),
             obs=obs,
         )
+        if parts is None:
+            return buf
         if buf.raw:
             piece_of = np.zeros(sorted_ids.size, dtype=np.int64)
             start = np.zeros(sorted_ids.size, dtype=np.int64)
@@ -628,7 +773,12 @@ class H5adReader(_Recycler):
         return buf
 
     def _tokenize(
-        self, info: _FileInfo, block: sp.csr_matrix, a: int, wanted: np.ndarray
+        self,
+        info: _FileInfo,
+        block: sp.csr_matrix,
+        a: int,
+        wanted: np.ndarray,
+        threads: int | None = None,
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Token fields (flat) and offsets of rows ``wanted`` of ``block`` (file rows ``a + wanted``)."""
         tok = self.source.tokenizer
@@ -640,7 +790,7 @@ class H5adReader(_Recycler):
                 info.mapping,
                 info.factors,
                 rows=None if wanted.size == block.shape[0] else wanted,
-                threads=self.threads,
+                threads=self.threads if threads is None else threads,
             )
             return {"input_ids": ids}, offsets
         if wanted.size != block.shape[0]:
