@@ -169,16 +169,13 @@ def test_rank_table_bounds_its_size_and_orders_every_pair():
     factor = np.array([2.0, 1.0, 0.0, 4.0, 1.0], np.float32)
     column_token = np.array([7, 5, 6, -1, 3], np.int32)
     table = kernel.build_table(factor, column_token)
-    assert table.xmax == kernel.MAX_TABLE_COUNT  # few columns: every count up to the cap
+    assert table.xmax == kernel.TABLE_COUNTS
     pairs = table.pair_rank.reshape(5, table.xmax)
     assert (pairs[[2, 3]] == -1).all()  # no usable median / no token: never in the table
     # (column 0, count 1) = 2.0 ties (column 1, count 2) = 2.0 and (column 4, count 2) = 2.0:
     # the lower token first, as the radix path breaks ties
     assert pairs[4, 1] < pairs[1, 1] < pairs[0, 0]
     assert np.all(np.diff(table.rank_key.astype(np.int64)) >= 0)
-    many = np.ones(300_000, np.float32)
-    big = kernel.build_table(many, np.arange(300_000, dtype=np.int32))
-    assert big.xmax == kernel.MIN_TABLE_COUNT  # 300k columns: counts 1..4 only
     assert kernel.build_table(np.zeros(3, np.float32), np.arange(3, dtype=np.int32)) is None
 
 
@@ -186,7 +183,7 @@ def test_rank_table_is_built_once_enough_values_were_ranked():
     tables = kernel._Tables(size=2)
     factor = np.linspace(1, 2, 50).astype(np.float32)
     column_token = np.arange(50, dtype=np.int32)
-    pairs = 50 * kernel.MAX_TABLE_COUNT
+    pairs = 50 * kernel.TABLE_COUNTS
     assert tables.get(factor, column_token, pairs // 2) is None
     first = tables.get(factor, column_token, pairs // 2)  # the running count reaches the size
     assert first is not None
@@ -195,6 +192,11 @@ def test_rank_table_is_built_once_enough_values_were_ranked():
     for k in range(2):  # least recently used tables are dropped
         tables.get(factor + k + 1, column_token, 0, force=True)
     assert tables.get(factor, column_token, 1) is None
+    # a full-transcriptome vocabulary: never a table (the radix passes are faster there)
+    wide = np.ones(kernel.TABLE_COLUMNS + 1, np.float32)
+    wide_tokens = np.arange(wide.size, dtype=np.int32)
+    assert tables.get(wide, wide_tokens, 10**9) is None
+    assert tables.get(wide, wide_tokens, 10**9, force=True) is not None  # unless asked for
 
 
 def test_rank_into_writes_in_place_like_rank_csr():

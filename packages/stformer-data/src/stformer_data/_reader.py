@@ -640,8 +640,8 @@ class H5adReader(_Recycler):
                 done += wanted.size
 
     def _pipelined(self, runs: list[_Run], n: int, direct: bool):
-        """Rank-value tokens of the runs, ranked on a pool (one run per task, one thread each)
-        while the next runs are read. ``direct``: every cell's tokens are written straight into
+        """Rank-value tokens of the runs: each run is read and ranked by one thread of a pool of
+        ``threads`` (the runs in flight are bounded). ``direct``: every cell's tokens are written straight into
         one buffer array, in slots reserved from the file's ``indptr``; returns ``(start, lengths,
         fields, storage)`` by sorted cell. Else returns ``(None, None, parts, None)``."""
         src = self.source
@@ -669,15 +669,12 @@ class H5adReader(_Recycler):
 
         try:
             for run in runs:
-                info = src.files[run.file]
-                block = self._read_range(run.file, run.a, run.b)
-                if src.check_values:
-                    check_counts(block, path=info.path, rows=(run.a, run.b))
+                self._handle(run.file)  # opened here: the pool threads only read
                 if direct:
                     args = (fields["input_ids"], start[run.here])
-                    fut = self._pool.submit(self._tokenize_into, info, block, run, *args)
+                    fut = self._pool.submit(self._rank_run, run, *args)
                 else:
-                    fut = self._pool.submit(self._tokenize_part, info, block, run)
+                    fut = self._pool.submit(self._rank_run, run)
                 pending.append((run, fut))
                 while len(pending) > 2 * self.threads:  # bounded memory: wait for the oldest
                     collect(*pending.popleft())
@@ -692,6 +689,19 @@ class H5adReader(_Recycler):
         if direct:
             return start[:-1], lengths, fields, storage
         return None, None, parts, None
+
+    def _rank_run(
+        self, run: _Run, out: np.ndarray | None = None, start: np.ndarray | None = None
+    ) -> Any:
+        """Read a run and rank it (on a pool thread): into ``out`` at ``start`` (returns the
+        lengths), or as ``_Part`` fields, starts and lengths when ``out`` is None."""
+        info = self.source.files[run.file]
+        block = self._read_range(run.file, run.a, run.b)
+        if self.source.check_values:
+            check_counts(block, path=info.path, rows=(run.a, run.b))
+        if out is None:
+            return self._tokenize_part(info, block, run)
+        return self._tokenize_into(info, block, run, out, start)
 
     def _tokenize_into(
         self, info: _FileInfo, block: sp.csr_matrix, run: _Run, out: np.ndarray, start: np.ndarray
