@@ -641,9 +641,9 @@ class H5adReader(_Recycler):
 
     def _pipelined(self, runs: list[_Run], n: int, direct: bool):
         """Rank-value tokens of the runs: each run is read and ranked by one thread of a pool of
-        ``threads`` (the runs in flight are bounded). ``direct``: every cell's tokens are written straight into
-        one buffer array, in slots reserved from the file's ``indptr``; returns ``(start, lengths,
-        fields, storage)`` by sorted cell. Else returns ``(None, None, parts, None)``."""
+        ``threads`` (the runs in flight are bounded). ``direct``: every cell's tokens are written
+        straight into one buffer array, in slots reserved from the file's ``indptr``; returns
+        ``(start, lengths, fields, storage)`` by sorted cell. Else ``(None, None, parts, None)``."""
         src = self.source
         tok = src.tokenizer
         if self._pool is None:
