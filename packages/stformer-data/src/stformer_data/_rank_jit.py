@@ -107,7 +107,7 @@ def rank_rows_table(
     n_cols = factor.size
     n_words = (rank_token.size + 63) >> 6
     bitmap = np.zeros(n_words, np.uint64)
-    summary = np.zeros((n_words + 63) >> 6, np.uint64)  # which bitmap words are not zero
+    summary = np.zeros((n_words + 63) >> 6, np.uint64)
     width = 1
     for i in range(r0, r1):
         width = max(width, ends[i] - starts[i])
@@ -139,9 +139,7 @@ def rank_rows_table(
                 if xi == x:
                     r = pair_rank[j * xmax + xi - 1]  # -1: no token or no usable median
                     if r >= 0:
-                        w = r >> 6
-                        bitmap[w] |= one << np.uint64(r & 63)
-                        summary[w >> 6] |= one << np.uint64(w & 63)
+                        bitmap[r >> 6] |= one << np.uint64(r & 63)
                     continue
             t = column_token[j]
             if t >= 0:
@@ -151,12 +149,17 @@ def rank_rows_table(
                     toks[m] = t
                     m += 1
         if flags:
-            for w in range(summary.size):  # leave the scratch clean for a caller that goes on
-                if summary[w]:
-                    bitmap[w * 64 : w * 64 + 64] = 0
-                    summary[w] = 0
+            bitmap[:] = 0  # leave the scratch clean
             return flags
         side_k, side_t = _sort_keys(keys, toks, keys2, toks2, m, hist)
+        # which bitmap words are set, 64 per summary word (a branch-free loop that vectorises;
+        # cheaper than updating the summary with every value)
+        for sw in range(summary.size):
+            acc = np.uint64(0)
+            w0 = sw * 64
+            for q in range(min(64, n_words - w0)):
+                acc |= np.uint64(bitmap[w0 + q] != 0) << np.uint64(q)
+            summary[sw] = acc
         o = out_start[i]
         n = 0
         s = 0  # next value outside the table
@@ -170,6 +173,13 @@ def rank_rows_table(
                 bits &= bits - one
                 word = bitmap[w]
                 bitmap[w] = 0
+                if s == m and n + 64 <= limit:  # nothing to merge, room for the whole word
+                    base = w * 64
+                    while word:
+                        out_tokens[o + n] = rank_token[base + np.int64(trailing_zeros(word))]
+                        word &= word - one
+                        n += 1
+                    continue
                 while word and n < limit:
                     r = w * 64 + np.int64(trailing_zeros(word))
                     word &= word - one
