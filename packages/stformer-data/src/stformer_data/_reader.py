@@ -472,7 +472,7 @@ class H5adReader(_Recycler):
         self.source = source
         self.threads = threads
         self._open: dict[int, Any] = {}
-        self._pool: ThreadPoolExecutor | None = None  # ranks runs while the next ones are read
+        self._pool: ThreadPoolExecutor | None = None  # reads and ranks runs of rank-value tokens
 
     def __enter__(self) -> H5adReader:
         return self
