@@ -32,16 +32,9 @@ def rank_rows(
     ``lengths[i]`` tokens at ``out_tokens[out_start[i]:]``. Returns the flag bits of the first
     offending row (0: all rows done)."""
     n_cols = factor.size
-    width = 1
-    for i in range(r0, r1):
-        width = max(width, ends[i] - starts[i])
-    keys = np.empty(width, np.uint32)
-    keys2 = np.empty(width, np.uint32)
-    toks = np.empty(width, np.int32)
-    toks2 = np.empty(width, np.int32)
-    fvals = np.empty(width, np.float32)
+    keys, keys2, toks, toks2, hist = _scratch(starts, ends, r0, r1)
+    fvals = np.empty(keys.size, np.float32)
     fbits = fvals.view(np.uint32)
-    hist = np.zeros((3, 1 << _MAX_DIGIT), np.int64)
     top = np.uint32(0x7FFFFFFF)
     for i in range(r0, r1):
         a, b = starts[i], ends[i]
@@ -108,14 +101,7 @@ def rank_rows_table(
     n_words = (rank_token.size + 63) >> 6
     bitmap = np.zeros(n_words, np.uint64)
     summary = np.zeros((n_words + 63) >> 6, np.uint64)
-    width = 1
-    for i in range(r0, r1):
-        width = max(width, ends[i] - starts[i])
-    keys = np.empty(width, np.uint32)
-    keys2 = np.empty(width, np.uint32)
-    toks = np.empty(width, np.int32)
-    toks2 = np.empty(width, np.int32)
-    hist = np.zeros((3, 1 << _MAX_DIGIT), np.int64)
+    keys, keys2, toks, toks2, hist = _scratch(starts, ends, r0, r1)
     top = np.uint32(0x7FFFFFFF)
     one = np.uint64(1)
     for i in range(r0, r1):
@@ -208,6 +194,22 @@ def rank_rows_table(
             s += 1
         lengths[i] = n
     return 0
+
+
+@_jit
+def _scratch(starts, ends, r0, r1):
+    """Per-call scratch of the rank kernels: keys and tokens (twice, for the radix passes) as
+    long as the longest row of ``r0:r1``, and the radix histograms."""
+    width = 1
+    for i in range(r0, r1):
+        width = max(width, ends[i] - starts[i])
+    return (
+        np.empty(width, np.uint32),
+        np.empty(width, np.uint32),
+        np.empty(width, np.int32),
+        np.empty(width, np.int32),
+        np.zeros((3, 1 << _MAX_DIGIT), np.int64),
+    )
 
 
 @_jit
