@@ -14,8 +14,10 @@ It reports real (non-pad) tokens per second, the ratios (c)/(a) and (c)/(b), and
 the last step (the three compute the same function, so the losses agree up to float noise). The
 setups take their steps in turn (step 1 of a, b, c, then step 2, ...), so that other load on a
 shared machine slows all three alike.
-Prints one JSON line. Usage: ``uv run python benchmarks/train.py [--steps 8] [--batch-size 8]`` (about 9 minutes on 2 idle cores; fewer steps draw fewer cells and the ratios swing with the longest cell drawn) (batch 8 padded to 2,048
-peaks near 18 GB of RAM; ``--batch-size 4`` about half of that).
+Prints one JSON line. Usage: ``uv run python benchmarks/train.py [--steps 8] [--batch-size 8]``:
+about 9 minutes on 2 idle cores (fewer steps draw fewer cells, and the ratios swing with the
+longest cell drawn); batch 8 padded to 2,048 peaks near 18 GB of RAM, ``--batch-size 4`` about
+half of that.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from stformer_data import (  # noqa: E402
     tokenize_files,
 )
 from stformer_data._ragged import _row_kernels, pad_rows  # noqa: E402
-from stformer_data._reader import H5adReader  # noqa: E402
 from stformer_data.torch import (  # noqa: E402
     CorpusStreamDataset,
     DistributedAnnDataset,
@@ -271,14 +270,14 @@ def test_rank_tokens_on_the_fly_equal_the_corpus(tmp_path, dense, monkeypatch):
     }
     tok = RankValueTokenizer(vocab, medians, rank)
     used = {"in place": 0, "per run": 0, "table": 0}
-    for name, label in (("_tokenize_into", "in place"), ("_tokenize_part", "per run")):
-        method = getattr(H5adReader, name)
+    for name, label in (("tokenize_csr_into", "in place"), ("tokenize_csr", "per run")):
+        method = getattr(RankValueTokenizer, name)
 
         def spy(self, *args, _method=method, _label=label, **kwargs):
             used[_label] += 1
             return _method(self, *args, **kwargs)
 
-        monkeypatch.setattr(H5adReader, name, spy)
+        monkeypatch.setattr(RankValueTokenizer, name, spy)
     build = _rank_kernel.build_table
 
     def counting_build(factor, column_token):

@@ -44,7 +44,8 @@ def rank_rows(
         m = 0
         prev = -1
         for p in range(a, b):
-            x = data[np.uint64(p)]  # unsigned indices: no wraparound checks (see below)
+            # unsigned indices (all known to be >= 0) spare numba's negative-index wraparound
+            x = data[np.uint64(p)]
             j = np.int64(indices[np.uint64(p)])
             if j <= prev:
                 flags |= 2
@@ -63,7 +64,7 @@ def rank_rows(
             return flags
         for q in range(m):
             keys[q] = top - fbits[q]
-        src_k, src_t = _sort_keys(keys, toks, keys2, toks2, m, hist)
+        src_k, src_t = _sort_keys(keys, toks, keys2, toks2, m, hist, False)
         n = min(m, limit)
         o = out_start[i]
         for q in range(n):
@@ -112,9 +113,7 @@ def rank_rows_table(
         m = 0  # values outside the table
         prev = -1
         for p in range(a, b):
-            # unsigned indices (all known to be >= 0) spare numba's negative-index wraparound:
-            # measured 12-18% faster
-            x = data[np.uint64(p)]
+            x = data[np.uint64(p)]  # unsigned indices, as in rank_rows
             j = np.int64(indices[np.uint64(p)])
             if j <= prev:
                 flags |= 2
@@ -140,7 +139,7 @@ def rank_rows_table(
         if flags:
             bitmap[:] = 0  # leave the scratch clean
             return flags
-        side_k, side_t = _sort_keys(keys, toks, keys2, toks2, m, hist)
+        side_k, side_t = _sort_keys(keys, toks, keys2, toks2, m, hist, True)
         # which bitmap words are set, 64 per summary word (a branch-free loop that vectorises;
         # cheaper than updating the summary with every value)
         for sw in range(summary.size):
@@ -213,9 +212,10 @@ def _scratch(starts, ends, r0, r1):
 
 
 @_jit
-def _sort_keys(keys, toks, keys2, toks2, m, hist):
+def _sort_keys(keys, toks, keys2, toks2, m, hist, exact):
     """Sort ``keys[:m]`` (carrying ``toks``) by (key, token); returns the pair of arrays (``keys``
-    and ``toks`` or ``keys2`` and ``toks2``) that holds the result."""
+    and ``toks`` or ``keys2`` and ``toks2``) that holds the result. The radix passes sort
+    ``key - min``; ``exact`` adds the minimum back (only needed where keys are compared after)."""
     src_k, src_t = keys, toks
     if m > _SMALL:
         kmin = keys[0]
@@ -258,8 +258,9 @@ def _sort_keys(keys, toks, keys2, toks2, m, hist):
                     hist[d, b] = pos + np.uint64(1)
                 src_k, dst_k = dst_k, src_k
                 src_t, dst_t = dst_t, src_t
-            for q in range(m):
-                src_k[q] += kmin
+            if exact:
+                for q in range(m):
+                    src_k[q] += kmin
     sort_runs(src_k, src_t, m, m <= _SMALL)
     return src_k, src_t
 

@@ -16,12 +16,12 @@ factors, a *rank table* is built (once per distinct set of factors and tokens, c
 content): the global rank of every pair in (key, token, column) order. A row is then sorted by
 setting one bit per value in a bitmap over these ranks and reading the set bits back in order,
 two cheap passes instead of the radix passes (1.3x faster at 2,000 genes; only for gene panels
-small enough for the table to stay in cache, see :data:`TABLE_COLUMNS`).
+small enough for the table to stay in cache, see :data:`TABLE_COLUMNS`). Values outside the table
+(counts above ``xmax``, fractions) are radix-sorted apart and merged in, so the tokens are exactly
+the same either way.
 
 The hot loops index with unsigned integers where the index is known to be >= 0: numba then
 leaves out its negative-index wraparound, which made the radix path 1.4x faster (measured).
-Values outside the table (counts above ``xmax``, fractions) are radix-sorted apart and merged in,
-so the tokens are exactly the same either way.
 
 Without numba the numpy path in ``_rank.py`` (one ``np.sort`` per cell) gives the same tokens.
 """
@@ -78,10 +78,6 @@ class RankTable:
     rank_token: np.ndarray  # int32: the token of each rank
     rank_key: np.ndarray  # uint32: the key of each rank (for merging values outside the table)
     xmax: int
-
-    @property
-    def nbytes(self) -> int:
-        return self.pair_rank.nbytes + self.rank_token.nbytes + self.rank_key.nbytes
 
 
 def build_table(factor: np.ndarray, column_token: np.ndarray) -> RankTable | None:

@@ -584,18 +584,10 @@ class H5adReader(_Recycler):
         runs = list(self._plan_runs(file_of, local, rows_all))
         order = np.searchsorted(sorted_ids, cells)
         if src.mode == "csr":
-            direct = hasattr(src.tokenizer, "tokenize_csr_into") and all(
-                self._handle(run.file)["encoding"] == "csr_matrix" for run in runs
-            )
-            start, lengths, fields, storage = self._pipelined(runs, sorted_ids.size, direct)
             buf = self._buffer(None, sorted_ids, file_of, rows_all, order)
-            if storage is None:  # per-run outputs: copied into one array in buffer order
-                buf.fields, buf.start, buf.lengths, buf.storage = _assemble(
-                    fields, sorted_ids.size, order, {"input_ids": np.int32}, self
-                )
-            else:  # written in place: cells keep the slots reserved for them
-                buf.fields, buf.storage = fields, storage
-                buf.start, buf.lengths = start[order], lengths[order]
+            buf.fields, buf.start, buf.lengths, buf.storage = self._pipelined(
+                runs, sorted_ids.size, order
+            )
             return buf
         parts: list[_Part] = []
         for run in runs:
@@ -639,16 +631,20 @@ class H5adReader(_Recycler):
                 yield _Run(f, a, b, wanted, sel[done : done + wanted.size])
                 done += wanted.size
 
-    def _pipelined(self, runs: list[_Run], n: int, direct: bool):
-        """Rank-value tokens of the runs: each run is read and ranked by one thread of a pool of
-        ``threads`` (the runs in flight are bounded). ``direct``: every cell's tokens are written
-        straight into one buffer array, in slots reserved from the file's ``indptr``; returns
-        ``(start, lengths, fields, storage)`` by sorted cell. Else ``(None, None, parts, None)``."""
-        src = self.source
-        tok = src.tokenizer
+    def _pipelined(
+        self, runs: list[_Run], n: int, order: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Rank-value tokens of the runs as a buffer's ``(fields, start, lengths, storage)``: each
+        run is read and ranked by one thread of a pool of ``threads`` (the runs in flight are
+        bounded). From sparse X every cell's tokens are written straight into one buffer array, in
+        slots reserved from the file's ``indptr``; otherwise each run's tokens are copied into it
+        afterwards (:func:`_assemble`)."""
+        tok = self.source.tokenizer
+        # files are opened here, in this thread: the pool threads only read them
+        encodings = {self._handle(f)["encoding"] for f in {run.file for run in runs}}
+        direct = hasattr(tok, "tokenize_csr_into") and encodings <= {"csr_matrix"}
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="stformer-tokenize")
-        start = lengths = fields = storage = None
         if direct:
             reserved = np.zeros(n, dtype=np.int64)
             for run in runs:
@@ -669,7 +665,6 @@ class H5adReader(_Recycler):
 
         try:
             for run in runs:
-                self._handle(run.file)  # opened here: the pool threads only read
                 if direct:
                     args = (fields["input_ids"], start[run.here])
                     fut = self._pool.submit(self._rank_run, run, *args)
@@ -686,9 +681,9 @@ class H5adReader(_Recycler):
             for _, fut in pending:
                 if not fut.cancelled():
                     fut.exception()
-        if direct:
-            return start[:-1], lengths, fields, storage
-        return None, None, parts, None
+        if direct:  # cells keep the slots reserved for them
+            return fields, start[:-1][order], lengths[order], storage
+        return _assemble(parts, n, order, {"input_ids": np.int32}, self)
 
     def _rank_run(
         self, run: _Run, out: np.ndarray | None = None, start: np.ndarray | None = None
@@ -699,43 +694,34 @@ class H5adReader(_Recycler):
         block = self._read_range(run.file, run.a, run.b)
         if self.source.check_values:
             check_counts(block, path=info.path, rows=(run.a, run.b))
-        if out is None:
-            return self._tokenize_part(info, block, run)
-        return self._tokenize_into(info, block, run, out, start)
-
-    def _tokenize_into(
-        self, info: _FileInfo, block: sp.csr_matrix, run: _Run, out: np.ndarray, start: np.ndarray
-    ) -> np.ndarray:
-        """Tokens of a run written at ``out[start[i]:]``; their numbers (on a pool thread)."""
+        rows = None if run.wanted.size == block.shape[0] else run.wanted
         try:
-            return self.source.tokenizer.tokenize_csr_into(
+            if out is not None:
+                return self.source.tokenizer.tokenize_csr_into(
+                    block.indptr,
+                    block.indices,
+                    block.data,
+                    info.mapping,
+                    info.factors,
+                    rows=rows,
+                    out=out,
+                    out_start=start,
+                )
+            ids, offsets = self.source.tokenizer.tokenize_csr(
                 block.indptr,
                 block.indices,
                 block.data,
                 info.mapping,
                 info.factors,
-                rows=None if run.wanted.size == block.shape[0] else run.wanted,
-                out=out,
-                out_start=start,
+                rows=rows,
+                threads=1,
             )
         except InputError:
             raise
         except ValueError as exc:  # the kernel refused the file's column indices
             where = f"rows {run.a}:{run.b} of {self.source.layer or 'X'}"
             raise _read_error(info.path, where, exc) from exc
-
-    def _tokenize_part(
-        self, info: _FileInfo, block: sp.csr_matrix, run: _Run
-    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """``_Part`` fields, starts and lengths of a run (on a pool thread)."""
-        try:
-            fields, offsets = self._tokenize(info, block, run.a, run.wanted, threads=1)
-        except InputError:
-            raise
-        except ValueError as exc:  # the kernel refused the file's column indices
-            where = f"rows {run.a}:{run.b} of {self.source.layer or 'X'}"
-            raise _read_error(info.path, where, exc) from exc
-        return fields, offsets[:-1], np.diff(offsets)
+        return {"input_ids": ids}, offsets[:-1], np.diff(offsets)
 
     def _buffer(
         self,
@@ -783,26 +769,11 @@ class H5adReader(_Recycler):
         return buf
 
     def _tokenize(
-        self,
-        info: _FileInfo,
-        block: sp.csr_matrix,
-        a: int,
-        wanted: np.ndarray,
-        threads: int | None = None,
+        self, info: _FileInfo, block: sp.csr_matrix, a: int, wanted: np.ndarray
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Token fields (flat) and offsets of rows ``wanted`` of ``block`` (file rows ``a + wanted``)."""
+        """Token fields (flat) and offsets of rows ``wanted`` of ``block`` (file rows ``a + wanted``),
+        for the ``binned`` and ``blocks`` modes (``csr``: :meth:`_pipelined`)."""
         tok = self.source.tokenizer
-        if self.source.mode == "csr":  # the whole run at once, straight from the file's arrays
-            ids, offsets = tok.tokenize_csr(
-                block.indptr,
-                block.indices,
-                block.data,
-                info.mapping,
-                info.factors,
-                rows=None if wanted.size == block.shape[0] else wanted,
-                threads=self.threads if threads is None else threads,
-            )
-            return {"input_ids": ids}, offsets
         if wanted.size != block.shape[0]:
             block = block[wanted]
         file_rows = a + wanted
@@ -841,13 +812,17 @@ class _MappedSegments:
     def __init__(
         self, path: Path, dtype: np.dtype, size: int, segments: list[tuple[int, int, int]]
     ) -> None:
-        mapped = np.memmap(path, dtype=np.uint8, mode="r")
-        self._mmap = mapped._mmap  # for madvise in release()
-        # a plain ndarray over the map: slicing a np.memmap builds memmap objects (slow per row)
-        self._file = mapped.view(np.ndarray)
+        self.path = path
         self.dtype, self.size = dtype, size
         self._starts = np.array([s[0] for s in segments], dtype=np.int64)
         self._segments = segments  # (first element, stop element, byte offset)
+        self._open()
+
+    def _open(self) -> None:
+        mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
+        self._mmap = mapped._mmap  # for madvise in release()
+        # a plain ndarray over the map: slicing a np.memmap builds memmap objects (slow per row)
+        self._file = mapped.view(np.ndarray)
 
     @property
     def breaks(self) -> np.ndarray:
@@ -893,14 +868,8 @@ class _PreadSegments(_MappedSegments):
     truncated while it is being read gives a short read, which is an error naming it, where a
     memory map would kill the process with SIGBUS. Used where the data outlive the read."""
 
-    def __init__(
-        self, path: Path, dtype: np.dtype, size: int, segments: list[tuple[int, int, int]]
-    ) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_RDONLY)
-        self.dtype, self.size = dtype, size
-        self._starts = np.array([s[0] for s in segments], dtype=np.int64)
-        self._segments = segments
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_RDONLY)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -306,8 +306,9 @@ class DistributedAnnDataset(_StreamDataset):
         Shuffle buffers read (and tokenized) ahead on a background thread while batches of the
         current one are yielded (0: read in the iterating thread). Each costs a buffer's memory.
     tokenize_threads
-        Threads ranking the cells of a buffer (``tokenize_csr`` tokenizers); ``None``: the CPUs of
-        this process divided among the local ranks (``LOCAL_WORLD_SIZE``) and DataLoader workers.
+        Threads reading and ranking the runs of rows of a buffer (``tokenize_csr`` tokenizers);
+        ``None``: the CPUs of this process divided among the local ranks (``LOCAL_WORLD_SIZE``)
+        and DataLoader workers.
 
     >>> from torch.utils.data import DataLoader
     >>> ds = DistributedAnnDataset(["a.h5ad", "b.h5ad"], batch_size=256)  # doctest: +SKIP
