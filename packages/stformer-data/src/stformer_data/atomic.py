@@ -1,0 +1,117 @@
+"""Atomic writes: a file or folder appears under its final name only when it is complete.
+
+Every stformer package writes its outputs through these helpers (corpora, medians, vocabularies,
+run directories, models, metrics, search results), so that an interrupted or failed command never
+leaves something that looks finished:
+
+* :func:`atomic_write_text` / :func:`atomic_write_bytes` / :func:`atomic_write_json` write a file
+  next to its final path under a hidden temporary name, flush it to disk and rename it;
+* :func:`atomic_dir` yields a hidden ``.<name>.partial`` folder to fill; on success the folder is
+  renamed to its final name (replacing an existing one only then), on an exception it is removed
+  unless ``keep_on_error`` asks to keep it (resumable work such as a corpus's finished shards).
+
+``os.replace`` is atomic on POSIX within one file system, which is why the temporary path is always
+a sibling of the final one.
+
+>>> import tempfile, pathlib
+>>> root = pathlib.Path(tempfile.mkdtemp())
+>>> _ = atomic_write_json(root / "metrics.json", {"accuracy": 0.9})
+>>> (root / "metrics.json").read_text()
+'{"accuracy": 0.9}'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "atomic_dir",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "partial_path",
+]
+
+
+def partial_path(path: str | PathLike[str]) -> Path:
+    """The hidden sibling ``.<name>.partial`` where ``path`` is built before it is renamed."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+def atomic_write_bytes(path: str | PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (parents are created); return ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(
+    path: str | PathLike[str], text: str, *, encoding: str = "utf-8", fsync: bool = True
+) -> Path:
+    """Write ``text`` to ``path`` atomically (parents are created); return ``path``."""
+    return atomic_write_bytes(path, text.encode(encoding), fsync=fsync)
+
+
+def atomic_write_json(
+    path: str | PathLike[str], obj: Any, *, indent: int | None = None, fsync: bool = True
+) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically; return ``path``."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent), fsync=fsync)
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    path: str | PathLike[str], *, keep_on_error: bool = False, reuse: bool = False
+) -> Iterator[Path]:
+    """Build a folder under a temporary name and rename it to ``path`` when the block succeeds.
+
+    Parameters
+    ----------
+    path
+        The final folder. If it exists it is replaced, but only once the new one is complete.
+    keep_on_error
+        Keep the temporary folder when the block raises (e.g. finished shards to resume from);
+        by default it is removed, so a failed command leaves nothing behind.
+    reuse
+        Start from a temporary folder left by an earlier, interrupted attempt instead of clearing
+        it (the caller checks that its contents belong to the same job).
+    """
+    path = Path(path)
+    tmp = partial_path(path)
+    if tmp.exists() and not reuse:
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        if not keep_on_error:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, path)
