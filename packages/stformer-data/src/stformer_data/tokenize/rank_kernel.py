@@ -49,7 +49,7 @@ NO_CHECK, CHECK_FINITE, CHECK_COUNTS = 0, 1, 2
 @cache
 def _compiled():
     try:
-        from stformer_data import _rank_jit
+        from stformer_data.tokenize import rank_jit as _rank_jit
     except ImportError:  # numba is a dependency; the numpy path stays as a fallback
         return None
     return _rank_jit.rank_rows, _rank_jit.compact, _rank_jit.rank_rows_table
