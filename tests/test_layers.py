@@ -53,7 +53,7 @@ def test_layers_hold():
     ("module", "line", "contract"),
     [
         (
-            "packages/stformer-data/src/stformer_data/_vocab.py",
+            "packages/stformer-data/src/stformer_data/genes/vocab.py",
             "import transformers\n",
             "free of heavy training",
         ),
