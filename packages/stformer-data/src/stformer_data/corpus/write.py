@@ -121,34 +121,18 @@ def tokenize_files(
         shard_dir.mkdir(parents=True, exist_ok=True)
         if not plan_file.is_file():
             atomic_write_json(plan_file, {"fingerprint": job_fingerprint, "units": len(units)})
-        done = {
-            u.index: json.loads(shard_path(shard_dir, u.index).with_suffix(".json").read_text())
-            for u in units
-            if shard_path(shard_dir, u.index).with_suffix(".json").is_file()
-        }
-        factors = (
-            [rank.column_factors(p.mapping).astype(np.float32) for p in plans]
-            if rank is not None
-            else [None] * len(plans)
+        done = _done_units(shard_dir, units)
+        jobs = _jobs(
+            [u for u in units if u.index not in done],
+            plans,
+            config,
+            rank,
+            vocab=vocab,
+            token_vocab=token_vocab,
+            medians=medians,
+            obs_kinds=obs_kinds,
+            shard_dir=shard_dir,
         )
-        threads = config.num_proc if config.uses_threads else 1
-        jobs = [
-            Job(
-                unit=u,
-                path=plans[u.file_index].path,
-                mapping=plans[u.file_index].mapping,
-                config=config,
-                vocab=vocab,
-                token_vocab=token_vocab,
-                medians=medians,
-                obs_kinds=obs_kinds,
-                shard_dir=str(shard_dir),
-                factors=factors[u.file_index],
-                threads=threads,
-            )
-            for u in units
-            if u.index not in done
-        ]
         sha = _run_jobs(jobs, units, done, plans, config, tmp, progress)
         _finalize(
             _Finished(
@@ -167,6 +151,42 @@ def tokenize_files(
             )
         )
     return load_corpus(out_dir)
+
+
+def _done_units(shard_dir: Path, units: list[Unit]) -> dict[int, dict[str, Any]]:
+    """The results of the units an earlier, interrupted run finished (their done markers)."""
+    markers = {u.index: shard_path(shard_dir, u.index).with_suffix(".json") for u in units}
+    return {i: json.loads(m.read_text()) for i, m in markers.items() if m.is_file()}
+
+
+def _jobs(
+    todo: list[Unit],
+    plans: list[FilePlan],
+    config: TokenizeConfig,
+    rank: RankValueTokenizer | None,
+    **shared: Any,
+) -> list[Job]:
+    """One job per unit to do; ``shared`` are the fields every job has (vocabularies, medians,
+    obs kinds, the shard folder)."""
+    factors = (
+        [rank.column_factors(p.mapping).astype(np.float32) for p in plans]
+        if rank is not None
+        else [None] * len(plans)
+    )
+    threads = config.num_proc if config.uses_threads else 1
+    shared["shard_dir"] = str(shared["shard_dir"])
+    return [
+        Job(
+            unit=u,
+            path=plans[u.file_index].path,
+            mapping=plans[u.file_index].mapping,
+            config=config,
+            factors=factors[u.file_index],
+            threads=threads,
+            **shared,
+        )
+        for u in todo
+    ]
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
