@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from stformer_data._errors import InputError
+from stformer_data._errors import InputError, read_error
 from stformer_data.h5ad.direct import PreadSegments, direct_view
 from stformer_data.h5ad.open import open_h5ad
 
@@ -35,17 +35,6 @@ class FileStamp:
     def of(cls, path: Path) -> FileStamp:
         st = path.stat()
         return cls(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
-
-
-def read_error(path: Path, field: str, exc: Exception) -> InputError:
-    """The error for a file that could not be read (vanished, truncated or corrupt)."""
-    return InputError(
-        path,
-        field,
-        f"could not be read ({type(exc).__name__}: {exc}); the file vanished, "
-        "is truncated or is corrupt",
-        "restore or re-export the file",
-    )
 
 
 class WorkerFiles:

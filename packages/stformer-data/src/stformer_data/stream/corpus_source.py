@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from stformer_data._errors import InputError
+from stformer_data._errors import InputError, read_error
 from stformer_data.corpus.format import (
     CELL_INDEX,
     DATASET_DIR,
@@ -27,7 +27,6 @@ from stformer_data.corpus.format import (
     is_complete_corpus,
 )
 from stformer_data.genes.vocab import GeneVocab
-from stformer_data.h5ad.files import read_error
 from stformer_data.stream.buffers import Buffer, Part, Recycler, assemble, locate
 
 

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from stformer_data._errors import InputError
+from stformer_data._errors import InputError, read_error
 from stformer_data._ragged import gather_rows, offsets_from_lengths
 from stformer_data.h5ad.checks import check_counts
-from stformer_data.h5ad.files import WorkerFiles, read_error
+from stformer_data.h5ad.files import WorkerFiles
 from stformer_data.stream.buffers import Buffer, Part, Recycler, assemble, locate
 from stformer_data.tokenize.contract import Cells, TokenBlock, token_room
 
