@@ -62,6 +62,11 @@ def test_layers_hold():
             "import stformer_train\n",
             "Layers",
         ),
+        (
+            "packages/stformer-data/src/stformer_data/h5ad/rows.py",
+            "import stformer_data.stream.buffers\n",
+            "each stage imports only the stages before it",
+        ),
         ("packages/stformer-train/src/stformer_train/config.py", "import ray\n", "neither Ray"),
         (
             "packages/stformer-dist/src/stformer_dist/__init__.py",
