@@ -233,13 +233,15 @@ class H5adSourceReader(Recycler):
         tok = self.source.tokenizer
         flats: dict[str, list[np.ndarray]] = {name: [] for name in tok.fields}
         lengths = []
+        every = run.wanted.size == block.shape[0]
         for c in range(0, run.wanted.size, TOKENIZE_ROWS):
-            cells = Cells(
-                counts=block,
-                file=info.cells,
-                first_row=run.a,
-                select=run.wanted[c : c + TOKENIZE_ROWS],
-            )
+            if every:  # a slice of the rows read, no copy
+                cells = Cells(
+                    counts=block[c : c + TOKENIZE_ROWS], file=info.cells, first_row=run.a + c
+                )
+            else:
+                select = run.wanted[c : c + TOKENIZE_ROWS]
+                cells = Cells(counts=block, file=info.cells, first_row=run.a, select=select)
             tokens = _compact(tok.tokenize(cells))
             for name in tok.fields:
                 flats[name].append(tokens.fields[name])
