@@ -23,7 +23,7 @@ the same either way.
 The hot loops index with unsigned integers where the index is known to be >= 0: numba then
 leaves out its negative-index wraparound, which made the radix path 1.4x faster (measured).
 
-Without numba the numpy path in ``_rank.py`` (one ``np.sort`` per cell) gives the same tokens.
+Without numba the numpy path in ``tokenize/rank.py`` (one ``np.sort`` per cell) gives the same tokens.
 """
 
 from __future__ import annotations
