@@ -310,7 +310,7 @@ def main() -> None:
 
     # compile stformer's kernel into numba's on-disk cache once (an install-time cost), untimed
     subprocess.run(
-        [sys.executable, "-c", "from stformer_data import _rank_kernel as k; k.warm_up()"],
+        [sys.executable, "-c", "from stformer_data.tokenize import rank_kernel as k; k.warm_up()"],
         check=True,
     )
     # rounds alternate the two sides; each side's fastest round is reported (min of repeats, as

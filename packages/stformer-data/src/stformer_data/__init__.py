@@ -1,68 +1,139 @@
-"""stformer-data: from AnnData files to token corpora.
+"""stformer-data: from AnnData files to token corpora and token batches.
 
-Gene vocabularies (token dictionaries), per-gene medians, Geneformer rank-value tokenization,
-corpora on disk (Hugging Face ``datasets`` Arrow), and a simulator of raw-count data.
+The sub-packages are the stages a cell passes through:
 
-Streaming into training: shuffle strategies, train/val/test splits and epoch planning are here;
-the torch datasets are in :mod:`stformer_data.torch` (``pip install "stformer-data[torch]"``).
+* :mod:`stformer_data.h5ad` -- open ``.h5ad`` files and read their rows;
+* :mod:`stformer_data.genes` -- gene vocabularies, per-gene medians, a file's gene mapping;
+* :mod:`stformer_data.tokenize` -- the tokenizer contract and the rank-value, binned and
+  neighbourhood tokenizers;
+* :mod:`stformer_data.corpus` -- token corpora on disk (Hugging Face ``datasets`` Arrow);
+* :mod:`stformer_data.stream` -- shuffle strategies, splits, epoch plans and the sources that read
+  planned buffers of cells;
+* :mod:`stformer_data.torch` -- the torch datasets on top (``pip install "stformer-data[torch]"``).
 
 Depends on anndata, numpy, scipy, pandas, h5py, datasets/pyarrow and tqdm. It imports no other
 stformer package and none of transformers, lightning, ray, deepspeed or optuna.
 """
 
-from stformer_data._binned import BinnedTokenizer, BinnedTokenizerConfig, binned_vocab
-from stformer_data._corpus import (
+from stformer_data._errors import InputError
+from stformer_data._synthetic import SimulationConfig, simulate_counts
+from stformer_data.corpus import (
     Corpus,
     TokenizeConfig,
     is_complete_corpus,
     load_corpus,
     tokenize_files,
 )
-from stformer_data._errors import InputError
-from stformer_data._io import (
+from stformer_data.genes import (
+    CLS,
+    EOS,
+    MASK,
+    PAD,
     GeneMapping,
+    GeneVocab,
+    MedianSketch,
+    compute_medians,
+    compute_medians_exact,
+    load_geneformer_dictionaries,
+    load_medians,
+    load_name_to_id,
+    map_genes,
+    resolve_gene_ids,
+    save_medians,
+)
+from stformer_data.h5ad import (
     H5adReader,
     check_counts,
     iter_row_chunks,
     library_sizes,
-    load_name_to_id,
-    map_genes,
     open_h5ad,
     read_rows,
-    resolve_gene_ids,
 )
-from stformer_data._medians import (
-    MedianSketch,
-    compute_medians,
-    compute_medians_exact,
-    load_medians,
-    save_medians,
-)
-from stformer_data._rank import RankTokenizerConfig, RankValueTokenizer
-from stformer_data._shuffle import (
+from stformer_data.stream import (
     BlockShuffleStrategy,
+    BufferPlan,
+    CorpusSource,
+    H5adSource,
     RandomShuffleStrategy,
     SequentialShuffleStrategy,
     ShuffleStrategy,
-)
-from stformer_data._spatial import NeighborhoodConfig, NeighborhoodTokenizer, build_neighbor_graph
-from stformer_data._split import SplitInfo, category_random_split
-from stformer_data._stream import (
-    BufferPlan,
+    SplitInfo,
     batch_diversity,
     batches_per_rank,
     bucket_batches,
+    category_random_split,
     padding_fraction,
     plan_epoch,
 )
-from stformer_data._synthetic import SimulationConfig, simulate_counts
-from stformer_data._vocab import CLS, EOS, MASK, PAD, GeneVocab, load_geneformer_dictionaries
+from stformer_data.tokenize import (
+    BinnedTokenizer,
+    BinnedTokenizerConfig,
+    Cells,
+    FileCells,
+    NeighborhoodConfig,
+    NeighborhoodTokenizer,
+    RankTokenizerConfig,
+    RankValueTokenizer,
+    TokenBlock,
+    Tokenizer,
+    binned_vocab,
+    build_neighbor_graph,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # errors and test data
+    "InputError",
+    "SimulationConfig",
+    "simulate_counts",
+    # h5ad: open files, read rows
+    "H5adReader",
+    "check_counts",
+    "iter_row_chunks",
+    "library_sizes",
+    "open_h5ad",
+    "read_rows",
+    # genes: vocabularies, medians, gene mapping
+    "CLS",
+    "EOS",
+    "MASK",
+    "PAD",
+    "GeneMapping",
+    "GeneVocab",
+    "MedianSketch",
+    "compute_medians",
+    "compute_medians_exact",
+    "load_geneformer_dictionaries",
+    "load_medians",
+    "load_name_to_id",
+    "map_genes",
+    "resolve_gene_ids",
+    "save_medians",
+    # tokenize: the contract and the tokenizers
+    "Cells",
+    "FileCells",
+    "TokenBlock",
+    "Tokenizer",
+    "BinnedTokenizer",
+    "BinnedTokenizerConfig",
+    "NeighborhoodConfig",
+    "NeighborhoodTokenizer",
+    "RankTokenizerConfig",
+    "RankValueTokenizer",
+    "binned_vocab",
+    "build_neighbor_graph",
+    # corpus: token corpora on disk
+    "Corpus",
+    "TokenizeConfig",
+    "is_complete_corpus",
+    "load_corpus",
+    "tokenize_files",
+    # stream: shuffle, split, epoch plans, sources
     "BlockShuffleStrategy",
     "BufferPlan",
+    "CorpusSource",
+    "H5adSource",
     "RandomShuffleStrategy",
     "SequentialShuffleStrategy",
     "ShuffleStrategy",
@@ -73,41 +144,4 @@ __all__ = [
     "category_random_split",
     "padding_fraction",
     "plan_epoch",
-    "H5adReader",
-    "MedianSketch",
-    "compute_medians",
-    "load_geneformer_dictionaries",
-    "BinnedTokenizer",
-    "BinnedTokenizerConfig",
-    "NeighborhoodConfig",
-    "NeighborhoodTokenizer",
-    "binned_vocab",
-    "build_neighbor_graph",
-    "read_rows",
-    "CLS",
-    "EOS",
-    "MASK",
-    "PAD",
-    "Corpus",
-    "GeneMapping",
-    "GeneVocab",
-    "InputError",
-    "RankTokenizerConfig",
-    "RankValueTokenizer",
-    "SimulationConfig",
-    "TokenizeConfig",
-    "check_counts",
-    "compute_medians_exact",
-    "is_complete_corpus",
-    "iter_row_chunks",
-    "library_sizes",
-    "load_corpus",
-    "load_medians",
-    "load_name_to_id",
-    "map_genes",
-    "open_h5ad",
-    "resolve_gene_ids",
-    "save_medians",
-    "simulate_counts",
-    "tokenize_files",
 ]

@@ -27,3 +27,14 @@ class InputError(ValueError):
 
     def __reduce__(self):  # picklable, so errors raised in worker processes reach the caller intact
         return (type(self), (self.path, self.field, self.problem, self.fix))
+
+
+def read_error(path: str | PathLike[str], field: str, exc: Exception) -> InputError:
+    """The error for a file that could not be read while streaming (vanished, truncated, corrupt)."""
+    return InputError(
+        path,
+        field,
+        f"could not be read ({type(exc).__name__}: {exc}); the file vanished, "
+        "is truncated or is corrupt",
+        "restore or re-export the file",
+    )

@@ -6,6 +6,8 @@ leaves something that looks finished:
 
 * :func:`atomic_write_text` / :func:`atomic_write_bytes` / :func:`atomic_write_json` write a file
   next to its final path under a hidden temporary name, flush it to disk and rename it;
+* :func:`atomic_path` yields a temporary sibling path for writers that stream to a file, renamed
+  when the block succeeds;
 * :func:`atomic_dir` yields a hidden ``.<name>.partial`` folder to fill; on success the folder is
   renamed to its final name (replacing an existing one only then), on an exception it is removed
   unless ``keep_on_error`` asks to keep it (resumable work such as a corpus's finished shards).
@@ -33,6 +35,7 @@ from typing import Any
 
 __all__ = [
     "atomic_dir",
+    "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -115,3 +118,18 @@ def atomic_dir(
         shutil.rmtree(old)
     else:
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | PathLike[str]) -> Iterator[Path]:
+    """Yield a hidden temporary sibling of ``path`` to write (by any writer, e.g. a stream); on
+    success it is renamed to ``path``, on an exception removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -32,10 +32,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 
 import numpy as np
 
-from stformer_data._reader import BlockTokenizer, Buffer, CorpusSource, H5adSource
-from stformer_data._shuffle import ShuffleStrategy
-from stformer_data._split import SplitInfo
-from stformer_data._stream import (
+from stformer_data.stream.buffers import Buffer
+from stformer_data.stream.corpus_source import CorpusSource
+from stformer_data.stream.epoch import (
     EVEN_BATCHES,
     EvenBatches,
     batches_per_rank,
@@ -43,6 +42,10 @@ from stformer_data._stream import (
     epoch_rng,
     plan_epoch,
 )
+from stformer_data.stream.h5ad_source import H5adSource
+from stformer_data.stream.shuffle import ShuffleStrategy
+from stformer_data.stream.split import SplitInfo
+from stformer_data.tokenize.contract import Tokenizer
 
 __all__ = ["CorpusStreamDataset", "DistributedAnnDataset", "IterableAnnDataset", "resolve_world"]
 
@@ -279,8 +282,9 @@ class DistributedAnnDataset(_StreamDataset):
         Tokenize on the fly: :class:`~stformer_data.RankValueTokenizer` (its compiled kernel
         reads the file's CSR arrays directly), :class:`~stformer_data.BinnedTokenizer` (bins in
         ``input_ids``, genes in ``token_type_ids``, its phenotype columns read from ``obs``), or
-        any tokenizer with ``column_factors(mapping)`` and ``tokenize_block(...)``. Genes are
-        mapped to its vocabulary per file. Neighbourhood (spatial) tokens need each spot's
+        any :class:`~stformer_data.Tokenizer` (the contract: one ``tokenize(cells)`` method
+        returning a :class:`~stformer_data.TokenBlock`). Genes are mapped to its
+        ``gene_vocab`` per file. Neighbourhood (spatial) tokens need each spot's
         neighbours: tokenize them to a corpus and use :class:`CorpusStreamDataset`.
     genes
         Raw expression: the gene space (a vocabulary or a gene list) the files are aligned to;
@@ -301,12 +305,13 @@ class DistributedAnnDataset(_StreamDataset):
         ``False`` yields one example dict per cell (``input_ids`` as an int64 array, or a 1-row
         ``X``) for a DataLoader with a ``batch_size`` and a collator (the Hugging Face Trainer form).
     gene_id_key, name_to_id, layer, obs_keys, n_counts_key, check_values
-        How files are read; see :class:`stformer_data._reader.H5adSource`.
+        How files are read; see :class:`stformer_data.H5adSource`.
     prefetch
         Shuffle buffers read (and tokenized) ahead on a background thread while batches of the
         current one are yielded (0: read in the iterating thread). Each costs a buffer's memory.
     tokenize_threads
-        Threads reading and ranking the runs of rows of a buffer (``tokenize_csr`` tokenizers);
+        Threads reading and tokenizing the runs of rows of a buffer (tokenizers that release
+        the GIL, e.g. the rank-value kernel);
         ``None``: the CPUs of this process divided among the local ranks (``LOCAL_WORLD_SIZE``)
         and DataLoader workers.
 
@@ -322,7 +327,7 @@ class DistributedAnnDataset(_StreamDataset):
         *,
         batch_size: int = 256,
         strategy: ShuffleStrategy | None = None,
-        tokenizer: BlockTokenizer | None = None,
+        tokenizer: Tokenizer | None = None,
         genes: Mapping[str, int] | Sequence[str] | None = None,
         rows: Sequence[np.ndarray | None] | None = None,
         even_batches: EvenBatches = "even",
@@ -341,8 +346,8 @@ class DistributedAnnDataset(_StreamDataset):
         prefetch: int = 1,
         tokenize_threads: int | None = None,
     ) -> None:
-        if tokenizer is not None:
-            n_counts_key = getattr(getattr(tokenizer, "config", None), "n_counts_key", n_counts_key)
+        if isinstance(tokenizer, Tokenizer):
+            n_counts_key = tokenizer.n_counts_key
         source = H5adSource(
             files,
             rows=rows,

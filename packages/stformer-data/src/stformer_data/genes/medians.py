@@ -15,15 +15,11 @@ import scipy.sparse as sp
 from datasketches import kll_doubles_sketch
 
 from stformer_data._errors import InputError
-from stformer_data._io import (
-    GeneMapping,
-    check_counts,
-    iter_row_chunks,
-    library_sizes,
-    map_genes,
-    open_h5ad,
-    resolve_gene_ids,
-)
+from stformer_data.atomic import atomic_write_text
+from stformer_data.genes.mapping import GeneMapping, map_genes, resolve_gene_ids
+from stformer_data.h5ad.checks import check_counts
+from stformer_data.h5ad.open import open_h5ad
+from stformer_data.h5ad.rows import iter_row_chunks, library_sizes
 
 
 def compute_medians_exact(
@@ -274,12 +270,7 @@ def compute_medians(
 
 def save_medians(medians: Mapping[str, float], path: str | PathLike[str]) -> Path:
     """Write medians as JSON (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(dict(medians)))  # C encoder: no indent
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(dict(medians)))  # C encoder: no indent
 
 
 def load_medians(path: str | PathLike[str], *, allow_pickle: bool = False) -> dict[str, float]:

@@ -19,9 +19,13 @@ import scipy.sparse as sp
 from scipy.spatial import Delaunay, QhullError, cKDTree
 
 from stformer_data._errors import InputError
-from stformer_data._io import GeneMapping, read_rows
 from stformer_data._ragged import concat_rows
-from stformer_data._rank import RankValueTokenizer, rank_keys, take_heads
+from stformer_data.genes.mapping import GeneMapping
+from stformer_data.h5ad.rows import iter_row_chunks, library_sizes, read_rows
+from stformer_data.tokenize.contract import Cells, FileCells, TokenBlock, Tokenizer
+from stformer_data.tokenize.rank import RankValueTokenizer, rank_keys, take_heads
+
+_LIBRARY_CHUNK = 2048  # rows summed at once for the library sizes of a file without obs totals
 
 _GRAPHS = ("auto", "obsp", "delaunay", "knn", "radius")
 _AGGREGATES = ("sum", "mean")
@@ -188,7 +192,7 @@ def build_neighbor_graph(
     return graph
 
 
-class NeighborhoodTokenizer:
+class NeighborhoodTokenizer(Tokenizer):
     """Spot tokens + neighbourhood tokens, with segment ids, for a chunk of spots.
 
     The maximum length is ``2 * model_input_size``: the spot half as :class:`RankValueTokenizer`
@@ -199,13 +203,58 @@ class NeighborhoodTokenizer:
     4096
     """
 
+    fields = ("input_ids", "token_type_ids")
+    needs_neighbours = True
+
     def __init__(self, rank: RankValueTokenizer, config: NeighborhoodConfig | None = None):
         self.rank = rank
         self.config = config or NeighborhoodConfig()
+        self.vocab = self.gene_vocab = rank.vocab
 
     @property
     def max_length(self) -> int:
         return 2 * self.rank.config.model_input_size
+
+    @property
+    def n_counts_key(self) -> str | None:
+        return self.rank.config.n_counts_key
+
+    def tokenize(self, cells: Cells) -> TokenBlock:
+        """The contract (:class:`~stformer_data.tokenize.contract.Tokenizer`): consecutive rows of
+        an open file (``cells.file.adata``); its neighbour graph and library sizes are built once."""
+        if cells.select is not None:
+            raise ValueError("neighbourhood tokens are made for consecutive rows (select=None)")
+        file = cells.file
+        graph = file.state(
+            self, "graph", lambda: build_neighbor_graph(file.adata, self.config, file.path)
+        )
+        library = file.state(self, "library", lambda: self._library(file))
+        start = cells.first_row
+        ids, types, offsets, has = self.tokenize_block(
+            file.adata,
+            graph,
+            library,
+            start,
+            start + cells.counts.shape[0],
+            cells.counts,
+            file.mapping,
+            self.rank.file_factors(file),
+            layer=file.layer,
+            path=file.path,
+        )
+        return TokenBlock.from_offsets({"input_ids": ids, "token_type_ids": types}, offsets, has)
+
+    def _library(self, file: FileCells) -> np.ndarray:
+        """Every row's library size: the file's (``obs``), else its row sums."""
+        adata = file.adata
+        key = self.n_counts_key
+        if key is not None and key in adata.obs.columns:
+            return library_sizes(adata, None, 0, adata.n_obs, n_counts_key=key, path=file.path)
+        parts = [
+            np.asarray(b.sum(axis=1), dtype=np.float64).ravel()
+            for _, _, b in iter_row_chunks(adata, _LIBRARY_CHUNK, layer=file.layer, path=file.path)
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def tokenize_block(
         self,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from stformer_data._errors import InputError
+from stformer_data.atomic import atomic_write_bytes
 
 PAD = "<pad>"
 MASK = "<mask>"
@@ -91,7 +92,8 @@ class GeneVocab(Mapping[str, int]):
 
         Only the ``var`` table of each file is read.
         """
-        from stformer_data._io import open_h5ad, resolve_gene_ids
+        from stformer_data.genes.mapping import resolve_gene_ids
+        from stformer_data.h5ad.open import open_h5ad
 
         genes: dict[str, None] = {}
         for f in files:
@@ -163,13 +165,13 @@ class GeneVocab(Mapping[str, int]):
     def save_json(self, path: str | PathLike[str]) -> Path:
         path = Path(path)
         payload = {"special_tokens": list(self._special), "token_to_id": self._token_to_id}
-        _atomic_write_bytes(path, json.dumps(payload).encode())  # C encoder: no indent
+        atomic_write_bytes(path, json.dumps(payload).encode())  # C encoder: no indent
         return path
 
     def save_pickle(self, path: str | PathLike[str]) -> Path:
         """Write a plain ``dict`` pickle, the format stFormer and Geneformer read."""
         path = Path(path)
-        _atomic_write_bytes(path, pickle.dumps(dict(self._token_to_id), protocol=4))
+        atomic_write_bytes(path, pickle.dumps(dict(self._token_to_id), protocol=4))
         return path
 
     # --- mapping + TokenSpec ----------------------------------------------------------------------
@@ -241,13 +243,6 @@ class GeneVocab(Mapping[str, int]):
         return self._hash
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def load_geneformer_dictionaries(
     directory: str | PathLike[str],
     *,
@@ -258,8 +253,8 @@ def load_geneformer_dictionaries(
     Returns ``(vocab, medians, name_to_id)``. These are pickles: loading them runs code stored in
     the files, so ``allow_pickle=True`` is required; save them as JSON afterwards and use those.
     """
-    from stformer_data._io import load_name_to_id
-    from stformer_data._medians import load_medians
+    from stformer_data.genes.mapping import load_name_to_id
+    from stformer_data.genes.medians import load_medians
 
     d = Path(directory)
     vocab = GeneVocab.load(d / "token_dictionary.pkl", allow_pickle=allow_pickle)

@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from stformer_data._shuffle import ShuffleStrategy
+from stformer_data.stream.shuffle import ShuffleStrategy
 
 EvenBatches = Literal["even", "drop", "pad"]
 EVEN_BATCHES = ("even", "drop", "pad")
@@ -121,7 +121,7 @@ def plan_epoch(
     ``counts[f]`` is the number of cells of source ``f``; cells are numbered ``0 .. sum(counts)-1``
     with the sources concatenated. See the module docstring for the scheme.
 
-    >>> from stformer_data._shuffle import SequentialShuffleStrategy
+    >>> from stformer_data import SequentialShuffleStrategy
     >>> plans = plan_epoch([5, 3], SequentialShuffleStrategy(), batch_size=2, world_size=2, rank=1)
     >>> [(p.cells.tolist(), p.batch_sizes.tolist()) for p in plans]
     [([4, 5, 6, 7], [2, 2])]

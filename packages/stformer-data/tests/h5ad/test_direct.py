@@ -2,7 +2,9 @@ import h5py
 import numpy as np
 import pytest
 
-from stformer_data._reader import _direct_view, _MappedSegments, _runs
+from stformer_data.h5ad.direct import MappedSegments as _MappedSegments
+from stformer_data.h5ad.direct import direct_view as _direct_view
+from stformer_data.stream.h5ad_reader import runs as _runs
 
 
 def test_runs_bridge_small_gaps_only():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from stformer_data._errors import InputError
-from stformer_data._io import open_h5ad
+from stformer_data.atomic import atomic_write_text
+from stformer_data.h5ad.open import open_h5ad
 
 SPLITS = ("train", "val", "test")
 SPLIT_FILE = "split.json"
@@ -233,13 +233,7 @@ class SplitInfo:
 
     def save(self, run_dir: str | PathLike[str]) -> Path:
         """Write ``run_dir/split.json`` atomically (temporary file, then rename)."""
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / SPLIT_FILE
-        tmp = run_dir / f".{SPLIT_FILE}.partial"
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(Path(run_dir) / SPLIT_FILE, json.dumps(self.to_json(), indent=1))
 
     @classmethod
     def load(cls, run_dir: str | PathLike[str]) -> SplitInfo:

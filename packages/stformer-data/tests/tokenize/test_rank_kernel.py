@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from stformer_data import GeneVocab, RankTokenizerConfig, RankValueTokenizer, map_genes
-from stformer_data import _rank_kernel as kernel
+from stformer_data.tokenize import rank_kernel as kernel
 
 pytestmark = pytest.mark.skipif(not kernel.compiled(), reason="numba is not installed")
 

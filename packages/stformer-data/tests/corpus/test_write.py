@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 import xxhash
 
-import stformer_data._corpus as corpus_mod
+import stformer_data.corpus.write as corpus_mod
 from stformer_data import (
     InputError,
     RankTokenizerConfig,
@@ -244,7 +244,7 @@ def test_killed_process_leaves_no_corpus_and_a_rerun_completes(tmp_path, small_h
     vocab.save_json(tmp_path / "v.json")
     (tmp_path / "m.json").write_text(json.dumps(medians))
     script = (
-        "import sys, time, stformer_data._corpus as c\n"
+        "import sys, time, stformer_data.corpus.write as c\n"
         "from stformer_data import GeneVocab, TokenizeConfig, load_medians, tokenize_files\n"
         "real = c._run_unit\n"
         "def slow(job, on_chunk=None):\n"
@@ -281,39 +281,6 @@ def test_killed_process_leaves_no_corpus_and_a_rerun_completes(tmp_path, small_h
     assert len(calls) == 8 - finished  # the units finished before the kill were reused
     assert corpus.dataset["input_ids"] == _expected(path, vocab, medians)
     assert not (tmp_path / ".c.partial").exists()
-
-
-def test_chunks_follow_the_mapped_segments_of_the_file(tmp_path, small_h5ad, monkeypatch):
-    """Stored values split over several file segments (as anndata's chunked writes leave them):
-    chunks end at segment breaks, rows straddling one are read alone, the tokens are exact."""
-    path, _, vocab, medians = small_h5ad
-    real = corpus_mod._direct_view
-    breaks = []
-
-    def split(file, dataset):
-        view = real(file, dataset)
-        if not isinstance(view, corpus_mod._MappedSegments):
-            return view
-        first, stop, byte = view._segments[0]
-        assert len(view._segments) == 1 and stop == view.size  # a contiguous dataset here
-        cuts = [first, 997, 1000, 2500, 2501, stop]  # several breaks, two very close
-        size = view.dtype.itemsize
-        segments = [(a, b, byte + a * size) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
-        out = corpus_mod._MappedSegments(file, view.dtype, view.size, segments)
-        breaks.append(out.breaks.tolist())
-        return out
-
-    monkeypatch.setattr(corpus_mod, "_direct_view", split)
-    corpus = tokenize_files(
-        [path],
-        tmp_path / "c",
-        vocab=vocab,
-        medians=medians,
-        progress=False,
-        config=TokenizeConfig(chunk_size=64),
-    )
-    assert breaks == [[997, 1000, 2500, 2501]] * 2  # data and indices
-    assert corpus.dataset["input_ids"] == _expected(path, vocab, medians)
 
 
 def test_unsorted_and_repeated_csr_entries_in_a_file_are_summed(tmp_path, small_h5ad):

@@ -17,10 +17,10 @@ from stformer_data import (  # noqa: E402
     RankValueTokenizer,
     ShuffleStrategy,
     TokenizeConfig,
-    _rank_kernel,  # noqa: E402
     tokenize_files,
 )
 from stformer_data._ragged import _row_kernels, pad_rows  # noqa: E402
+from stformer_data.tokenize import rank_kernel as _rank_kernel  # noqa: E402
 from stformer_data.torch import (  # noqa: E402
     CorpusStreamDataset,
     DistributedAnnDataset,

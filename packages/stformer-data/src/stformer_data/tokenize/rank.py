@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from stformer_data import _rank_kernel as _kernel
 from stformer_data._errors import InputError
-from stformer_data._io import GeneMapping
 from stformer_data._ragged import concat_rows, fixed_rows, gather_rows, head_positions
-from stformer_data._vocab import GeneVocab
+from stformer_data.genes.mapping import GeneMapping
+from stformer_data.genes.vocab import GeneVocab
+from stformer_data.tokenize import rank_kernel as _kernel
+from stformer_data.tokenize.contract import Cells, FileCells, TokenBlock, Tokenizer, token_room
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +49,7 @@ class RankTokenizerConfig:
             raise ValueError(f"target_sum must be > 0, got {self.target_sum}")
 
 
-class RankValueTokenizer:
+class RankValueTokenizer(Tokenizer):
     """Turn raw counts into Geneformer rank-value token sequences.
 
     Each cell's counts are divided by its library size, scaled to ``target_sum`` and divided by each
@@ -74,6 +76,10 @@ class RankValueTokenizer:
 
     #: use the compiled (numba) kernel when available; the numpy path gives identical tokens
     use_kernel: bool = True
+    #: :meth:`tokenize` writes into ``Cells.out`` (the compiled kernel, in place)
+    writes_in_place = True
+    #: :meth:`tokenize` runs compiled code that releases the GIL
+    releases_gil = True
 
     def __init__(
         self,
@@ -86,6 +92,7 @@ class RankValueTokenizer:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.vocab = vocab
+        self.gene_vocab = vocab  # genes are tokens
         self.threads = threads  # default of tokenize_csr (e.g. on-the-fly tokens without workers)
         self.config = config or RankTokenizerConfig()
         if self.config.add_cls and vocab.cls_id is None:
@@ -125,7 +132,97 @@ class RankValueTokenizer:
 
     @property
     def max_genes(self) -> int:
-        return self.config.model_input_size - int(self.config.add_cls) - int(self.config.add_eos)
+        """Genes kept per cell (``model_input_size`` less the special tokens)."""
+        return self.config.model_input_size - self.fixed_tokens
+
+    @property
+    def max_length(self) -> int:
+        return self.config.model_input_size
+
+    @property
+    def fixed_tokens(self) -> int:
+        return int(self.config.add_cls) + int(self.config.add_eos)
+
+    @property
+    def n_counts_key(self) -> str | None:
+        return self.config.n_counts_key
+
+    @property
+    def specials(self) -> tuple[int | None, int | None]:
+        """``(cls_id, eos_id)`` written around every non-empty cell (``None``: not written)."""
+        return (
+            self.vocab.cls_id if self.config.add_cls else None,
+            self.vocab.eos_id if self.config.add_eos else None,
+        )
+
+    @property
+    def kernel_ready(self) -> bool:
+        """Whether the compiled kernel ranks (``use_kernel`` and numba available)."""
+        return self.use_kernel and _kernel.compiled()
+
+    def rank_csr_async(
+        self,
+        pool: Any,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        data: np.ndarray,
+        factors: np.ndarray,
+        column_token: np.ndarray,
+        *,
+        check: int,
+        threads: int,
+    ) -> Callable[[], tuple[np.ndarray, np.ndarray, int]]:
+        """Start ranking CSR rows with the compiled kernel on ``threads`` threads of ``pool`` (the
+        corpus writer ranks later chunks while it writes earlier ones); returns a function that
+        waits and gives ``(genes, offsets, flags)``, without special tokens (:meth:`with_specials`).
+        ``check`` asks the kernel to check the values (``rank_kernel.CHECK_*``)."""
+        return _kernel.rank_csr_async(
+            pool, indptr, indices, data, factors, column_token, self.max_genes, check, threads
+        )
+
+    def with_specials(
+        self, tokens: np.ndarray, offsets: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``<cls>`` / ``<eos>`` around every non-empty row, as the config asks."""
+        return add_specials(tokens, offsets, *self.specials)
+
+    def file_factors(self, file: FileCells) -> np.ndarray:
+        """:meth:`column_factors` of a file, computed once (loading the compiled kernel) and then
+        the same object every call: the kernel caches its rank table by it."""
+
+        def build() -> np.ndarray:
+            self.warm_up()
+            return self.column_factors(file.mapping)
+
+        return file.state(self, "factors", build)
+
+    def tokenize(self, cells: Cells) -> TokenBlock:
+        """The contract (:class:`~stformer_data.tokenize.contract.Tokenizer`): the compiled kernel
+        ranks the CSR arrays of ``cells`` where they lie (:meth:`tokenize_csr`), or writes the
+        tokens in place (:meth:`tokenize_csr_into`) when ``cells.out`` is given."""
+        factors = self.file_factors(cells.file)
+        c, mapping = cells.counts, cells.file.mapping
+        n = c.shape[0] if cells.select is None else len(cells.select)
+        if n == 0:  # e.g. a source preparing a file's state
+            empty = np.zeros(0, dtype=np.int64)
+            return TokenBlock({"input_ids": np.zeros(0, dtype=np.int32)}, empty, empty)
+        if cells.out is not None:
+            lengths = self.tokenize_csr_into(
+                c.indptr,
+                c.indices,
+                c.data,
+                mapping,
+                factors,
+                rows=cells.select,
+                out=cells.out,
+                out_start=cells.out_start,
+            )
+            starts = np.asarray(cells.out_start, dtype=np.int64)
+            return TokenBlock({"input_ids": cells.out}, starts, lengths)
+        ids, offsets = self.tokenize_csr(
+            c.indptr, c.indices, c.data, mapping, factors, rows=cells.select, threads=cells.threads
+        )
+        return TokenBlock.from_offsets({"input_ids": ids}, offsets)
 
     def column_factors(self, mapping: GeneMapping) -> np.ndarray:
         """Per column ``target_sum / median``; 0 where the gene is not tokenizable."""
@@ -175,12 +272,7 @@ class RankValueTokenizer:
             genes, offsets = take_heads(sorted_keys, bounds, limit)
         if not specials:
             return genes, offsets
-        return add_specials(
-            genes,
-            offsets,
-            self.vocab.cls_id if self.config.add_cls else None,
-            self.vocab.eos_id if self.config.add_eos else None,
-        )
+        return add_specials(genes, offsets, *self.specials)
 
     def tokenize_csr(
         self,
@@ -229,12 +321,7 @@ class RankValueTokenizer:
             if flags & _kernel.BAD_INDEX:
                 raise ValueError(f"column indices outside 0..{mapping.n_genes - 1}")
             if not flags:
-                return add_specials(
-                    tokens,
-                    offsets,
-                    self.vocab.cls_id if self.config.add_cls else None,
-                    self.vocab.eos_id if self.config.add_eos else None,
-                )
+                return add_specials(tokens, offsets, *self.specials)
         lo, hi = int(indptr[0]), int(indptr[-1])
         block = sp.csr_matrix(
             (np.asarray(data[lo:hi], dtype=np.float32), indices[lo:hi], indptr - lo),
@@ -247,8 +334,7 @@ class RankValueTokenizer:
 
     def csr_slots(self, nnz: np.ndarray) -> np.ndarray:
         """Room :meth:`tokenize_csr_into` needs per row, from each row's number of stored values."""
-        extra = int(self.config.add_cls) + int(self.config.add_eos)
-        return np.minimum(np.asarray(nnz, dtype=np.int64), self.max_genes) + extra
+        return token_room(self, nnz)
 
     def tokenize_csr_into(
         self,
@@ -282,8 +368,7 @@ class RankValueTokenizer:
             factors = self.column_factors(mapping)
         indptr = np.asarray(indptr, dtype=np.int64)
         out_start = np.asarray(out_start, dtype=np.int64)
-        cls_id = self.vocab.cls_id if self.config.add_cls else None
-        eos_id = self.vocab.eos_id if self.config.add_eos else None
+        cls_id, eos_id = self.specials
         if self.use_kernel and _kernel.compiled() and mapping.representative is None:
             pre = int(cls_id is not None)
             lengths, flags = _kernel.rank_csr_into(

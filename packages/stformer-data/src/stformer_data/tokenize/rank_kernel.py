@@ -23,7 +23,7 @@ the same either way.
 The hot loops index with unsigned integers where the index is known to be >= 0: numba then
 leaves out its negative-index wraparound, which made the radix path 1.4x faster (measured).
 
-Without numba the numpy path in ``_rank.py`` (one ``np.sort`` per cell) gives the same tokens.
+Without numba the numpy path in ``tokenize/rank.py`` (one ``np.sort`` per cell) gives the same tokens.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ NO_CHECK, CHECK_FINITE, CHECK_COUNTS = 0, 1, 2
 @cache
 def _compiled():
     try:
-        from stformer_data import _rank_jit
+        from stformer_data.tokenize import rank_jit as _rank_jit
     except ImportError:  # numba is a dependency; the numpy path stays as a fallback
         return None
     return _rank_jit.rank_rows, _rank_jit.compact, _rank_jit.rank_rows_table

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import stformer_data._io as io_mod
+import stformer_data.h5ad.rows as io_mod
 from stformer_data import H5adReader, iter_row_chunks, open_h5ad, read_rows, simulate_counts
 
 

@@ -13,10 +13,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from stformer_data._errors import InputError
-from stformer_data._io import GeneMapping
 from stformer_data._ragged import concat_rows, fixed_rows, head_positions
-from stformer_data._rank import _tokens_of, rank_keys
-from stformer_data._vocab import CLS, EOS, MASK, PAD, GeneVocab
+from stformer_data.genes.mapping import GeneMapping
+from stformer_data.genes.vocab import CLS, EOS, MASK, PAD, GeneVocab
+from stformer_data.tokenize.contract import Cells, FileCells, TokenBlock, Tokenizer
+from stformer_data.tokenize.rank import _tokens_of, rank_keys
 
 _BINNINGS = ("quantile", "edges")
 _ORDERS = ("ranked", "index")
@@ -102,7 +103,7 @@ def binned_vocab(
     return GeneVocab({t: i for i, t in enumerate(tokens)}, special_tokens=[PAD, MASK, CLS, EOS])
 
 
-class BinnedTokenizer:
+class BinnedTokenizer(Tokenizer):
     """Expression-bin tokens with gene identities in ``token_type_ids``.
 
     ``token_type_ids``: 0 for ``<cls>``/``<eos>``; a gene's token id in ``gene_vocab`` for a gene
@@ -119,6 +120,8 @@ class BinnedTokenizer:
     ([2, 5, 4, 3], [0, 2, 3, 0])
     """
 
+    fields = ("input_ids", "token_type_ids")
+
     def __init__(
         self,
         gene_vocab: GeneVocab,
@@ -127,6 +130,7 @@ class BinnedTokenizer:
     ):
         self.gene_vocab = gene_vocab
         self.token_vocab = token_vocab
+        self.vocab = token_vocab  # the vocabulary of input_ids (the contract's name)
         self.config = config or BinnedTokenizerConfig()
         missing = [
             f"bin_{b}" for b in range(1, self.config.n_bins) if f"bin_{b}" not in token_vocab
@@ -148,8 +152,58 @@ class BinnedTokenizer:
 
     @property
     def max_genes(self) -> int:
+        return self.config.model_input_size - self.fixed_tokens
+
+    @property
+    def max_length(self) -> int:
+        return self.config.model_input_size
+
+    @property
+    def fixed_tokens(self) -> int:
         c = self.config
-        return c.model_input_size - int(c.add_cls) - int(c.add_eos) - len(c.phenotypes)
+        return int(c.add_cls) + int(c.add_eos) + len(c.phenotypes)
+
+    @property
+    def obs_columns(self) -> tuple[str, ...]:
+        return tuple(self.config.phenotypes)
+
+    @property
+    def n_counts_key(self) -> str | None:
+        return self.config.n_counts_key
+
+    def file_phenotypes(self, file: FileCells) -> np.ndarray | None:
+        """Phenotype token ids of every row of a file, ``(n_obs, len(phenotypes))`` (computed once;
+        an error names a missing column or a value missing from the token dictionary)."""
+        phenotypes = self.obs_columns
+        if not phenotypes:
+            return None
+
+        def build() -> np.ndarray:
+            missing = [k for k in phenotypes if k not in file.obs]
+            if missing:
+                raise InputError(
+                    file.path,
+                    f"obs columns {missing}",
+                    "are phenotypes of the binned tokenizer but do not exist",
+                    f"choose phenotypes among {list(file.obs_names)}",
+                )
+            ids = [self.phenotype_ids(k, np.asarray(file.obs[k]), file.path) for k in phenotypes]
+            return np.stack(ids, axis=1)
+
+        return file.state(self, "phenotype_ids", build)
+
+    def tokenize(self, cells: Cells) -> TokenBlock:
+        """The contract (:class:`~stformer_data.tokenize.contract.Tokenizer`): :meth:`tokenize_block`
+        with the library sizes and phenotype tokens of the cells' rows."""
+        block = cells.matrix()
+        pheno = self.file_phenotypes(cells.file)
+        ids, types, offsets = self.tokenize_block(
+            block,
+            cells.n_counts(block),
+            cells.file.mapping,
+            None if pheno is None else pheno[cells.rows],
+        )
+        return TokenBlock.from_offsets({"input_ids": ids, "token_type_ids": types}, offsets)
 
     def phenotype_ids(self, column: str, values: np.ndarray, path=None) -> np.ndarray:
         """Token ids of ``column=value`` for an array of ``obs`` values (all must be in the vocabulary)."""

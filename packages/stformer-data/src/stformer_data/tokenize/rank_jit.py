@@ -1,4 +1,4 @@
-"""The numba-compiled loops of :mod:`stformer_data._rank_kernel` (imported on first use: importing
+"""The numba-compiled loops of :mod:`stformer_data.tokenize.rank_kernel` (imported on first use: importing
 numba takes about a second). See that module for the algorithm."""
 
 from __future__ import annotations

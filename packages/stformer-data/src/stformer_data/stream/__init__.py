@@ -1,0 +1,47 @@
+"""Stage 5, stream: cells into training, in numpy (the torch datasets are :mod:`stformer_data.torch`).
+
+``shuffle`` (block order and shuffle buffers), ``split`` (train/val/test), ``epoch`` (the epoch
+plan: every cell once per epoch across ranks and workers; batch measures), ``buffers`` (a shuffle
+buffer in memory, recycled), ``h5ad_source`` / ``h5ad_reader`` (h5ad files as a source and a
+worker's reader, tokens on the fly), ``corpus_source`` (a tokenized corpus, memory-mapped).
+"""
+
+from stformer_data.stream.buffers import Buffer
+from stformer_data.stream.corpus_source import CorpusSource, CorpusSourceReader
+from stformer_data.stream.epoch import (
+    BufferPlan,
+    batch_diversity,
+    batches_per_rank,
+    bucket_batches,
+    padding_fraction,
+    plan_epoch,
+)
+from stformer_data.stream.h5ad_reader import H5adSourceReader
+from stformer_data.stream.h5ad_source import H5adSource
+from stformer_data.stream.shuffle import (
+    BlockShuffleStrategy,
+    RandomShuffleStrategy,
+    SequentialShuffleStrategy,
+    ShuffleStrategy,
+)
+from stformer_data.stream.split import SplitInfo, category_random_split
+
+__all__ = [
+    "BlockShuffleStrategy",
+    "Buffer",
+    "BufferPlan",
+    "CorpusSource",
+    "CorpusSourceReader",
+    "H5adSource",
+    "H5adSourceReader",
+    "RandomShuffleStrategy",
+    "SequentialShuffleStrategy",
+    "ShuffleStrategy",
+    "SplitInfo",
+    "batch_diversity",
+    "batches_per_rank",
+    "bucket_batches",
+    "category_random_split",
+    "padding_fraction",
+    "plan_epoch",
+]
