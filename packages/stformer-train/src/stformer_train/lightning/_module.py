@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
 from transformers import get_scheduler
 
-from stformer_train.models._mlm import mlm_loss
+from stformer_train.models import mlm_loss
+
+if TYPE_CHECKING:
+    from stformer_train.config import TrainConfig
 
 
 class MLMTrainingPlan(pl.LightningModule):
@@ -44,6 +47,20 @@ class MLMTrainingPlan(pl.LightningModule):
             raise ValueError(f"MLMTrainingPlan.max_steps must be > 0, got {max_steps}")
         self.model = model
         self.save_hyperparameters(ignore=["model"])
+
+    @classmethod
+    def from_config(
+        cls, model: torch.nn.Module, train: TrainConfig, *, max_steps: int
+    ) -> MLMTrainingPlan:
+        """The plan of a :class:`~stformer_train.TrainConfig` (its optimiser and schedule fields)."""
+        return cls(
+            model,
+            learning_rate=train.learning_rate,
+            weight_decay=train.weight_decay,
+            warmup_steps=train.warmup_steps,
+            max_steps=max_steps,
+            lr_scheduler_type=train.lr_scheduler_type,
+        )
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         return mlm_loss(self.model, batch)[0]
