@@ -26,3 +26,16 @@ def test_unknown_section_and_missing_file_are_clear_errors(tmp_path):
         load_config_file(tmp_path / "bad.yaml")
     with pytest.raises(InputError, match="does not exist"):
         load_config_file(tmp_path / "absent.yaml")
+
+
+def test_merge_config_explicit_wins_and_unknown_fields_name_the_closest():
+    from stformer_train import merge_config
+
+    base = TrainConfig(seed=1, learning_rate=0.01)
+    merged = merge_config(base, {"seed": 2, "max_steps": 5, "eval_steps": None}, seed=3)
+    assert (merged.seed, merged.max_steps, merged.learning_rate) == (3, 5, 0.01)
+    assert base.seed == 1  # a copy; configs are frozen
+    with pytest.raises(TypeError, match="no field 'learning_rat'.*'learning_rate'"):
+        merge_config(base, learning_rat=0.1)
+    with pytest.raises(ValueError, match="mlm_probability"):
+        merge_config(base, mlm_probability=1.5)  # the merged config is validated
