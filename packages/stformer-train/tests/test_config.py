@@ -39,3 +39,26 @@ def test_merge_config_explicit_wins_and_unknown_fields_name_the_closest():
         merge_config(base, learning_rat=0.1)
     with pytest.raises(ValueError, match="mlm_probability"):
         merge_config(base, mlm_probability=1.5)  # the merged config is validated
+
+
+def test_one_default_set_for_stformer_and_the_seed_defaults_at_their_surface(tmp_path):
+    import inspect
+
+    from stformer_train import TRAIN_DEFAULTS
+    from stformer_train.hf import (
+        STFORMER_TRAIN_DEFAULTS,
+        PretrainML,
+        get_training_arguments,
+        training_arguments,
+    )
+    from stformer_train.lightning import MLMTrainingPlan
+
+    assert TRAIN_DEFAULTS == TrainConfig()
+    assert training_arguments(TrainConfig(), tmp_path).warmup_steps == TRAIN_DEFAULTS.warmup_steps
+    plan = inspect.signature(MLMTrainingPlan).parameters
+    for name in ("learning_rate", "weight_decay", "warmup_steps", "lr_scheduler_type"):
+        assert plan[name].default == getattr(TRAIN_DEFAULTS, name)
+    # stFormer's documented API keeps its documented defaults
+    assert get_training_arguments(tmp_path).warmup_steps == 10_000
+    assert inspect.signature(PretrainML).parameters["warmup_steps"].default == 10_000
+    assert STFORMER_TRAIN_DEFAULTS.per_device_train_batch_size == 12

@@ -10,7 +10,13 @@ collator, early stopping and precision (:mod:`~stformer_train.assemble`,
 """
 
 from stformer_train.assemble import TrainingParts, assemble
-from stformer_train.config import ModelConfig, TrainConfig, load_config_file, merge_config
+from stformer_train.config import (
+    TRAIN_DEFAULTS,
+    ModelConfig,
+    TrainConfig,
+    load_config_file,
+    merge_config,
+)
 from stformer_train.early_stopping import EarlyStopping
 from stformer_train.embed import embed_sequences
 from stformer_train.evaluate import KnnScore, holdout_split, knn_score, pca_of_counts
@@ -22,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # configs
+    "TRAIN_DEFAULTS",
     "ModelConfig",
     "TrainConfig",
     "load_config_file",

@@ -181,6 +181,15 @@ class TrainConfig(_ConfigMixin):
             )
 
 
+TRAIN_DEFAULTS = TrainConfig()
+"""stformer's own training defaults, the one set: :func:`stformer_train.hf.pretrain_mlm`,
+:func:`stformer_train.lightning.pretrain_lightning`, ``MLMTrainingPlan``, the ``stformer`` CLI and
+``stformer_dist.ray_pretrain_mlm`` all start from it (e.g. a warm-up over the first 10% of the
+steps). stFormer's documented API (``get_training_arguments``, ``PretrainML``) keeps its own
+documented defaults at its surface (``stformer_train.hf.STFORMER_TRAIN_DEFAULTS``: 10,000 warm-up
+steps, batch 12, 3 epochs)."""
+
+
 def merge_config(config: _C, overrides: dict[str, Any] | None = None, /, **explicit: Any) -> _C:
     """A copy of a config with ``overrides`` and then ``explicit`` fields set (explicit wins).
 

@@ -16,6 +16,7 @@ from stformer_train.hf._pretrain import (
     training_arguments,
 )
 from stformer_train.hf._stformer import (
+    STFORMER_TRAIN_DEFAULTS,
     OutputDirs,
     PretrainML,
     get_training_arguments,
@@ -42,6 +43,7 @@ __all__ = [
     "pretrain_mlm",
     "training_arguments",
     # stFormer's documented API
+    "STFORMER_TRAIN_DEFAULTS",
     "OutputDirs",
     "PretrainML",
     "build_bert_config",

@@ -24,6 +24,22 @@ from stformer_train.config import ModelConfig, TrainConfig
 from stformer_train.hf._trainer import STFormerPretrainer, last_checkpoint
 from stformer_train.precision import resolve_precision
 
+STFORMER_TRAIN_DEFAULTS = TrainConfig(
+    learning_rate=1e-3,
+    lr_scheduler_type="linear",
+    warmup_steps=10_000,
+    weight_decay=0.001,
+    per_device_train_batch_size=12,
+    num_train_epochs=3,
+    logging_steps=100,
+    mlm_probability=0.15,
+    seed=42,
+)
+"""stFormer's documented training defaults, used by :func:`get_training_arguments` and
+:class:`PretrainML` (the seed API keeps them; stformer's own defaults are
+:data:`stformer_train.config.TRAIN_DEFAULTS`)."""
+_D = STFORMER_TRAIN_DEFAULTS
+
 
 def setup_environment(seed: int = 42) -> None:
     """Seed Python, numpy and torch (all devices) and make tokenizers/threads behave in workers."""
@@ -64,16 +80,16 @@ def make_output_dirs(output_dir: str | PathLike[str], run_name: str) -> OutputDi
 def get_training_arguments(
     output_dir: str | PathLike[str],
     *,
-    learning_rate: float = 1e-3,
-    lr_scheduler_type: str = "linear",
-    warmup_steps: float = 10_000,
-    weight_decay: float = 0.001,
-    per_device_train_batch_size: int = 12,
-    num_train_epochs: float = 3,
+    learning_rate: float = _D.learning_rate,
+    lr_scheduler_type: str = _D.lr_scheduler_type,
+    warmup_steps: float = _D.warmup_steps,
+    weight_decay: float = _D.weight_decay,
+    per_device_train_batch_size: int = _D.per_device_train_batch_size,
+    num_train_epochs: float = _D.num_train_epochs,
     group_by_length: bool = True,
     save_steps: int | None = None,
-    logging_steps: int = 100,
-    seed: int = 42,
+    logging_steps: int = _D.logging_steps,
+    seed: int = _D.seed,
     overrides: dict[str, Any] | None = None,
 ) -> TrainingArguments:
     """stFormer's ``TrainingArguments`` on transformers 5.x.
@@ -164,14 +180,14 @@ class PretrainML:
         layer_norm_eps: float = 1e-12,
         attention_probs_dropout_prob: float = 0.02,
         hidden_dropout_prob: float = 0.02,
-        batch_size: int = 12,
-        learning_rate: float = 1e-3,
-        lr_schedule: str = "linear",
-        warmup_steps: float = 10_000,
-        epochs: float = 3,
-        weight_decay: float = 0.001,
-        seed: int = 42,
-        mlm_probability: float = 0.15,
+        batch_size: int = _D.per_device_train_batch_size,
+        learning_rate: float = _D.learning_rate,
+        lr_schedule: str = _D.lr_scheduler_type,
+        warmup_steps: float = _D.warmup_steps,
+        epochs: float = _D.num_train_epochs,
+        weight_decay: float = _D.weight_decay,
+        seed: int = _D.seed,
+        mlm_probability: float = _D.mlm_probability,
         training_overrides: dict[str, Any] | None = None,
         deepspeed: dict[str, Any] | str | PathLike[str] | None = None,
     ):

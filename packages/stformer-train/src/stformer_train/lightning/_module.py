@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from transformers import get_scheduler
 
+from stformer_train.config import TRAIN_DEFAULTS
 from stformer_train.models import mlm_loss
 
 if TYPE_CHECKING:
@@ -20,7 +21,9 @@ class MLMTrainingPlan(pl.LightningModule):
 
     It takes batches from any ``DataLoader`` of stformer-collate batches (padded or packed, with or
     without ``masked_positions``) and logs ``train_loss`` and, on validation batches, ``val_loss``.
-    The optimiser is AdamW with transformers' warm-up schedule, as on the Hugging Face path.
+    The optimiser is AdamW with transformers' warm-up schedule, as on the Hugging Face path; the
+    defaults are stformer's (:data:`stformer_train.config.TRAIN_DEFAULTS`), and
+    :meth:`from_config` takes them from a run's ``TrainConfig``.
 
     >>> from stformer_train import ModelConfig
     >>> from stformer_train.models import build_bert_config, build_mlm_model
@@ -34,11 +37,11 @@ class MLMTrainingPlan(pl.LightningModule):
         self,
         model: torch.nn.Module,
         *,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.001,
-        warmup_steps: float = 0.0,
+        learning_rate: float = TRAIN_DEFAULTS.learning_rate,
+        weight_decay: float = TRAIN_DEFAULTS.weight_decay,
+        warmup_steps: float = TRAIN_DEFAULTS.warmup_steps,
         max_steps: int,
-        lr_scheduler_type: str = "linear",
+        lr_scheduler_type: str = TRAIN_DEFAULTS.lr_scheduler_type,
         adam_betas: tuple[float, float] = (0.9, 0.999),
         adam_epsilon: float = 1e-8,
     ):
