@@ -112,7 +112,7 @@ def test_hf_and_lightning_paths_get_identical_parts(tiny_corpus, tiny, tmp_path,
     assert hf.early_stopping.checkpoint_path == tmp_path / "hf" / "best_model"
 
 
-def test_pretrain_ml_assembles_from_its_train_config(monkeypatch):
+def test_pretrain_ml_assembles_from_its_train_config():
     ml = hf_stformer.PretrainML(
         dataset_path="d",
         example_lengths_file="l.pkl",
@@ -128,3 +128,31 @@ def test_pretrain_ml_assembles_from_its_train_config(monkeypatch):
     assert parts.collator == DataCollatorForMLM(
         spec=SPEC, mlm_probability=0.25, seed=9, return_masked_positions=True
     )
+
+
+def test_pretrain_ml_runs_on_the_assembled_parts(tiny_corpus, tmp_path, monkeypatch):
+    seen = []
+    _recording(monkeypatch, hf_stformer, seen)
+    ml = hf_stformer.PretrainML(
+        dataset_path=tiny_corpus.path,
+        example_lengths_file=tiny_corpus.path / "example_lengths.pkl",
+        token_dictionary_file=tiny_corpus.path / "token_dictionary.json",
+        output_dir=tmp_path,
+        max_input=64,
+        num_layers=1,
+        num_embed_dim=32,
+        num_attn_heads=2,
+        intermed_size=64,
+        batch_size=8,
+        training_overrides={"max_steps": 1, "save_steps": 1, "disable_tqdm": True},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = ml.run_pretraining()
+    (parts, weights), expected = (
+        seen[0],
+        assemble(tiny_corpus.vocab, ml.model_config, ml.train_config),
+    )
+    assert trainer.model is parts.model
+    assert trainer.data_collator.collator == parts.collator == expected.collator
+    assert _same_weights(weights, _weights(expected.model))

@@ -303,6 +303,14 @@ class RayTrainRunner:
     gene_id_key
         ``var`` column with gene ids (default: detected).
 
+    Notes
+    -----
+    The optimisation arguments become one :class:`stformer_train.TrainConfig`
+    (:attr:`train_config`, fp32); :meth:`train` sets each run's batch size, length, checkpoint
+    cadence and seed on a copy with :func:`stformer_train.merge_config` and sends it to the workers
+    whole, with the :class:`~stformer_train.ModelConfig`. Each worker builds model, collator and
+    precision with :func:`stformer_train.assemble`, as the single-process paths do.
+
     >>> runner = RayTrainRunner(vocab=vocab, medians=medians, model=ModelConfig())  # doctest: +SKIP
     >>> result = runner.train(["a.h5ad", "b.h5ad"], batch_size=64, max_epochs=1, num_workers=2,
     ...                       is_gpu=False)  # doctest: +SKIP

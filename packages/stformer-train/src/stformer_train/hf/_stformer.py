@@ -8,6 +8,11 @@ The names and defaults are stFormer's. What changed, and why:
   :meth:`STFormerPretrainer._get_train_sampler` has the 5.x signature ``(self, train_dataset=None)``
   and really samples from the example-lengths file.
 * The MLM loss is computed only at the masked positions (see :func:`stformer_train.models.mlm_loss`).
+
+:class:`STFormerPretrainer` and :func:`load_example_lengths` live in :mod:`stformer_train.hf._trainer`
+(the loop shared with :func:`stformer_train.hf.pretrain_mlm`); ``PretrainML`` builds its model and
+collator with :func:`stformer_train.assemble.assemble` from the ``ModelConfig`` and ``TrainConfig``
+its documented arguments describe.
 """
 
 from __future__ import annotations
