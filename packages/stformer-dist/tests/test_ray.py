@@ -131,3 +131,74 @@ def test_hf_pretrainer_on_ray(local_ray, tiny_corpus, tiny, tmp_path):
     n_train = len(tiny_corpus.dataset)
     assert state["epoch"] == pytest.approx(8 / -(-n_train // 16), rel=0.05)
     assert (run / "model" / "model.safetensors").is_file()
+
+
+class _CapturedTrainer:
+    """Stands in for Ray's ``TorchTrainer``: keeps the worker function and its config."""
+
+    seen: list = []
+
+    def __init__(self, loop, *, train_loop_config, scaling_config, run_config):
+        type(self).seen.append((loop, train_loop_config))
+
+    def fit(self):
+        return None
+
+
+def _capture_jobs(monkeypatch):
+    import ray.train.torch
+
+    import stformer_dist._ray as ray_mod
+
+    class _Scaling:
+        use_gpu, resources_per_worker = False, {"CPU": 1}
+
+    _CapturedTrainer.seen = []
+    monkeypatch.setattr(ray_mod, "connect", lambda *a, **k: None)
+    monkeypatch.setattr(ray_mod, "scaling_config", lambda *a, **k: _Scaling())
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", _CapturedTrainer)
+    return _CapturedTrainer.seen
+
+
+def test_ray_runners_pass_the_configs_whole(monkeypatch, tiny_h5ad, tiny_corpus, tiny, tmp_path):
+    from stformer_train import assemble, merge_config
+
+    seen = _capture_jobs(monkeypatch)
+    medians = sd.compute_medians_exact([tiny_h5ad])
+    runner = RayTrainRunner(
+        vocab=tiny_corpus.vocab, medians=medians, model=tiny, model_input_size=48, warmup_steps=3
+    )
+    runner.train(
+        [tiny_h5ad],
+        batch_size=16,
+        max_steps=12,
+        checkpoint_every_n_steps=4,
+        random_seed=7,
+        result_storage_path=tmp_path / "ray",
+    )
+    _, job = seen[-1]
+    assert job.model is tiny
+    assert job.train == merge_config(
+        TrainConfig(warmup_steps=3, mixed_precision="no"),
+        per_device_train_batch_size=16,
+        max_steps=12,
+        save_steps=4,
+        seed=7,
+    )
+    # the worker assembles from these configs exactly what the Lightning path would
+    worker = assemble(job.data.vocab, job.model, job.train, monitor="val_loss")
+    local = assemble(tiny_corpus.vocab, tiny, job.train, monitor="val_loss")
+    assert worker.collator == local.collator and worker.precision is local.precision
+    assert all(
+        (a == b).all()
+        for a, b in zip(
+            worker.model.state_dict().values(), local.model.state_dict().values(), strict=True
+        )
+    )
+
+    train = TrainConfig(max_steps=8, seed=2)
+    ray_pretrain_mlm(
+        tiny_corpus.path, tmp_path / "run", model=tiny, train=train, storage_path=tmp_path / "r2"
+    )
+    _, hf_job = seen[-1]
+    assert hf_job["model"] is tiny and hf_job["train"] is train

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stformer_cli._train import HiddenLayer
+from stformer_data.atomic import atomic_write_text, partial_path
 
 console = Console()
 MARKER = "demo.json"
@@ -90,8 +92,9 @@ def demo(
                 f"pass --label-key with one of {list(user_adata.obs.columns)}",
             )
     _prepare_out(out)
-    (out / MARKER).write_text(
-        json.dumps({"source": str(h5ad) if h5ad else "simulated", "finished": False})
+    atomic_write_text(
+        out / MARKER,
+        json.dumps({"source": str(h5ad) if h5ad else "simulated", "finished": False}),
     )
     steps = 5
 
@@ -215,13 +218,14 @@ def demo(
     console.print(table)
     metrics = {name: s.__dict__ for name, s in scores.items()}
     metrics_path = out / "metrics.json"
-    metrics_path.write_text(
+    atomic_write_text(
+        metrics_path,
         json.dumps(
             {"label_key": label_key, "scores": metrics, "seconds": round(time.time() - t0, 1)},
             indent=1,
-        )
+        ),
     )
-    (out / MARKER).write_text(json.dumps({"source": str(h5ad), "finished": True}))
+    atomic_write_text(out / MARKER, json.dumps({"source": str(h5ad), "finished": True}))
     console.print(f"Done in {time.time() - t0:.0f} s. Run directory: [bold]{out}[/]")
     for what, path in [
         ("corpus", corpus.path),
@@ -251,6 +255,9 @@ def _prepare_out(out: Path) -> None:
 
 
 def _write_h5ad(adata, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    adata.write_h5ad(tmp)
-    tmp.replace(path)
+    tmp = partial_path(path)  # anndata writes to a path, so the rename is ours
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -28,21 +28,24 @@ from stformer_dist._ray import RayTrainRunner, connect, ray_pretrain_mlm, run_co
 __version__ = "0.1.0"
 
 __all__ = [
+    # DeepSpeed: configs, checks, training arguments
     "DEEPSPEED_OPTIMIZERS",
     "DEEPSPEED_SCHEDULERS",
     "PRESETS",
     "DeepSpeedConfig",
-    "PretrainML",
-    "RayTrainRunner",
     "build_deepspeed",
     "check_deepspeed_optimizer",
     "check_deepspeed_scheduler",
     "choose_closest",
-    "connect",
     "deepspeed_overrides",
     "ensure_distributed_env",
-    "ray_pretrain_mlm",
     "resolve_deepspeed",
+    # stFormer's entry point on DeepSpeed
+    "PretrainML",
+    # Ray Train: cluster, scaling, runners
+    "RayTrainRunner",
+    "connect",
+    "ray_pretrain_mlm",
     "run_config",
     "scaling_config",
 ]

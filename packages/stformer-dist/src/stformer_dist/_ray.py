@@ -131,26 +131,27 @@ def _threads_per_worker(resources: Mapping[str, float] | None) -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _LightningJob:
+class _TokenSource:
+    """Where a Ray Lightning worker reads its cells and how it tokenizes them."""
+
     files: list[str]
     split: Any
     vocab: Any
     medians: dict[str, float]
-    model: dict[str, Any]
     model_input_size: int
-    batch_size: int
-    max_steps: int
-    max_epochs: int
-    learning_rate: float
-    weight_decay: float
-    warmup_steps: float
-    mlm_probability: float
-    seed: int
-    checkpoint_every_n_steps: int
+    gene_id_key: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _LightningJob:
+    """What every Ray worker of :class:`RayTrainRunner` gets: the configs whole, the data, the worker."""
+
+    data: _TokenSource
+    model: Any  # stformer_train.ModelConfig
+    train: Any  # stformer_train.TrainConfig
     ckpt_path: str | None
     use_gpu: bool
     threads: int
-    gene_id_key: str | None
     enable_progress_bar: bool
     callbacks: list[Any] = field(default_factory=list)
 
@@ -216,62 +217,43 @@ def _lightning_train_loop(job: _LightningJob) -> None:
     import torch
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
-    from stformer_collate import DataCollatorForMLM
     from stformer_data import RankTokenizerConfig, RankValueTokenizer
-    from stformer_train import ModelConfig
+    from stformer_train.assemble import assemble
     from stformer_train.lightning import AnnDataModule, MLMTrainingPlan
-    from stformer_train.models import build_bert_config, build_mlm_model
     from stformer_train.training import StepSeededCollator
 
+    train, data = job.train, job.data
     torch.set_num_threads(job.threads)
-    pl.seed_everything(job.seed, workers=True, verbose=False)
+    pl.seed_everything(train.seed, workers=True, verbose=False)
     tokenizer = RankValueTokenizer(
-        job.vocab, job.medians, RankTokenizerConfig(model_input_size=job.model_input_size)
+        data.vocab, data.medians, RankTokenizerConfig(model_input_size=data.model_input_size)
     )
-    collator = StepSeededCollator(
-        DataCollatorForMLM(
-            spec=job.vocab,
-            mlm_probability=job.mlm_probability,
-            seed=job.seed,
-            return_masked_positions=True,
-        ),
-        seed=job.seed,
-    )
+    parts = assemble(data.vocab, job.model, train, monitor="val_loss")
+    collator = StepSeededCollator(parts.collator, seed=train.seed)
     dm = AnnDataModule(
-        job.files,
-        split=job.split,
-        batch_size=job.batch_size,
+        data.files,
+        split=data.split,
+        batch_size=train.per_device_train_batch_size,
         tokenizer=tokenizer,
-        seed=job.seed,
-        dataset_kwargs={"collate_fn": collator, "gene_id_key": job.gene_id_key},
+        seed=train.seed,
+        dataset_kwargs={"collate_fn": collator, "gene_id_key": data.gene_id_key},
     )
     dm.setup("fit")
+    max_epochs = int(train.num_train_epochs)
     max_steps = (
-        job.max_steps if job.max_steps > 0 else max(1, len(dm.datasets["train"]) * job.max_epochs)
+        train.max_steps if train.max_steps > 0 else max(1, len(dm.datasets["train"]) * max_epochs)
     )
-    model_cfg = ModelConfig.from_dict(job.model)
-    net = build_mlm_model(
-        build_bert_config(
-            vocab_size=len(job.vocab), pad_token_id=job.vocab.pad_id, model=model_cfg
-        ),
-        seed=job.seed,
-    )
-    plan = MLMTrainingPlan(
-        net,
-        learning_rate=job.learning_rate,
-        weight_decay=job.weight_decay,
-        warmup_steps=job.warmup_steps,
-        max_steps=max_steps,
-    )
+    plan = MLMTrainingPlan.from_config(parts.model, train, max_steps=max_steps)
     trainer = pl.Trainer(
         max_steps=max_steps,
-        max_epochs=-1 if job.max_steps > 0 else job.max_epochs,
+        max_epochs=-1 if train.max_steps > 0 else max_epochs,
         accelerator="gpu" if job.use_gpu else "cpu",
+        precision=parts.precision.lightning,
         devices="auto",
         strategy=RayDDPStrategy(),
         plugins=[RayLightningEnvironment()],
         callbacks=[
-            _lightning_report_callback(job.checkpoint_every_n_steps, max_steps),
+            _lightning_report_callback(train.save_steps, max_steps),
             *job.callbacks,
         ],
         enable_checkpointing=False,
@@ -321,6 +303,14 @@ class RayTrainRunner:
     gene_id_key
         ``var`` column with gene ids (default: detected).
 
+    Notes
+    -----
+    The optimisation arguments become one :class:`stformer_train.TrainConfig`
+    (:attr:`train_config`, fp32); :meth:`train` sets each run's batch size, length, checkpoint
+    cadence and seed on a copy with :func:`stformer_train.merge_config` and sends it to the workers
+    whole, with the :class:`~stformer_train.ModelConfig`. Each worker builds model, collator and
+    precision with :func:`stformer_train.assemble`, as the single-process paths do.
+
     >>> runner = RayTrainRunner(vocab=vocab, medians=medians, model=ModelConfig())  # doctest: +SKIP
     >>> result = runner.train(["a.h5ad", "b.h5ad"], batch_size=64, max_epochs=1, num_workers=2,
     ...                       is_gpu=False)  # doctest: +SKIP
@@ -341,7 +331,7 @@ class RayTrainRunner:
         mlm_probability: float = 0.15,
         gene_id_key: str | None = None,
     ) -> None:
-        from stformer_train import ModelConfig
+        from stformer_train import ModelConfig, TrainConfig
 
         if model_input_size <= 0:
             raise ValueError(f"RayTrainRunner.model_input_size must be > 0, got {model_input_size}")
@@ -358,12 +348,32 @@ class RayTrainRunner:
             )
         self.model_input_size = model_input_size
         self.address, self.runtime_env = address, runtime_env
-        self.learning_rate, self.weight_decay, self.warmup_steps = (
-            learning_rate,
-            weight_decay,
-            warmup_steps,
+        # the run's TrainConfig; train() sets the length, batch and seed of each run on a copy.
+        # This runner has always trained in fp32 (its signature has no precision argument).
+        self.train_config = TrainConfig(
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            mlm_probability=mlm_probability,
+            mixed_precision="no",
         )
-        self.mlm_probability, self.gene_id_key = mlm_probability, gene_id_key
+        self.gene_id_key = gene_id_key
+
+    @property
+    def learning_rate(self) -> float:
+        return self.train_config.learning_rate
+
+    @property
+    def weight_decay(self) -> float:
+        return self.train_config.weight_decay
+
+    @property
+    def warmup_steps(self) -> float:
+        return self.train_config.warmup_steps
+
+    @property
+    def mlm_probability(self) -> float:
+        return self.train_config.mlm_probability
 
     def train(
         self,
@@ -415,6 +425,7 @@ class RayTrainRunner:
         from ray.train.torch import TorchTrainer
 
         from stformer_data import InputError, SplitInfo
+        from stformer_train.config import merge_config
 
         files = [Path(f).expanduser().resolve() for f in file_paths]
         if not files:
@@ -451,25 +462,26 @@ class RayTrainRunner:
             seed=random_seed,
         )
         job = _LightningJob(
-            files=[str(f) for f in files],
-            split=split,
-            vocab=self.vocab,
-            medians=self.medians,
-            model=self.model.to_dict(),
-            model_input_size=self.model_input_size,
-            batch_size=batch_size,
-            max_steps=max_steps,
-            max_epochs=max_epochs,
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            warmup_steps=self.warmup_steps,
-            mlm_probability=self.mlm_probability,
-            seed=random_seed,
-            checkpoint_every_n_steps=checkpoint_every_n_steps,
+            data=_TokenSource(
+                files=[str(f) for f in files],
+                split=split,
+                vocab=self.vocab,
+                medians=self.medians,
+                model_input_size=self.model_input_size,
+                gene_id_key=self.gene_id_key,
+            ),
+            model=self.model,
+            train=merge_config(
+                self.train_config,
+                per_device_train_batch_size=batch_size,
+                num_train_epochs=max_epochs,
+                max_steps=max_steps,
+                save_steps=checkpoint_every_n_steps,
+                seed=random_seed,
+            ),
             ckpt_path=None if ckpt_path is None else str(Path(ckpt_path).resolve()),
             use_gpu=scaling.use_gpu,
             threads=_threads_per_worker(scaling.resources_per_worker),
-            gene_id_key=self.gene_id_key,
             enable_progress_bar=enable_progress_bar,
             callbacks=list(callbacks),
         )
@@ -493,7 +505,6 @@ def _hf_train_loop(job: dict[str, Any]) -> None:
     import torch
     from ray.train.huggingface.transformers import RayTrainReportCallback
 
-    from stformer_train import ModelConfig, TrainConfig
     from stformer_train.hf import last_checkpoint, pretrain_mlm
 
     torch.set_num_threads(job["threads"])
@@ -516,8 +527,8 @@ def _hf_train_loop(job: dict[str, Any]) -> None:
     pretrain_mlm(
         job["corpus"],
         run,
-        model=ModelConfig.from_dict(job["model"]),
-        train=TrainConfig.from_dict(job["train"]),
+        model=job["model"],
+        train=job["train"],
         progress=False,
         callbacks=[RayTrainReportCallback(), *job["callbacks"]],
         **overrides,
@@ -568,8 +579,8 @@ def ray_pretrain_mlm(
     job = {
         "corpus": str(corpus),
         "run_dir": str(Path(run_dir).expanduser().resolve()),
-        "model": (model or ModelConfig()).to_dict(),
-        "train": (train or TrainConfig()).to_dict(),
+        "model": model or ModelConfig(),  # the configs travel whole (frozen dataclasses pickle)
+        "train": train or TrainConfig(),
         "overrides": argument_overrides,
         "use_gpu": scaling.use_gpu,
         "callbacks": list(callbacks),

@@ -2,23 +2,49 @@
 
 Builds on stformer-data (corpora, vocabularies) and stformer-collate (MLM batches). It imports
 neither Ray, DeepSpeed nor Optuna: distributed engines live in stformer-dist, searches in stformer-tune.
+
+The stages of a run, in order: configs (:mod:`~stformer_train.config`), the one assembly of model,
+collator, early stopping and precision (:mod:`~stformer_train.assemble`,
+:mod:`~stformer_train.precision`), a training loop (:mod:`stformer_train.hf` or
+:mod:`stformer_train.lightning`) writing a :class:`RunDir`, then embeddings and evaluation.
 """
 
-from stformer_train.config import ModelConfig, TrainConfig
+from stformer_train.assemble import TrainingParts, assemble
+from stformer_train.config import (
+    TRAIN_DEFAULTS,
+    ModelConfig,
+    TrainConfig,
+    load_config_file,
+    merge_config,
+)
+from stformer_train.early_stopping import EarlyStopping
 from stformer_train.embed import embed_sequences
 from stformer_train.evaluate import KnnScore, holdout_split, knn_score, pca_of_counts
 from stformer_train.models import build_bert_config, build_mlm_model
+from stformer_train.precision import Precision, resolve_precision
 from stformer_train.run_dir import RunDir
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "KnnScore",
+    # configs
+    "TRAIN_DEFAULTS",
     "ModelConfig",
-    "RunDir",
     "TrainConfig",
+    "load_config_file",
+    "merge_config",
+    # assembly: model, collator, early stopping, precision
+    "EarlyStopping",
+    "Precision",
+    "TrainingParts",
+    "assemble",
     "build_bert_config",
     "build_mlm_model",
+    "resolve_precision",
+    # the run's outputs
+    "RunDir",
+    # embeddings and evaluation
+    "KnnScore",
     "embed_sequences",
     "holdout_split",
     "knn_score",

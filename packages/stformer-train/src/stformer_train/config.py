@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 from dataclasses import asdict, dataclass, fields
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from stformer_train.precision import PRECISION_MODES
+
+_C = TypeVar("_C")
 
 
 def _check_positive(obj: Any, *names: str) -> None:
@@ -161,7 +167,7 @@ class TrainConfig(_ConfigMixin):
             raise ValueError(
                 "TrainConfig.early_stopping_patience needs a validation split: set eval_fraction > 0"
             )
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+        if self.mixed_precision not in PRECISION_MODES:
             raise ValueError(
                 f"TrainConfig.mixed_precision must be auto, no, bf16 or fp16; got {self.mixed_precision!r}"
             )
@@ -173,6 +179,37 @@ class TrainConfig(_ConfigMixin):
             raise ValueError(
                 f"TrainConfig.max_steps must be -1 (use epochs) or > 0, got {self.max_steps}"
             )
+
+
+TRAIN_DEFAULTS = TrainConfig()
+"""stformer's own training defaults, the one set: :func:`stformer_train.hf.pretrain_mlm`,
+:func:`stformer_train.lightning.pretrain_lightning`, ``MLMTrainingPlan``, the ``stformer`` CLI and
+``stformer_dist.ray_pretrain_mlm`` all start from it (e.g. a warm-up over the first 10% of the
+steps). stFormer's documented API (``get_training_arguments``, ``PretrainML``) keeps its own
+documented defaults at its surface (``stformer_train.hf.STFORMER_TRAIN_DEFAULTS``: 10,000 warm-up
+steps, batch 12, 3 epochs)."""
+
+
+def merge_config(config: _C, overrides: dict[str, Any] | None = None, /, **explicit: Any) -> _C:
+    """A copy of a config with ``overrides`` and then ``explicit`` fields set (explicit wins).
+
+    This is the one merge of stformer's configs: each training path starts from the configs it
+    was given and sets only what its own arguments say, instead of copying every field into a
+    job struct. ``None`` values in ``overrides`` are skipped (an unset option); an unknown field
+    raises ``TypeError`` naming the closest field.
+
+    >>> merge_config(TrainConfig(), {"seed": 1, "max_steps": None}, seed=2).seed
+    2
+    """
+    known = [f.name for f in fields(config)]  # type: ignore[arg-type]
+    values = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(explicit)
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {sorted(known)}"
+            raise TypeError(f"{type(config).__name__} has no field {key!r}{hint}")
+    return dataclasses.replace(config, **values)  # type: ignore[type-var]
 
 
 CONFIG_SECTIONS = ("model", "train", "tokenize")

@@ -7,7 +7,9 @@ exactly those before they reach the model.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 import stformer_data as sd
+from stformer_data.atomic import atomic_write_bytes, atomic_write_text, partial_path
 from stformer_train.embed import Pooling, embed_sequences
 from stformer_train.evaluate import holdout_split, knn_score, pca_of_counts
 from stformer_train.run_dir import TOKENIZER_SETTINGS
@@ -100,9 +103,12 @@ def _labels(corpus: sd.Corpus, label_key: str) -> np.ndarray:
 
 def _write_h5ad(adata, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    adata.write_h5ad(tmp)
-    tmp.replace(path)
+    tmp = partial_path(path)  # anndata writes to a path, so the rename is ours
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -229,9 +235,7 @@ def evaluate_run(
         "scores": scores,
         "plot": str(plot),
     }
-    tmp_json = out_dir / ".evaluation.json.tmp"
-    tmp_json.write_text(json.dumps(result, indent=1))
-    tmp_json.replace(out_dir / "evaluation.json")
+    atomic_write_text(out_dir / "evaluation.json", json.dumps(result, indent=1))
     return result
 
 
@@ -252,11 +256,10 @@ def plot_embedding_2d(x: np.ndarray, labels: np.ndarray, path: Path, *, title: s
     ax.set_ylabel("PC2")
     ax.set_title(title)
     ax.legend(markerscale=3, fontsize=6, loc="center left", bbox_to_anchor=(1, 0.5))
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(path, png.getvalue())
 
 
 def finetune_classifier(
@@ -350,5 +353,5 @@ def finetune_classifier(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir / "model")
-    (out_dir / "finetune.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(out_dir / "finetune.json", json.dumps(result, indent=1))
     return result

@@ -14,7 +14,6 @@ The trainers use thin adapters around this core: ``stformer_train.hf.HFEarlyStop
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -85,14 +84,10 @@ def save_best(model: Any, path: Path) -> None:
     """Save ``model`` to ``path`` atomically (``save_pretrained`` if it has it, else its state dict)."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    if hasattr(model, "save_pretrained"):
-        model.save_pretrained(tmp)
-    else:
-        torch.save(model.state_dict(), tmp / "state_dict.pt")
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.replace(path)
+    from stformer_data.atomic import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        if hasattr(model, "save_pretrained"):
+            model.save_pretrained(tmp)
+        else:
+            torch.save(model.state_dict(), tmp / "state_dict.pt")

@@ -13,12 +13,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from stformer_data.atomic import atomic_dir, atomic_write_text
 
 if TYPE_CHECKING:
     import datasets
@@ -68,11 +69,7 @@ class RunDir:
 
 
 def _atomic_json(path: Path, payload: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=1, default=str))
 
 
 TOKENIZER_SETTINGS = "stformer_tokenizer.json"
@@ -85,20 +82,17 @@ def save_model(
 
     ``state_dict`` replaces ``net``'s own weights (e.g. parameters gathered from ZeRO-3 shards).
     """
-    tmp = model_dir.with_name(f".{model_dir.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    net.save_pretrained(tmp, state_dict=state_dict)
-    corpus.vocab.save_json(tmp / "token_dictionary.json")
-    corpus.vocab.save_pickle(tmp / "token_dictionary.pkl")
-    for name in ("gene_medians.json",):
-        if (corpus.path / name).exists():
-            shutil.copy2(corpus.path / name, tmp / name)
-    settings = {k: corpus.manifest.get(k) for k in ("format_version", "settings", "vocab_sha256")}
-    (tmp / TOKENIZER_SETTINGS).write_text(json.dumps(settings, indent=1))
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    os.replace(tmp, model_dir)
+    with atomic_dir(model_dir) as tmp:
+        net.save_pretrained(tmp, state_dict=state_dict)
+        corpus.vocab.save_json(tmp / "token_dictionary.json")
+        corpus.vocab.save_pickle(tmp / "token_dictionary.pkl")
+        for name in ("gene_medians.json",):
+            if (corpus.path / name).exists():
+                shutil.copy2(corpus.path / name, tmp / name)
+        settings = {
+            k: corpus.manifest.get(k) for k in ("format_version", "settings", "vocab_sha256")
+        }
+        (tmp / TOKENIZER_SETTINGS).write_text(json.dumps(settings, indent=1))
 
 
 def split_corpus(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from stformer_data.atomic import atomic_write_bytes, atomic_write_text
 
 
 class StepSeededCollator:
@@ -80,14 +83,11 @@ def write_csv_log(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Write the log history as CSV (one row per logging step), atomically."""
     rows = loss_rows(history)
     columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k != "epoch", k))
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, text.getvalue())
 
 
 def plot_loss_curve(
@@ -111,8 +111,7 @@ def plot_loss_curve(
     ax.set_title(title)
     if names:
         ax.legend()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(path, png.getvalue())

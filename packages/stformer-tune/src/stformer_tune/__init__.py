@@ -23,26 +23,30 @@ from stformer_tune._trial import METRIC, EvalLossReporter, apply_params
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS",
-    "METRIC",
+    # the search space
     "SEARCHABLE",
     "SPACE_TYPES",
-    "EvalLossReporter",
-    "NoTrialCompleted",
     "ParamSpec",
-    "PretrainML",
-    "SearchResult",
-    "SearchInterrupted",
     "SearchSpace",
-    "TrialRecord",
+    "load_search_space",
+    # one trial
+    "METRIC",
+    "EvalLossReporter",
     "apply_params",
-    "best_trial",
+    # back-ends
+    "BACKENDS",
+    "SearchInterrupted",
     "default_pruner",
     "ensure_ray",
-    "load_search_space",
-    "plot_trials",
     "resolve_backend",
-    "run_search",
     "validate_resources",
+    # the search and its results
+    "NoTrialCompleted",
+    "PretrainML",
+    "SearchResult",
+    "TrialRecord",
+    "best_trial",
+    "plot_trials",
+    "run_search",
     "write_results",
 ]

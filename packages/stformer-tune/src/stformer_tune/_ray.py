@@ -78,17 +78,15 @@ def _ray_trainable(
     config: dict[str, Any],
     *,
     corpus_path: str,
-    model: dict[str, Any],
-    train: dict[str, Any],
+    model: ModelConfig,
+    train: TrainConfig,
     out_dir: str,
     threads: int,
 ) -> None:
     """The function trainable: one trial of ``pretrain_mlm`` in the Ray worker."""
     from ray import tune
 
-    model_t, train_t = apply_params(
-        ModelConfig.from_dict(model), TrainConfig.from_dict(train), config
-    )
+    model_t, train_t = apply_params(model, train, config)
     trial_id = tune.get_context().get_trial_id()
 
     def report(step: int, loss: float, final: bool) -> None:
@@ -219,8 +217,8 @@ def run_ray(
             tune.with_parameters(
                 _ray_trainable,
                 corpus_path=str(Path(corpus_path).resolve()),
-                model=model.to_dict(),
-                train=train.to_dict(),
+                model=model,  # the configs travel whole (frozen dataclasses pickle)
+                train=train,
                 out_dir=str(out_dir.resolve()),
                 threads=max(1, int(resources["cpu"])),
             ),

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stformer_data.atomic import atomic_write_bytes, atomic_write_text
 from stformer_train import ModelConfig, TrainConfig
 from stformer_tune._space import SearchSpace
 from stformer_tune._trial import METRIC, apply_params
@@ -61,10 +62,7 @@ class NoTrialCompleted(RuntimeError):
 
 
 def _atomic_write(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord:
@@ -86,23 +84,21 @@ def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord:
 def write_trials_csv(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -> Path:
     """One row per trial: number, state, eval_loss, steps, duration and each hyperparameter."""
     cols = ["number", "state", METRIC, "steps", "duration_s", *space.names]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols)
-        writer.writeheader()
-        for t in sorted(trials, key=lambda t: t.number):
-            writer.writerow(
-                {
-                    "number": t.number,
-                    "state": t.state,
-                    METRIC: t.eval_loss,
-                    "steps": t.steps,
-                    "duration_s": None if t.duration_s is None else round(t.duration_s, 2),
-                    **{k: t.params.get(k) for k in space.names},
-                }
-            )
-    os.replace(tmp, path)
-    return path
+    fh = io.StringIO(newline="")
+    writer = csv.DictWriter(fh, fieldnames=cols)
+    writer.writeheader()
+    for t in sorted(trials, key=lambda t: t.number):
+        writer.writerow(
+            {
+                "number": t.number,
+                "state": t.state,
+                METRIC: t.eval_loss,
+                "steps": t.steps,
+                "duration_s": None if t.duration_s is None else round(t.duration_s, 2),
+                **{k: t.params.get(k) for k in space.names},
+            }
+        )
+    return atomic_write_text(path, fh.getvalue())
 
 
 def write_best_config(
@@ -185,11 +181,10 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
         ax.scatter(xs, [p[1] for p in pts], c=[p[2] for p in pts], zorder=3)
         ax.set(xlabel=spec.name, ylabel=METRIC, title=f"{METRIC} by {spec.name} ({spec.type})")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, png.getvalue())
 
 
 def write_results(

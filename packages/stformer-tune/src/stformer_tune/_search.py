@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from stformer_data.atomic import atomic_write_text
 from stformer_train import ModelConfig, TrainConfig
+from stformer_train.config import merge_config
 from stformer_train.hf import PretrainML as _BasePretrainML
 from stformer_tune._results import SearchResult, write_results, write_trials_csv
 from stformer_tune._space import SearchSpace
@@ -66,9 +67,7 @@ def _check_search_file(out_dir: Path, record: dict[str, Any], resume: bool) -> N
                     f"(saved {saved.get(key)!r}, now {record[key]!r}); use the same settings, "
                     "or start a new search in another folder"
                 )
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
 
 
 def run_search(
@@ -200,13 +199,8 @@ class PretrainML(_BasePretrainML):
                 f"PretrainML.training_overrides: {unknown} are not TrainConfig fields, which a "
                 f"search needs; allowed: {sorted(allowed)}"
             )
-        values = {
-            **self.training,
-            "mlm_probability": self.mlm_probability,
-            **self.training_overrides,
-        }
-        values.setdefault("eval_fraction", 0.1)
-        return TrainConfig.from_dict(values)
+        # a search needs a validation split: 10% unless the overrides choose
+        return merge_config(self.train_config, {"eval_fraction": 0.1, **self.training_overrides})
 
     def run_hyperparameter_train(
         self,

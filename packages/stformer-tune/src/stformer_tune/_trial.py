@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from stformer_train import ModelConfig, TrainConfig
+from stformer_train import ModelConfig, TrainConfig, merge_config
 from stformer_tune._space import MODEL_FIELDS, TRAIN_FIELDS
 
 METRIC = "eval_loss"
@@ -36,7 +36,7 @@ def apply_params(
     model: ModelConfig, train: TrainConfig, params: Mapping[str, Any]
 ) -> tuple[ModelConfig, TrainConfig]:
     """The base configs with ``params`` set (each a ModelConfig or TrainConfig field); validated."""
-    model_d, train_d = model.to_dict(), train.to_dict()
+    model_d, train_d = {}, {}
     for name, value in params.items():
         if name in TRAIN_FIELDS:
             train_d[name] = value
@@ -45,10 +45,8 @@ def apply_params(
         else:
             raise ValueError(f"hyperparameter {name!r} is not a TrainConfig or ModelConfig field")
     if "hidden_size" in params and "intermediate_size" not in params:
-        model_d["intermediate_size"] = max(
-            model_d["intermediate_size"], 2 * int(params["hidden_size"])
-        )
-    return ModelConfig.from_dict(model_d), TrainConfig.from_dict(train_d)
+        model_d["intermediate_size"] = max(model.intermediate_size, 2 * int(params["hidden_size"]))
+    return merge_config(model, **model_d), merge_config(train, **train_d)
 
 
 class EvalLossReporter(TrainerCallback):

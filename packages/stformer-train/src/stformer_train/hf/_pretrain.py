@@ -9,15 +9,13 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import TrainingArguments
 
-from stformer_collate import DataCollatorForMLM
 from stformer_data import Corpus, load_corpus
+from stformer_train.assemble import assemble
 from stformer_train.config import ModelConfig, TrainConfig
-from stformer_train.early_stopping import EarlyStopping
-from stformer_train.hf._stformer import HFEarlyStopping, STFormerPretrainer
-from stformer_train.models import build_bert_config, build_mlm_model
+from stformer_train.hf._trainer import HFEarlyStopping, STFormerPretrainer, last_checkpoint
+from stformer_train.precision import Precision, resolve_precision
 from stformer_train.run_dir import RunDir, save_model, split_corpus
 from stformer_train.training import plot_loss_curve, write_csv_log
 
@@ -36,12 +34,12 @@ class PretrainResult:
 
 
 def precision_flags(cfg: TrainConfig) -> dict[str, bool]:
-    """``bf16``/``fp16`` for ``cfg.mixed_precision`` (``auto``: bf16 or fp16 on GPU, none on CPU)."""
-    cuda = torch.cuda.is_available()
-    mode = cfg.mixed_precision
-    if mode == "auto":
-        mode = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    return {"bf16": mode == "bf16", "fp16": mode == "fp16"}
+    """``bf16``/``fp16`` of ``TrainingArguments`` for ``cfg.mixed_precision``.
+
+    The policy is :func:`stformer_train.precision.resolve_precision` (fp32 on CPU, with a
+    warning when bf16/fp16 was asked for).
+    """
+    return resolve_precision(cfg.mixed_precision).hf_flags
 
 
 def training_arguments(
@@ -50,12 +48,15 @@ def training_arguments(
     *,
     report_to: str | list[str] = "none",
     disable_tqdm: bool = False,
+    precision: Precision | None = None,
     **overrides: Any,
 ) -> TrainingArguments:
     """Translate a :class:`TrainConfig` into transformers 5.x ``TrainingArguments``.
 
     ``group_by_length`` maps to ``train_sampling_strategy="group_by_length"`` (transformers 5
-    removed the ``group_by_length`` argument).
+    removed the ``group_by_length`` argument). ``precision`` is the already resolved precision
+    (default: resolved from ``cfg.mixed_precision``); ``overrides`` (any ``TrainingArguments``
+    field) win.
     """
     evaluating = cfg.eval_fraction > 0
     kwargs: dict[str, Any] = dict(
@@ -81,7 +82,7 @@ def training_arguments(
         disable_tqdm=disable_tqdm,
         dataloader_num_workers=0,
         remove_unused_columns=True,
-        **precision_flags(cfg),
+        **(precision or resolve_precision(cfg.mixed_precision)).hf_flags,
     )
     if cfg.gradient_checkpointing:  # transformers 5 name of gradient_checkpointing
         kwargs.update(
@@ -141,39 +142,30 @@ def pretrain_mlm(
             }
         )
     train_set, eval_set = split_corpus(corpus, model_cfg, train_cfg, train_indices)
-    bert_config = build_bert_config(
-        vocab_size=len(corpus.vocab), pad_token_id=corpus.vocab.pad_id, model=model_cfg
-    )
-    net = build_mlm_model(bert_config, seed=train_cfg.seed)
-    collator = DataCollatorForMLM(
-        spec=corpus.vocab,
-        mlm_probability=train_cfg.mlm_probability,
-        seed=train_cfg.seed,
-        form=train_cfg.batch_form,
-        return_masked_positions=train_cfg.masked_positions_only,
+    parts = assemble(
+        corpus.vocab,
+        model_cfg,
+        train_cfg,
+        monitor="eval_loss",
+        best_model_dir=run.root / "best_model",
     )
     args = training_arguments(
-        train_cfg, run.checkpoints, disable_tqdm=not progress, **argument_overrides
+        train_cfg,
+        run.checkpoints,
+        disable_tqdm=not progress,
+        precision=parts.precision,
+        **argument_overrides,
     )
     # one TensorBoard writer, on rank 0: every rank creating one raced on making the folder
     # (tensorboardX: exists-check then makedirs -> FileExistsError on the slower rank)
     tensorboard = _tensorboard_callback(run.logs / "tensorboard") if main_process else None
     callbacks = [cb for cb in (tensorboard, *(callbacks or ())) if cb is not None]
-    if train_cfg.early_stopping_patience:
-        callbacks.append(
-            HFEarlyStopping(
-                EarlyStopping(
-                    monitor="eval_loss",
-                    patience=train_cfg.early_stopping_patience,
-                    min_delta=train_cfg.early_stopping_min_delta,
-                    checkpoint_path=run.root / "best_model",
-                )
-            )
-        )
+    if parts.early_stopping is not None:
+        callbacks.append(HFEarlyStopping(parts.early_stopping))
     trainer = STFormerPretrainer(
-        model=net,
+        model=parts.model,
         args=args,
-        data_collator=collator,
+        data_collator=parts.collator,
         train_dataset=train_set,
         eval_dataset=eval_set,
         example_lengths=train_set["length"],
@@ -203,13 +195,3 @@ def pretrain_mlm(
         global_step=int(trainer.state.global_step),
         log_history=history,
     )
-
-
-def last_checkpoint(folder: Path) -> Path | None:
-    """The newest ``checkpoint-N`` folder under ``folder`` (``None`` when there is none)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not Path(folder).is_dir():
-        return None
-    last = get_last_checkpoint(str(folder))
-    return Path(last) if last else None

@@ -8,29 +8,42 @@ The names and defaults are stFormer's. What changed, and why:
   :meth:`STFormerPretrainer._get_train_sampler` has the 5.x signature ``(self, train_dataset=None)``
   and really samples from the example-lengths file.
 * The MLM loss is computed only at the masked positions (see :func:`stformer_train.models.mlm_loss`).
+
+:class:`STFormerPretrainer` and :func:`load_example_lengths` live in :mod:`stformer_train.hf._trainer`
+(the loop shared with :func:`stformer_train.hf.pretrain_mlm`); ``PretrainML`` builds its model and
+collator with :func:`stformer_train.assemble.assemble` from the ``ModelConfig`` and ``TrainConfig``
+its documented arguments describe.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
 import os
-import pickle
-from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import numpy as np
-import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import TrainingArguments
 
-from stformer_train.early_stopping import EarlyStopping
-from stformer_train.models._mlm import mlm_loss
-from stformer_train.training import EpochLengthGroupedSampler, StepSeededCollator
+from stformer_train.assemble import assemble
+from stformer_train.config import ModelConfig, TrainConfig
+from stformer_train.hf._trainer import STFormerPretrainer, last_checkpoint
+from stformer_train.precision import resolve_precision
 
-log = logging.getLogger(__name__)
+STFORMER_TRAIN_DEFAULTS = TrainConfig(
+    learning_rate=1e-3,
+    lr_scheduler_type="linear",
+    warmup_steps=10_000,
+    weight_decay=0.001,
+    per_device_train_batch_size=12,
+    num_train_epochs=3,
+    logging_steps=100,
+    mlm_probability=0.15,
+    seed=42,
+)
+"""stFormer's documented training defaults, used by :func:`get_training_arguments` and
+:class:`PretrainML` (the seed API keeps them; stformer's own defaults are
+:data:`stformer_train.config.TRAIN_DEFAULTS`)."""
+_D = STFORMER_TRAIN_DEFAULTS
 
 
 def setup_environment(seed: int = 42) -> None:
@@ -69,43 +82,19 @@ def make_output_dirs(output_dir: str | PathLike[str], run_name: str) -> OutputDi
     return dirs
 
 
-def load_example_lengths(path: str | PathLike[str]) -> list[int]:
-    """Read an example-lengths file: a pickle (Geneformer/stFormer) or JSON list of ints."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: example-lengths file not found (stformer tokenize writes "
-            "example_lengths.pkl next to the dataset)"
-        )
-    if path.suffix == ".json":
-        values = json.loads(path.read_text())
-    else:
-        with path.open("rb") as fh:
-            values = pickle.load(fh)  # noqa: S301 - Geneformer's own format; only load files you trust
-    if not isinstance(values, Sequence) or not all(
-        isinstance(v, int | np.integer) and v > 0 for v in values
-    ):
-        raise ValueError(f"{path}: example lengths must be a list of positive ints")
-    return [int(v) for v in values]
-
-
-def _has_bf16() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
 def get_training_arguments(
     output_dir: str | PathLike[str],
     *,
-    learning_rate: float = 1e-3,
-    lr_scheduler_type: str = "linear",
-    warmup_steps: float = 10_000,
-    weight_decay: float = 0.001,
-    per_device_train_batch_size: int = 12,
-    num_train_epochs: float = 3,
+    learning_rate: float = _D.learning_rate,
+    lr_scheduler_type: str = _D.lr_scheduler_type,
+    warmup_steps: float = _D.warmup_steps,
+    weight_decay: float = _D.weight_decay,
+    per_device_train_batch_size: int = _D.per_device_train_batch_size,
+    num_train_epochs: float = _D.num_train_epochs,
     group_by_length: bool = True,
     save_steps: int | None = None,
-    logging_steps: int = 100,
-    seed: int = 42,
+    logging_steps: int = _D.logging_steps,
+    seed: int = _D.seed,
     overrides: dict[str, Any] | None = None,
 ) -> TrainingArguments:
     """stFormer's ``TrainingArguments`` on transformers 5.x.
@@ -133,148 +122,13 @@ def get_training_arguments(
         logging_steps=logging_steps,
         seed=seed,
         data_seed=seed,
-        bf16=_has_bf16(),
-        fp16=torch.cuda.is_available() and not _has_bf16(),
+        **resolve_precision("auto").hf_flags,
         report_to="none",
         dataloader_num_workers=0,
         remove_unused_columns=True,
     )
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
-
-
-class _ResumeMasking(TrainerCallback):
-    """On (re)start, continue the collator's per-batch mask seeds where the checkpoint stopped."""
-
-    def __init__(self, collator: StepSeededCollator):
-        self.collator = collator
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.collator.step = state.global_step * args.gradient_accumulation_steps
-
-
-class STFormerPretrainer(Trainer):
-    """The Hugging Face ``Trainer`` of stFormer pretraining.
-
-    Parameters
-    ----------
-    example_lengths_file
-        Pickle/JSON list with the length of every training example (``example_lengths.pkl``).
-    example_lengths
-        The same, in memory (wins over the file).
-    *args, **kwargs
-        ``Trainer``'s; ``model`` or ``model_init`` is required.
-
-    With ``train_sampling_strategy="group_by_length"`` the train sampler groups examples by these
-    lengths (transformers' ``LengthGroupedSampler``, re-seeded per epoch). A stformer-collate
-    collator is wrapped in :class:`~stformer_train.training.StepSeededCollator` so that a resumed
-    run masks its batches as the uninterrupted run would. Batches with ``masked_positions`` get
-    logits only there.
-
-    >>> STFormerPretrainer(model=None)
-    Traceback (most recent call last):
-    ...
-    ValueError: STFormerPretrainer needs a model or a model_init
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        example_lengths_file: str | PathLike[str] | None = None,
-        example_lengths: Sequence[int] | None = None,
-        **kwargs: Any,
-    ):
-        if (args[0] if args else kwargs.get("model")) is None and kwargs.get("model_init") is None:
-            raise ValueError("STFormerPretrainer needs a model or a model_init")
-        collator = kwargs.get("data_collator")
-        if (
-            collator is not None
-            and dataclasses.is_dataclass(collator)
-            and hasattr(collator, "seed")
-        ):
-            train_args = kwargs.get("args") or (args[1] if len(args) > 1 else None)
-            seed = getattr(train_args, "data_seed", None) or getattr(train_args, "seed", 42)
-            kwargs["data_collator"] = StepSeededCollator(
-                collator, seed=collator.seed if collator.seed is not None else seed
-            )
-        super().__init__(*args, **kwargs)
-        if example_lengths is None and example_lengths_file is not None:
-            example_lengths = load_example_lengths(example_lengths_file)
-        self.example_lengths = (
-            None if example_lengths is None else [int(x) for x in example_lengths]
-        )
-        if isinstance(self.data_collator, StepSeededCollator):
-            self.add_callback(_ResumeMasking(self.data_collator))
-
-    def _get_train_sampler(self, train_dataset=None):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if (
-            self.args.train_sampling_strategy == "group_by_length"
-            and self.example_lengths is not None
-        ):
-            if len(self.example_lengths) != len(dataset):
-                raise ValueError(
-                    f"the example lengths list {len(self.example_lengths)} examples but the training "
-                    f"dataset has {len(dataset)}; pass the lengths of exactly these examples"
-                )
-            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return EpochLengthGroupedSampler(batch, self.example_lengths, seed=seed)
-        return super()._get_train_sampler(train_dataset)
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        saved = self.data_collator
-        if isinstance(saved, StepSeededCollator):  # fixed masks for every evaluation
-            self.data_collator = dataclasses.replace(saved.collator, seed=saved.seed)
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = saved
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if "masked_positions" not in inputs and "cu_seqlens" not in inputs:
-            return super().compute_loss(
-                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-            )
-        loss, _ = mlm_loss(model, inputs)
-        return (loss, None) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        if "masked_positions" not in inputs and "cu_seqlens" not in inputs:
-            return super().prediction_step(
-                model, inputs, prediction_loss_only, ignore_keys=ignore_keys
-            )
-        with torch.no_grad():
-            loss, _ = mlm_loss(model, inputs)
-        return loss.detach(), None, None
-
-
-class HFEarlyStopping(TrainerCallback):
-    """A ``TrainerCallback`` adapter of :class:`~stformer_train.early_stopping.EarlyStopping`.
-
-    It watches ``core.monitor`` in the evaluation metrics (e.g. ``eval_loss``), saves the best
-    model to ``core.checkpoint_path`` and stops training after ``core.patience`` evaluations
-    without an improvement larger than ``core.min_delta``.
-
-    >>> HFEarlyStopping(EarlyStopping(monitor="eval_loss", patience=2)).core.patience
-    2
-    """
-
-    def __init__(self, core: EarlyStopping):
-        self.core = core
-
-    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-        if metrics is None or self.core.monitor not in metrics:
-            return control
-        self.core.update(metrics[self.core.monitor], model=model)
-        if self.core.should_stop:
-            log.info(
-                "early stopping: %s did not improve for %d evaluations",
-                self.core.monitor,
-                self.core.patience,
-            )
-            control.should_training_stop = True
-        return control
 
 
 class PretrainML:
@@ -331,14 +185,14 @@ class PretrainML:
         layer_norm_eps: float = 1e-12,
         attention_probs_dropout_prob: float = 0.02,
         hidden_dropout_prob: float = 0.02,
-        batch_size: int = 12,
-        learning_rate: float = 1e-3,
-        lr_schedule: str = "linear",
-        warmup_steps: float = 10_000,
-        epochs: float = 3,
-        weight_decay: float = 0.001,
-        seed: int = 42,
-        mlm_probability: float = 0.15,
+        batch_size: int = _D.per_device_train_batch_size,
+        learning_rate: float = _D.learning_rate,
+        lr_schedule: str = _D.lr_scheduler_type,
+        warmup_steps: float = _D.warmup_steps,
+        epochs: float = _D.num_train_epochs,
+        weight_decay: float = _D.weight_decay,
+        seed: int = _D.seed,
+        mlm_probability: float = _D.mlm_probability,
         training_overrides: dict[str, Any] | None = None,
         deepspeed: dict[str, Any] | str | PathLike[str] | None = None,
     ):
@@ -358,8 +212,6 @@ class PretrainML:
         self.token_dictionary_file, self.output_dir = Path(token_dictionary_file), Path(output_dir)
         self.run_name, self.mode = run_name, mode
         self.max_input = max_input * 2 if mode == "neighborhood" else max_input
-        from stformer_train.config import ModelConfig
-
         self.model_config = ModelConfig(
             num_layers=num_layers,
             hidden_size=num_embed_dim,
@@ -382,6 +234,8 @@ class PretrainML:
             seed=seed,
         )
         self.seed, self.mlm_probability = seed, mlm_probability
+        # the same run as stformer's own configs, so the one assembly builds its parts
+        self.train_config = TrainConfig(**self.training, mlm_probability=mlm_probability)
         self.training_overrides = dict(training_overrides or {})
         if deepspeed is not None:
             self.training_overrides["deepspeed"] = (
@@ -392,10 +246,7 @@ class PretrainML:
         """Build the model, collator and trainer; train (resuming from the last checkpoint); save the model."""
         import datasets
 
-        from stformer_collate import DataCollatorForMLM
         from stformer_data import GeneVocab
-        from stformer_train.hf._pretrain import last_checkpoint
-        from stformer_train.models import build_bert_config, build_mlm_model
 
         setup_environment(self.seed)
         dirs = make_output_dirs(self.output_dir, self.run_name)
@@ -406,23 +257,14 @@ class PretrainML:
         )
         dataset = datasets.load_from_disk(str(folder))
         vocab = GeneVocab.load(self.token_dictionary_file, allow_pickle=True)
-        config = build_bert_config(
-            vocab_size=len(vocab), pad_token_id=vocab.pad_id, model=self.model_config
-        )
-        model = build_mlm_model(config, seed=self.seed)
-        collator = DataCollatorForMLM(
-            spec=vocab,
-            mlm_probability=self.mlm_probability,
-            return_masked_positions=True,
-            seed=self.seed,
-        )
+        parts = assemble(vocab, self.model_config, self.train_config)
         args = get_training_arguments(
             dirs.training_output_dir, **self.training, overrides=self.training_overrides
         )
         trainer = STFormerPretrainer(
-            model=model,
+            model=parts.model,
             args=args,
-            data_collator=collator,
+            data_collator=parts.collator,
             train_dataset=dataset.select_columns(["input_ids"]),
             example_lengths_file=self.example_lengths_file,
         )

@@ -1,7 +1,8 @@
 """The PyTorch Lightning path of stformer pretraining, over the same models as the HF path.
 
-It does not import :mod:`stformer_train.hf` (and vice versa); both use :mod:`stformer_train.models`
-and :mod:`stformer_train.early_stopping`.
+Model, collator, early stopping and precision come from :func:`stformer_train.assemble.assemble`,
+as on the HF path; only the training loop (``pl.Trainer`` over :class:`MLMTrainingPlan`) differs.
+It does not import :mod:`stformer_train.hf` (and vice versa).
 """
 
 from stformer_train.lightning._datamodule import AnnDataModule
@@ -14,10 +15,13 @@ from stformer_train.lightning._trainer import (
 )
 
 __all__ = [
+    # data: h5ad files into batches
     "AnnDataModule",
+    "ResumableBatchSampler",
+    # the training plan and its callbacks
     "LightningEarlyStopping",
     "MLMTrainingPlan",
-    "ResumableBatchSampler",
     "lightning_precision",
+    # stformer's entry point: configs in, run directory out
     "pretrain_lightning",
 ]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
 from transformers import get_scheduler
 
-from stformer_train.models._mlm import mlm_loss
+from stformer_train.config import TRAIN_DEFAULTS
+from stformer_train.models import mlm_loss
+
+if TYPE_CHECKING:
+    from stformer_train.config import TrainConfig
 
 
 class MLMTrainingPlan(pl.LightningModule):
@@ -17,7 +21,9 @@ class MLMTrainingPlan(pl.LightningModule):
 
     It takes batches from any ``DataLoader`` of stformer-collate batches (padded or packed, with or
     without ``masked_positions``) and logs ``train_loss`` and, on validation batches, ``val_loss``.
-    The optimiser is AdamW with transformers' warm-up schedule, as on the Hugging Face path.
+    The optimiser is AdamW with transformers' warm-up schedule, as on the Hugging Face path; the
+    defaults are stformer's (:data:`stformer_train.config.TRAIN_DEFAULTS`), and
+    :meth:`from_config` takes them from a run's ``TrainConfig``.
 
     >>> from stformer_train import ModelConfig
     >>> from stformer_train.models import build_bert_config, build_mlm_model
@@ -31,11 +37,11 @@ class MLMTrainingPlan(pl.LightningModule):
         self,
         model: torch.nn.Module,
         *,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.001,
-        warmup_steps: float = 0.0,
+        learning_rate: float = TRAIN_DEFAULTS.learning_rate,
+        weight_decay: float = TRAIN_DEFAULTS.weight_decay,
+        warmup_steps: float = TRAIN_DEFAULTS.warmup_steps,
         max_steps: int,
-        lr_scheduler_type: str = "linear",
+        lr_scheduler_type: str = TRAIN_DEFAULTS.lr_scheduler_type,
         adam_betas: tuple[float, float] = (0.9, 0.999),
         adam_epsilon: float = 1e-8,
     ):
@@ -44,6 +50,20 @@ class MLMTrainingPlan(pl.LightningModule):
             raise ValueError(f"MLMTrainingPlan.max_steps must be > 0, got {max_steps}")
         self.model = model
         self.save_hyperparameters(ignore=["model"])
+
+    @classmethod
+    def from_config(
+        cls, model: torch.nn.Module, train: TrainConfig, *, max_steps: int
+    ) -> MLMTrainingPlan:
+        """The plan of a :class:`~stformer_train.TrainConfig` (its optimiser and schedule fields)."""
+        return cls(
+            model,
+            learning_rate=train.learning_rate,
+            weight_decay=train.weight_decay,
+            warmup_steps=train.warmup_steps,
+            max_steps=max_steps,
+            lr_scheduler_type=train.lr_scheduler_type,
+        )
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         return mlm_loss(self.model, batch)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -13,12 +14,12 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler
 
-from stformer_collate import DataCollatorForMLM
 from stformer_data import Corpus, load_corpus
+from stformer_train.assemble import assemble
 from stformer_train.config import ModelConfig, TrainConfig
 from stformer_train.early_stopping import EarlyStopping
 from stformer_train.lightning._module import MLMTrainingPlan
-from stformer_train.models import build_bert_config, build_mlm_model
+from stformer_train.precision import resolve_precision
 from stformer_train.run_dir import RunDir, save_model, split_corpus
 from stformer_train.training import (
     EpochLengthGroupedSampler,
@@ -125,15 +126,12 @@ class _History(pl.Callback):
 
 
 def lightning_precision(cfg: TrainConfig) -> str:
-    """Lightning's ``precision`` for ``cfg.mixed_precision`` (autocast only on GPU)."""
-    mode = cfg.mixed_precision
-    if mode == "auto":
-        mode = (
-            ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-            if torch.cuda.is_available()
-            else "no"
-        )
-    return {"bf16": "bf16-mixed", "fp16": "16-mixed", "no": "32-true"}[mode]
+    """Lightning's ``precision`` for ``cfg.mixed_precision``.
+
+    The policy is :func:`stformer_train.precision.resolve_precision` (fp32 on CPU, with a
+    warning when bf16/fp16 was asked for).
+    """
+    return resolve_precision(cfg.mixed_precision).lightning
 
 
 def _loggers(run: RunDir) -> list[Any]:
@@ -177,20 +175,14 @@ def pretrain_lightning(
     )
     train_set, eval_set = split_corpus(corpus, model_cfg, train_cfg, train_indices)
     pl.seed_everything(train_cfg.seed, workers=True, verbose=False)
-    net = build_mlm_model(
-        build_bert_config(
-            vocab_size=len(corpus.vocab), pad_token_id=corpus.vocab.pad_id, model=model_cfg
-        ),
-        seed=train_cfg.seed,
-        gradient_checkpointing=train_cfg.gradient_checkpointing,
+    parts = assemble(
+        corpus.vocab,
+        model_cfg,
+        train_cfg,
+        monitor="val_loss",
+        best_model_dir=run.root / "best_model",
     )
-    base = DataCollatorForMLM(
-        spec=corpus.vocab,
-        mlm_probability=train_cfg.mlm_probability,
-        seed=train_cfg.seed,
-        form=train_cfg.batch_form,
-        return_masked_positions=train_cfg.masked_positions_only,
-    )
+    base = parts.collator
     collator = StepSeededCollator(base, seed=train_cfg.seed)
     bs = train_cfg.per_device_train_batch_size
     index_sampler: Sampler[int]
@@ -202,8 +194,6 @@ def pretrain_lightning(
     train_loader = DataLoader(train_set, batch_sampler=batches, collate_fn=collator, num_workers=0)
     val_loader = None
     if eval_set is not None:
-        import dataclasses
-
         val_loader = DataLoader(
             eval_set,
             batch_size=train_cfg.per_device_eval_batch_size,
@@ -215,14 +205,7 @@ def pretrain_lightning(
         if train_cfg.max_steps > 0
         else math.ceil(len(batches) * train_cfg.num_train_epochs)
     )
-    plan = MLMTrainingPlan(
-        net,
-        learning_rate=train_cfg.learning_rate,
-        weight_decay=train_cfg.weight_decay,
-        warmup_steps=train_cfg.warmup_steps,
-        max_steps=max_steps,
-        lr_scheduler_type=train_cfg.lr_scheduler_type,
-    )
+    plan = MLMTrainingPlan.from_config(parts.model, train_cfg, max_steps=max_steps)
     history = _History(train_cfg.logging_steps, batches, collator)
     cbs: list[pl.Callback] = [
         history,
@@ -235,24 +218,14 @@ def pretrain_lightning(
             filename="step-{step}",
         ),
     ]
-    if train_cfg.early_stopping_patience:
-        cbs.insert(
-            1,
-            LightningEarlyStopping(
-                EarlyStopping(
-                    monitor="val_loss",
-                    patience=train_cfg.early_stopping_patience,
-                    min_delta=train_cfg.early_stopping_min_delta,
-                    checkpoint_path=run.root / "best_model",
-                )
-            ),
-        )
+    if parts.early_stopping is not None:
+        cbs.insert(1, LightningEarlyStopping(parts.early_stopping))
     trainer = pl.Trainer(
         max_steps=max_steps,
         max_epochs=-1,
         accelerator=accelerator,
         devices=1,
-        precision=lightning_precision(train_cfg),
+        precision=parts.precision.lightning,
         logger=_loggers(run),
         callbacks=cbs,
         log_every_n_steps=train_cfg.logging_steps,

@@ -24,15 +24,18 @@ from stformer_train.models._genebert import (
 from stformer_train.models._mlm import dense_mlm_loss, mlm_loss, unpack_to_padded
 
 __all__ = [
+    # rank-value tokens: BERT masked-LM
+    "SparseBertForMaskedLM",
+    "build_bert_config",
+    "build_mlm_model",
+    # binned tokens with gene token types: GeneBert
     "GeneBertConfig",
     "GeneBertEmbeddings",
     "GeneBertForClassification",
     "GeneBertForPhenotypicMLM",
     "GeneBertModel",
-    "SparseBertForMaskedLM",
-    "build_bert_config",
     "build_genebert_config",
-    "build_mlm_model",
+    # the loss both trainers use
     "dense_mlm_loss",
     "mlm_loss",
     "unpack_to_padded",
