@@ -5,8 +5,17 @@
 * binned tokens with gene ``token_type_ids``: :class:`GeneBertForPhenotypicMLM` and
   :class:`GeneBertForClassification` (registered with ``AutoConfig``, ``AutoModel``,
   ``AutoModelForMaskedLM`` and ``AutoModelForSequenceClassification`` on import);
-* :func:`mlm_loss`: the loss both trainers use, with logits only at the masked positions.
+* :func:`mlm_loss`: the loss both trainers use, with logits only at the masked positions;
+* :data:`PACKED_ATTENTION`: the attention implementation (registered with transformers'
+  ``AttentionInterface``) that runs packed batches of several cells per row, each cell attending
+  only to itself, on CPU and GPU; :func:`use_packed_backend` forces one of its kernels.
 """
+
+from stformer_train.models._attention import (
+    PACKED_ATTENTION,
+    packed_attention_backend,
+    use_packed_backend,
+)
 
 from stformer_train.models._bert import (
     SparseBertForMaskedLM,
@@ -24,6 +33,7 @@ from stformer_train.models._genebert import (
 from stformer_train.models._mlm import dense_mlm_loss, mlm_loss, unpack_to_padded
 
 __all__ = [
+    "PACKED_ATTENTION",
     "GeneBertConfig",
     "GeneBertEmbeddings",
     "GeneBertForClassification",
@@ -35,5 +45,7 @@ __all__ = [
     "build_mlm_model",
     "dense_mlm_loss",
     "mlm_loss",
+    "packed_attention_backend",
     "unpack_to_padded",
+    "use_packed_backend",
 ]
