@@ -16,7 +16,6 @@ from stformer_train.models._attention import (
     packed_attention_backend,
     use_packed_backend,
 )
-
 from stformer_train.models._bert import (
     SparseBertForMaskedLM,
     build_bert_config,

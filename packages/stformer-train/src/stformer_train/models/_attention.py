@@ -62,7 +62,9 @@ BACKENDS = ("auto", "varlen", "nested", "blocks")
 CPU_SPAN_TOKENS = 512
 """Short consecutive cells are attended together (block-diagonal mask) up to this many tokens."""
 
-_forced: contextvars.ContextVar[str] = contextvars.ContextVar("stformer_packed_backend", default="auto")
+_forced: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "stformer_packed_backend", default="auto"
+)
 
 
 @contextlib.contextmanager
@@ -125,7 +127,9 @@ def _spans(bounds: tuple[int, ...], budget: int) -> tuple[tuple[int, int, tuple[
 def _span_mask(inner: tuple[int, ...], device: torch.device) -> torch.Tensor | None:
     if len(inner) == 2:
         return None
-    lengths = torch.tensor([b - a for a, b in zip(inner[:-1], inner[1:])], device=device)
+    lengths = torch.tensor(
+        [b - a for a, b in zip(inner[:-1], inner[1:], strict=True)], device=device
+    )
     cell = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)
     return (cell[:, None] == cell[None, :])[None, None]
 
