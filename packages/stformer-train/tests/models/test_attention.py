@@ -186,8 +186,14 @@ def test_backend_choice_and_errors(tiny):
     short = dict(kwargs, cu_seq_lens_q=kwargs["cu_seq_lens_q"] - 1)
     short["cu_seq_lens_q"][0] = 0
     short["cu_seq_lens_k"] = short["cu_seq_lens_q"]
-    with pytest.raises(ValueError, match="ends at"):
+    with pytest.raises(ValueError, match="must run from 0"):
         model(**short)
+    empty = dict(
+        kwargs, cu_seq_lens_q=torch.cat([kwargs["cu_seq_lens_q"][:1], kwargs["cu_seq_lens_q"]])
+    )
+    empty["cu_seq_lens_k"] = empty["cu_seq_lens_q"]
+    with pytest.raises(ValueError, match="strictly increasing"):
+        model(**empty)
     model.train()
     model.config.attention_probs_dropout_prob = 0.1
     for layer in model.bert.encoder.layer:

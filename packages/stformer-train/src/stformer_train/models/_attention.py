@@ -39,12 +39,18 @@ the attention alone, lengths of a length-grouped batch of real cells):
   tokens against 1,190 ms for the same cells padded to 2,048 in one SDPA call (the ``sum
   len**2`` against ``n * max**2`` work), but 16 short cells pay ~1-2 ms of call overhead each;
   spans of up to :data:`CPU_SPAN_TOKENS` tokens keep the call count low for short cells.
+* Whole training steps (6 x 256 BERT, masked-only logits, AdamW, 8 length-grouped batches of 8
+  real cells, mean 180 tokens, 2 threads, taken in turn): padded 89 real tokens/s; packed with
+  spans of 0 (cell by cell) / 256 / 512 / 1,024 tokens 273 / 251 / 314 / 260 tokens/s. 512 it
+  is; the padded figure is low because SDPA with a padding mask on CPU pays for every padded
+  key and query of the batch that holds the long cells.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from collections.abc import Iterator
 from functools import lru_cache
 
@@ -104,6 +110,23 @@ def packed_attention_backend(device: torch.device, dtype: torch.dtype, dropout: 
     return "nested"
 
 
+_last_bounds: list = [None, None, None]  # [weakref to the cu tensor, its _version, its values]
+
+
+def _bounds(cu: torch.Tensor) -> tuple[int, ...]:
+    """``cu`` as a tuple of ints, read once per forward pass.
+
+    Every layer gets the same ``cu_seq_lens_q`` tensor; remembering the last one read makes the
+    host copy (a device synchronisation on GPU) happen once per step instead of once per layer.
+    """
+    ref, version, values = _last_bounds
+    if ref is not None and ref() is cu and version == cu._version:
+        return values
+    values = tuple(int(x) for x in cu.tolist())
+    _last_bounds[:] = [weakref.ref(cu), cu._version, values]
+    return values
+
+
 @lru_cache(maxsize=16)
 def _spans(bounds: tuple[int, ...], budget: int) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
     """Group consecutive cells into spans of at most ``budget`` tokens (a longer cell stands alone).
@@ -134,8 +157,7 @@ def _span_mask(inner: tuple[int, ...], device: torch.device) -> torch.Tensor | N
     return (cell[:, None] == cell[None, :])[None, None]
 
 
-def _blocks(query, key, value, cu: torch.Tensor, dropout: float, scaling: float | None):
-    bounds = tuple(int(x) for x in cu.tolist())
+def _blocks(query, key, value, bounds: tuple[int, ...], dropout: float, scaling: float | None):
     outs = []
     masks: dict[tuple[int, ...], torch.Tensor | None] = {}
     for start, end, inner in _spans(bounds, CPU_SPAN_TOKENS):
@@ -168,10 +190,10 @@ def _varlen(query, key, value, cu: torch.Tensor, longest: int):
     return out.unsqueeze(0)
 
 
-def _nested(query, key, value, cu: torch.Tensor, longest: int, dropout: float, scaling):
+def _nested(query, key, value, cu: torch.Tensor, bounds, dropout: float, scaling):
     offsets = cu.to(device=query.device, dtype=torch.int64)
-    lengths = offsets.diff()
-    shortest = int(lengths.min()) if lengths.numel() else 0
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    shortest, longest = min(lengths), max(lengths)
 
     def jagged(x):
         return torch.nested.nested_tensor_from_jagged(
@@ -218,11 +240,14 @@ def packed_attention_forward(
         )
     if attention_mask is not None:
         raise ValueError("a packed batch has no attention_mask (cu_seq_lens_q marks the cells)")
-    if int(cu_seq_lens_q[-1]) != query.shape[2]:
+    bounds = _bounds(cu_seq_lens_q)
+    if bounds[0] != 0 or bounds[-1] != query.shape[2] or len(bounds) < 2:
         raise ValueError(
-            f"cu_seq_lens_q ends at {int(cu_seq_lens_q[-1])} but the row has {query.shape[2]} tokens"
+            f"cu_seq_lens_q must run from 0 to the row's {query.shape[2]} tokens, got "
+            f"{bounds[0]}..{bounds[-1]}"
         )
-    longest = int(max_length_q) if max_length_q is not None else int(cu_seq_lens_q.diff().max())
+    if any(b <= a for a, b in zip(bounds[:-1], bounds[1:], strict=True)):
+        raise ValueError("cu_seq_lens_q must be strictly increasing: a packed cell has no tokens")
     backend = packed_attention_backend(query.device, query.dtype, dropout)
     if backend == "varlen":
         if dropout:
@@ -230,11 +255,16 @@ def packed_attention_forward(
                 f"the varlen backend has no attention dropout (got {dropout}): use 'nested' "
                 "or 'blocks', or attention_probs_dropout_prob=0"
             )
+        longest = (
+            int(max_length_q)
+            if max_length_q is not None
+            else max(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+        )
         out = _varlen(query, key, value, cu_seq_lens_q, longest)
     elif backend == "nested":
-        out = _nested(query, key, value, cu_seq_lens_q, longest, dropout, scaling)
+        out = _nested(query, key, value, cu_seq_lens_q, bounds, dropout, scaling)
     else:
-        out = _blocks(query, key, value, cu_seq_lens_q, dropout, scaling)
+        out = _blocks(query, key, value, bounds, dropout, scaling)
     return out.contiguous(), None
 
 
