@@ -82,6 +82,16 @@ def test_packed_rows_equal_each_cell_run_alone(tiny):
             torch.testing.assert_close(rows[cu[b] : cu[b + 1]], alone, rtol=1e-5, atol=1e-5)
 
 
+def test_packed_forward_under_inference_mode(tiny):
+    model = _model(tiny)
+    padded, packed = _batches(_examples(), return_masked_positions=True)
+    with torch.no_grad():
+        expected = mlm_loss(model, padded)[0]
+    with torch.inference_mode():
+        batch = {k: v.clone() if torch.is_tensor(v) else v for k, v in packed.items()}
+        torch.testing.assert_close(mlm_loss(model, batch)[0], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_no_attention_across_cells(tiny):
     """Changing one cell's tokens changes that cell's outputs and no other cell's."""
     model = _model(tiny)

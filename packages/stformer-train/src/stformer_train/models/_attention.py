@@ -120,10 +120,11 @@ def _bounds(cu: torch.Tensor) -> tuple[int, ...]:
     host copy (a device synchronisation on GPU) happen once per step instead of once per layer.
     """
     ref, version, values = _last_bounds
-    if ref is not None and ref() is cu and version == cu._version:
+    current = None if cu.is_inference() else cu._version  # inference tensors keep no version
+    if ref is not None and ref() is cu and current is not None and version == current:
         return values
     values = tuple(int(x) for x in cu.tolist())
-    _last_bounds[:] = [weakref.ref(cu), cu._version, values]
+    _last_bounds[:] = [weakref.ref(cu), current, values]
     return values
 
 
