@@ -351,7 +351,7 @@ def train_setup(model, batches, *, device, bf16, warmup, collate) -> dict:
     out = {
         "real_tokens_per_s": round(real / seconds, 1),
         "step_ms": round(1000 * seconds / (len(batches) - warmup), 2),
-        "model_tflops_per_s": round(flops / seconds / 1e12, 2),
+        "model_tflops_per_s": float(f"{flops / seconds / 1e12:.4g}"),
         "loss_first_step": round(losses[0], 4),
         "loss_last_step": round(losses[-1], 4),
         "packed_backend": (
@@ -569,11 +569,11 @@ def run_device(args) -> dict:
                 result = train_setup(
                     model, batches, device=device, bf16=bf16, warmup=args.warmup, collate=collate
                 )
-                result["mfu"] = round(result["model_tflops_per_s"] / args.peak_tflops, 4)
+                result["mfu"] = float(f"{result['model_tflops_per_s'] / args.peak_tflops:.4g}")
                 measured = report.get("matmul_bf16_tflops_measured")
                 if measured:
-                    result["mfu_vs_measured_matmul"] = round(
-                        result["model_tflops_per_s"] / measured, 4
+                    result["mfu_vs_measured_matmul"] = float(
+                        f"{result['model_tflops_per_s'] / measured:.4g}"
                     )
                 if setup == "packed":
                     entry["embed"] = embed_throughput(
