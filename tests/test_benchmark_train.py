@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train.py"
 
 
@@ -33,6 +35,7 @@ def test_cuda_plan_parses_without_a_gpu():
     assert "12*L*H*sum(s_i^2)" in report["flop_formula"] and report["peak_tflops"] == 989.0
 
 
+@pytest.mark.slow
 def test_synthetic_path_trains_every_setup_on_cpu(tmp_path):
     report = _run(
         "--device",
