@@ -50,7 +50,9 @@ token actually attends over; ``12 * L * H * s`` per token is QK^T and AV, forwar
 ``N_head`` the MLM head's weights (transform + decoder) and ``M`` the masked tokens (the only
 rows that reach the head). Padding is not model FLOPs: a padded setup's MFU counts only its
 real work. The peak is ``--peak-tflops`` (H200 dense bf16: 989); the JSON also gives the MFU
-against a measured 8,192^3 bf16 matrix product. Then embedding throughput (cells/s, eval
+against a measured 8,192^3 bf16 matrix product. ``parity`` first checks, on the device, that a
+small model's packed loss and gradients equal the padded ones for each packed-attention backend
+(fp32 and bf16). Then embedding throughput (cells/s, eval
 forward + mean pooling, length-sorted padded batches vs packed rows) and, with ``--profile``, the
 top CUDA kernels of a few steps of the largest shape's packed setup. One JSON line on stdout and
 in ``$OUT/train_cuda.json`` when ``$OUT`` is set.
@@ -470,6 +472,55 @@ def profile_packed(model, batches, *, device, bf16, collate, top: int = 12) -> l
     ]
 
 
+def parity_check(device, *, bf16: bool, vocab: int, seed: int) -> dict:
+    """Packed against padded on ``device``: eval loss and gradients of a small model, per backend.
+
+    Mixed lengths (1 to 300 tokens); each backend that fails is reported with its error.
+    """
+    from stformer_collate import BatchForm, DataCollatorForMLM, SimpleTokenSpec
+    from stformer_train import ModelConfig
+    from stformer_train.models import (
+        build_bert_config,
+        build_mlm_model,
+        mlm_loss,
+        use_packed_backend,
+    )
+
+    spec = SimpleTokenSpec(pad_id=0, mask_id=1, vocab_size=vocab)
+    rng = np.random.default_rng(seed)
+    cells = [{"input_ids": rng.integers(2, vocab, size=n)} for n in (300, 1, 57, 128, 9, 211)]
+    shape = ModelConfig(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=256)
+    model = build_mlm_model(build_bert_config(vocab_size=vocab, model=shape), seed=seed)
+    model = model.to(device).eval()
+
+    def loss_and_grads(form):
+        batch = DataCollatorForMLM(spec=spec, seed=seed, form=form, return_masked_positions=True)(
+            cells
+        )
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = mlm_loss(model, _to(batch, device))[0]
+        loss.backward()
+        return float(loss), torch.cat([p.grad.flatten().float() for p in model.parameters()])
+
+    ref_loss, ref_grad = loss_and_grads(BatchForm.PADDED)
+    out: dict = {"padded_loss": round(ref_loss, 6), "bf16": bf16}
+    backends = ("blocks", "nested", "varlen") if device.type == "cuda" else ("blocks",)
+    for backend in backends:
+        try:
+            with use_packed_backend(backend):
+                loss, grad = loss_and_grads(BatchForm.PACKED)
+            out[backend] = {
+                "loss_abs_diff": float(f"{abs(loss - ref_loss):.3g}"),
+                "grad_rel_diff": float(
+                    f"{float((grad - ref_grad).norm() / ref_grad.norm().clamp(min=1e-30)):.3g}"
+                ),
+            }
+        except Exception as exc:  # noqa: BLE001 - report every backend's outcome
+            out[backend] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return out
+
+
 def _setup_plan(args, name: str):
     if name not in SHAPES:
         sys.exit(f"--shapes: unknown {name!r}; choose from {sorted(SHAPES)}")
@@ -509,6 +560,11 @@ def run_device(args) -> dict:
         pass
     if not args.dry_run:
         report["matmul_bf16_tflops_measured"] = matmul_tflops(device)
+        report["parity"] = {
+            precision: parity_check(device, bf16=flag, vocab=args.vocab, seed=args.seed)
+            for precision, flag in (("fp32", False), ("bf16", True))
+            if flag is False or bf16
+        }
     rng = np.random.default_rng(args.seed)
     for name in args.shapes.split(","):
         layers, hidden, heads, ffn, length, per_step = _setup_plan(args, name)

@@ -58,6 +58,8 @@ def test_synthetic_path_trains_every_setup_on_cpu(tmp_path):
         env_out=tmp_path,
     )
     assert json.loads((tmp_path / "train_cuda.json").read_text()) == report
+    parity = report["parity"]["fp32"]
+    assert parity["blocks"]["loss_abs_diff"] < 1e-5 and parity["blocks"]["grad_rel_diff"] < 1e-4
     tiny = report["tiny"]
     assert 0 < tiny["padding_fraction_padded"] < 0.9  # cells of many lengths
     for setup in ("padded", "length_grouped", "packed", "packed_no_attn_dropout"):
