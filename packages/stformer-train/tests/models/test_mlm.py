@@ -3,6 +3,7 @@ from transformers import AutoModelForMaskedLM
 
 from stformer_collate import BatchForm, DataCollatorForMLM, SimpleTokenSpec
 from stformer_train.models import (
+    PACKED_ATTENTION,
     SparseBertForMaskedLM,
     build_bert_config,
     build_mlm_model,
@@ -21,7 +22,10 @@ def _model(tiny):
 
 def test_masked_only_logits_give_the_dense_loss(tiny):
     model = _model(tiny)
-    assert isinstance(model, SparseBertForMaskedLM) and model.config._attn_implementation == "sdpa"
+    assert (
+        isinstance(model, SparseBertForMaskedLM)
+        and model.config._attn_implementation == PACKED_ATTENTION
+    )
     batch = DataCollatorForMLM(spec=SPEC, seed=1, return_masked_positions=True)(EXAMPLES)
     sparse, n = mlm_loss(model, batch)
     assert n == int((batch["labels"] != -100).sum())

@@ -5,9 +5,17 @@
 * binned tokens with gene ``token_type_ids``: :class:`GeneBertForPhenotypicMLM` and
   :class:`GeneBertForClassification` (registered with ``AutoConfig``, ``AutoModel``,
   ``AutoModelForMaskedLM`` and ``AutoModelForSequenceClassification`` on import);
-* :func:`mlm_loss`: the loss both trainers use, with logits only at the masked positions.
+* :func:`mlm_loss`: the loss both trainers use, with logits only at the masked positions;
+* :data:`PACKED_ATTENTION`: the attention implementation (registered with transformers'
+  ``AttentionInterface``) that runs packed batches of several cells per row, each cell attending
+  only to itself, on CPU and GPU; :func:`use_packed_backend` forces one of its kernels.
 """
 
+from stformer_train.models._attention import (
+    PACKED_ATTENTION,
+    packed_attention_backend,
+    use_packed_backend,
+)
 from stformer_train.models._bert import (
     SparseBertForMaskedLM,
     build_bert_config,
@@ -28,6 +36,10 @@ __all__ = [
     "SparseBertForMaskedLM",
     "build_bert_config",
     "build_mlm_model",
+    # attention over packed batches (several cells per row)
+    "PACKED_ATTENTION",
+    "packed_attention_backend",
+    "use_packed_backend",
     # binned tokens with gene token types: GeneBert
     "GeneBertConfig",
     "GeneBertEmbeddings",

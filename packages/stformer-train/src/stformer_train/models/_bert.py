@@ -6,6 +6,7 @@ from transformers import BertConfig, BertForMaskedLM
 from transformers.modeling_outputs import MaskedLMOutput
 
 from stformer_train.config import ModelConfig
+from stformer_train.models._attention import PACKED_ATTENTION
 
 
 class SparseBertForMaskedLM(BertForMaskedLM):
@@ -117,14 +118,16 @@ def build_mlm_model(
     config: BertConfig,
     *,
     seed: int | None = None,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str = PACKED_ATTENTION,
     gradient_checkpointing: bool = False,
 ) -> SparseBertForMaskedLM:
-    """A freshly initialised masked-LM model for ``config`` using PyTorch's SDPA attention.
+    """A freshly initialised masked-LM model for ``config``.
 
     A ``BertConfig`` gives :class:`SparseBertForMaskedLM` (rank-value tokens); a
     :class:`~stformer_train.models.GeneBertConfig` gives :class:`GeneBertForPhenotypicMLM` (binned
-    tokens). ``attn_implementation="flash_attention_2"`` enables packed (unpadded) batches on GPU.
+    tokens). The default attention, :data:`~stformer_train.models.PACKED_ATTENTION`, is PyTorch's
+    SDPA on padded batches and document-aware attention on packed (unpadded) batches, on CPU and
+    GPU; ``"sdpa"``, ``"eager"`` or ``"flash_attention_2"`` select transformers' own.
     """
     import torch
 

@@ -7,9 +7,12 @@ projection: with 15% masking that is ~7x fewer rows of the largest matmul and no
 vocab)`` logits tensor. Without those keys the dense ``labels`` are used (the reference behaviour).
 
 Packed batches (``cu_seqlens``/``position_ids``, no ``attention_mask``) are passed to the encoder
-as flash-attention varlen arguments when the model runs ``flash_attention_2``; with SDPA or eager
-attention they are unpacked to a padded batch first (SDPA has no variable-length kernel, and a
-block-diagonal mask would cost more than the padding it saves).
+as they are, with the varlen keyword arguments (``cu_seq_lens_q``, ``max_length_q``, ...), when the
+model runs :data:`~stformer_train.models.PACKED_ATTENTION` (the default of
+:func:`~stformer_train.models.build_mlm_model`; document-aware attention on CPU and GPU, see
+:mod:`._attention`) or a ``flash_attention_*`` implementation. A model with plain ``"sdpa"`` or
+``"eager"`` attention has no way to keep the cells apart in one row, so for it the batch is
+unpacked to a padded one first.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from stformer_train.models._attention import PACKED_ATTENTION
 
 IGNORE_INDEX = -100
 ENCODER_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
@@ -53,7 +58,7 @@ def unpack_to_padded(batch: Mapping[str, Any], pad_id: int) -> dict[str, Any]:
 
 def _varlen_kwargs(batch: Mapping[str, Any]) -> dict[str, Any]:
     cu = batch["cu_seqlens"].to(torch.int32)
-    longest = int(batch["max_seqlen"])
+    longest = int(batch["max_seqlen"]) if "max_seqlen" in batch else int(cu.diff().max())
     return {
         "cu_seq_lens_q": cu,
         "cu_seq_lens_k": cu,
@@ -68,14 +73,19 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def runs_packed(model: torch.nn.Module) -> bool:
+    """Whether ``model`` takes packed batches as they are (its attention keeps the cells apart)."""
+    impl = str(getattr(_unwrap(model).config, "_attn_implementation", None))
+    return impl == PACKED_ATTENTION or "flash" in impl
+
+
 def encoder_inputs(
     model: torch.nn.Module, batch: Mapping[str, Any]
 ) -> tuple[dict[str, Any], Mapping[str, Any]]:
     """The keyword arguments of the encoder for ``batch`` (and the batch, unpacked if needed)."""
     config = _unwrap(model).config
     if "cu_seqlens" in batch:
-        impl = getattr(config, "_attn_implementation", "sdpa")
-        if impl is not None and "flash" in str(impl):
+        if runs_packed(model):
             kwargs = {k: batch[k] for k in ENCODER_KEYS if k in batch and k != "attention_mask"}
             kwargs.update(_varlen_kwargs(batch))
             return kwargs, batch
