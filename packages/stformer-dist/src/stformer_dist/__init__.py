@@ -3,7 +3,7 @@
 * DeepSpeed: :func:`choose_closest`, :func:`check_deepspeed_optimizer`,
   :func:`check_deepspeed_scheduler`, :class:`DeepSpeedConfig`, :func:`build_deepspeed` (transformers
   ``TrainingArguments`` with a ZeRO config) and :class:`PretrainML` (``deepspeed=True``).
-* Ray Train: :class:`RayTrainRunner` (the Lightning path over h5ad files, protoplast's API) and
+* Ray Train: :class:`RayPretrainRunner` (the Lightning path over h5ad files, protoplast's API) and
   :func:`ray_pretrain_mlm` (the Hugging Face path), with checkpoints and ``FailureConfig``.
 
 Ray is imported only when a Ray function runs.
@@ -23,7 +23,7 @@ from stformer_dist._deepspeed import (
     resolve_deepspeed,
 )
 from stformer_dist._pretrain import PretrainML
-from stformer_dist._ray import RayTrainRunner, connect, ray_pretrain_mlm, run_config, scaling_config
+from stformer_dist._ray import RayPretrainRunner, connect, ray_pretrain_mlm, run_config, scaling_config
 
 __version__ = "0.1.0"
 
@@ -43,7 +43,7 @@ __all__ = [
     # stFormer's entry point on DeepSpeed
     "PretrainML",
     # Ray Train: cluster, scaling, runners
-    "RayTrainRunner",
+    "RayPretrainRunner",
     "connect",
     "ray_pretrain_mlm",
     "run_config",

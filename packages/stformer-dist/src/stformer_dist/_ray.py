@@ -144,7 +144,7 @@ class _TokenSource:
 
 @dataclass(frozen=True, kw_only=True)
 class _LightningJob:
-    """What every Ray worker of :class:`RayTrainRunner` gets: the configs whole, the data, the worker."""
+    """What every Ray worker of :class:`RayPretrainRunner` gets: the configs whole, the data, the worker."""
 
     data: _TokenSource
     model: Any  # stformer_train.ModelConfig
@@ -211,7 +211,7 @@ def _lightning_report_callback(every_n_steps: int, max_steps: int):
 
 
 def _lightning_train_loop(job: _LightningJob) -> None:
-    """The Ray Train worker function of :class:`RayTrainRunner` (runs in every worker process)."""
+    """The Ray Train worker function of :class:`RayPretrainRunner` (runs in every worker process)."""
     import pytorch_lightning as pl
     import ray.train
     import torch
@@ -219,7 +219,7 @@ def _lightning_train_loop(job: _LightningJob) -> None:
 
     from stformer_data import RankTokenizerConfig, RankValueTokenizer
     from stformer_train.assemble import assemble
-    from stformer_train.lightning import AnnDataModule, MLMTrainingPlan
+    from stformer_train.lightning import H5adStreamDataModule, MLMTrainingPlan
     from stformer_train.training import StepSeededCollator
 
     train, data = job.train, job.data
@@ -230,7 +230,7 @@ def _lightning_train_loop(job: _LightningJob) -> None:
     )
     parts = assemble(data.vocab, job.model, train, monitor="val_loss")
     collator = StepSeededCollator(parts.collator, seed=train.seed)
-    dm = AnnDataModule(
+    dm = H5adStreamDataModule(
         data.files,
         split=data.split,
         batch_size=train.per_device_train_batch_size,
@@ -275,10 +275,10 @@ def _lightning_train_loop(job: _LightningJob) -> None:
     trainer.fit(plan, datamodule=dm, ckpt_path=ckpt_path)
 
 
-class RayTrainRunner:
+class RayPretrainRunner:
     """Pretrain a masked-LM on h5ad files with Ray Train (protoplast's runner, on stformer's Lightning path).
 
-    Cells stream from backed h5ad files through :class:`stformer_data.torch.DistributedAnnDataset`
+    Cells stream from backed h5ad files through :class:`stformer_data.torch.H5adStreamDataset`
     (each Ray worker reads its own shard), are tokenized on the fly with a rank-value tokenizer and
     masked by stformer-collate; the model is stformer-train's :class:`MLMTrainingPlan` under
     ``RayDDPStrategy``.
@@ -311,7 +311,7 @@ class RayTrainRunner:
     whole, with the :class:`~stformer_train.ModelConfig`. Each worker builds model, collator and
     precision with :func:`stformer_train.assemble`, as the single-process paths do.
 
-    >>> runner = RayTrainRunner(vocab=vocab, medians=medians, model=ModelConfig())  # doctest: +SKIP
+    >>> runner = RayPretrainRunner(vocab=vocab, medians=medians, model=ModelConfig())  # doctest: +SKIP
     >>> result = runner.train(["a.h5ad", "b.h5ad"], batch_size=64, max_epochs=1, num_workers=2,
     ...                       is_gpu=False)  # doctest: +SKIP
     """
@@ -334,16 +334,16 @@ class RayTrainRunner:
         from stformer_train import ModelConfig, TrainConfig
 
         if model_input_size <= 0:
-            raise ValueError(f"RayTrainRunner.model_input_size must be > 0, got {model_input_size}")
+            raise ValueError(f"RayPretrainRunner.model_input_size must be > 0, got {model_input_size}")
         if not 0.0 < mlm_probability < 1.0:
             raise ValueError(
-                f"RayTrainRunner.mlm_probability must be in (0, 1), got {mlm_probability}"
+                f"RayPretrainRunner.mlm_probability must be in (0, 1), got {mlm_probability}"
             )
         self.vocab, self.medians = vocab, dict(medians)
         self.model = model or ModelConfig()
         if self.model.max_position_embeddings < model_input_size:
             raise ValueError(
-                f"RayTrainRunner.model_input_size ({model_input_size}) exceeds the model's "
+                f"RayPretrainRunner.model_input_size ({model_input_size}) exceeds the model's "
                 f"max_position_embeddings ({self.model.max_position_embeddings})"
             )
         self.model_input_size = model_input_size
@@ -424,7 +424,7 @@ class RayTrainRunner:
         """
         from ray.train.torch import TorchTrainer
 
-        from stformer_data import InputError, SplitInfo
+        from stformer_data import InputError, CellSplit
         from stformer_train.config import merge_config
 
         files = [Path(f).expanduser().resolve() for f in file_paths]
@@ -455,7 +455,7 @@ class RayTrainRunner:
         scaling = scaling_config(
             num_workers, is_gpu=is_gpu, resources_per_worker=resources_per_worker
         )
-        split = SplitInfo.create(
+        split = CellSplit.create(
             files,
             fractions=(1.0 - test_size - val_size, val_size, test_size),
             group_key=group_key,

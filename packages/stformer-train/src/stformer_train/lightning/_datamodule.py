@@ -1,6 +1,6 @@
-"""``AnnDataModule``: a LightningDataModule streaming h5ad files through ``DistributedAnnDataset``.
+"""``H5adStreamDataModule``: a LightningDataModule streaming h5ad files through ``H5adStreamDataset``.
 
-Train, validation and test sets come from a :class:`stformer_data.SplitInfo` (by fraction or
+Train, validation and test sets come from a :class:`stformer_data.CellSplit` (by fraction or
 grouped by an ``obs`` key), drawn once in ``prepare_data`` and saved in the run directory so that a
 resumed run reads the same split. Raw-expression batches arrive as sparse CSR tensors and are
 densified on the device in ``on_after_batch_transfer``, with protoplast's ``before_dense_cb`` (on
@@ -18,8 +18,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from stformer_data import SequentialShuffleStrategy, ShuffleStrategy, SplitInfo
-from stformer_data.torch import DistributedAnnDataset
+from stformer_data import SequentialBlockStrategy, BlockShuffleStrategy, CellSplit
+from stformer_data.torch import H5adStreamDataset
 
 DenseCallback = Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
 
@@ -28,7 +28,7 @@ class _EpochDataLoader(DataLoader):
     """A DataLoader that tells its dataset the epoch before every pass (new workers copy it)."""
 
     def __init__(
-        self, dataset: DistributedAnnDataset, epoch_fn: Callable[[], int], **kwargs: Any
+        self, dataset: H5adStreamDataset, epoch_fn: Callable[[], int], **kwargs: Any
     ) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
         self._epoch_fn = epoch_fn
@@ -38,7 +38,7 @@ class _EpochDataLoader(DataLoader):
         return super().__iter__()
 
 
-class AnnDataModule(pl.LightningDataModule):
+class H5adStreamDataModule(pl.LightningDataModule):
     """Stream train/val/test cells of many h5ad files into a Lightning ``Trainer``.
 
     Parameters
@@ -58,7 +58,7 @@ class AnnDataModule(pl.LightningDataModule):
     strategy
         Training shuffle strategy (default block shuffle); validation and test read sequentially.
     tokenizer, genes
-        Passed to :class:`~stformer_data.torch.DistributedAnnDataset`: tokens on the fly, or the gene
+        Passed to :class:`~stformer_data.torch.H5adStreamDataset`: tokens on the fly, or the gene
         space raw expression is aligned to.
     densify
         Turn the sparse ``"X"`` of raw-expression batches into a dense tensor on the device.
@@ -70,7 +70,7 @@ class AnnDataModule(pl.LightningDataModule):
     dataset_kwargs
         Other arguments for every dataset (``obs_keys``, ``even_batches``, ``length_bucketing``, ...).
 
-    >>> dm = AnnDataModule(["a.h5ad", "b.h5ad"], run_dir="runs/x", group_key="donor_id")  # doctest: +SKIP
+    >>> dm = H5adStreamDataModule(["a.h5ad", "b.h5ad"], run_dir="runs/x", group_key="donor_id")  # doctest: +SKIP
     >>> pl.Trainer(max_epochs=1).fit(model, datamodule=dm)  # doctest: +SKIP
     """
 
@@ -79,13 +79,13 @@ class AnnDataModule(pl.LightningDataModule):
         files: Sequence[str | PathLike[str]],
         *,
         run_dir: str | PathLike[str] | None = None,
-        split: SplitInfo | None = None,
+        split: CellSplit | None = None,
         fractions: Sequence[float] = (0.9, 0.05, 0.05),
         group_key: str | None = None,
         split_seed: int = 0,
         batch_size: int = 256,
         num_workers: int = 0,
-        strategy: ShuffleStrategy | None = None,
+        strategy: BlockShuffleStrategy | None = None,
         tokenizer: Any = None,
         genes: Any = None,
         densify: bool = True,
@@ -105,24 +105,24 @@ class AnnDataModule(pl.LightningDataModule):
         self.split = split
         self.fractions, self.group_key, self.split_seed = tuple(fractions), group_key, split_seed
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
-        self.strategy = strategy or ShuffleStrategy()
+        self.strategy = strategy or BlockShuffleStrategy()
         self.tokenizer, self.genes = tokenizer, genes
         self.densify = densify
         self.before_dense_cb, self.after_dense_cb = before_dense_cb, after_dense_cb
         self.seed = seed
         self.dataset_kwargs = dict(dataset_kwargs or {})
-        self.datasets: dict[str, DistributedAnnDataset] = {}
+        self.datasets: dict[str, H5adStreamDataset] = {}
 
-    def _draw_split(self) -> SplitInfo:
+    def _draw_split(self) -> CellSplit:
         if self.run_dir is not None:
-            return SplitInfo.load_or_create(
+            return CellSplit.load_or_create(
                 self.run_dir,
                 self.files,
                 fractions=self.fractions,
                 group_key=self.group_key,
                 seed=self.split_seed,
             )
-        return SplitInfo.create(
+        return CellSplit.create(
             self.files, fractions=self.fractions, group_key=self.group_key, seed=self.split_seed
         )
 
@@ -137,8 +137,8 @@ class AnnDataModule(pl.LightningDataModule):
         for name in ("train", "val", "test"):
             if name in self.datasets or self.split.counts()[name] == 0:
                 continue
-            strategy = self.strategy if name == "train" else SequentialShuffleStrategy()
-            self.datasets[name] = DistributedAnnDataset.from_split(
+            strategy = self.strategy if name == "train" else SequentialBlockStrategy()
+            self.datasets[name] = H5adStreamDataset.from_split(
                 self.split,
                 name,
                 batch_size=self.batch_size,
