@@ -10,7 +10,6 @@ training function resumes from ``ray.train.get_checkpoint()``.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import warnings
@@ -20,12 +19,15 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from stformer_dist._ray_env import prepare_ray_environment
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.ckpt"
 
 
 def _import_ray():
+    prepare_ray_environment()
     try:
         import ray
         import ray.train  # noqa: F401
@@ -46,12 +48,7 @@ def connect(
     """Join a running Ray cluster (``address``, e.g. ``"auto"`` or ``"ray://head:10001"``) or start a
     local one; an already initialised Ray is reused. ``init_kwargs`` go to ``ray.init``
     (e.g. ``log_to_driver=False``). Returns the ``ray`` module."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # under `uv run`, Ray would otherwise package the working directory for every worker and
-    # rebuild the environment there; the workers use this interpreter instead. Ray reads the
-    # flag when it is first imported.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    ray = _import_ray()
+    ray = _import_ray()  # sets the environment Ray needs first (stformer_dist._ray_env)
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {
             "include_dashboard": False,
@@ -106,6 +103,7 @@ def run_config(
     storage_path: str | PathLike[str], name: str | None, max_failures: int, num_to_keep: int = 2
 ):
     """``RunConfig`` with a local or remote storage path, ``FailureConfig`` and ``CheckpointConfig``."""
+    _import_ray()
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     if max_failures < -1:
@@ -276,7 +274,7 @@ def _lightning_train_loop(job: _LightningJob) -> None:
 
 
 class RayPretrainRunner:
-    """Pretrain a masked-LM on h5ad files with Ray Train (protoplast's runner, on stformer's Lightning path).
+    """Pretrain stformer's masked-LM on h5ad files with Ray Train (formerly ``RayTrainRunner``; protoplast's documented runner is :class:`RayTrainRunner`).
 
     Cells stream from backed h5ad files through :class:`stformer_data.torch.H5adStreamDataset`
     (each Ray worker reads its own shard), are tokenized on the fly with a rank-value tokenizer and
@@ -334,7 +332,9 @@ class RayPretrainRunner:
         from stformer_train import ModelConfig, TrainConfig
 
         if model_input_size <= 0:
-            raise ValueError(f"RayPretrainRunner.model_input_size must be > 0, got {model_input_size}")
+            raise ValueError(
+                f"RayPretrainRunner.model_input_size must be > 0, got {model_input_size}"
+            )
         if not 0.0 < mlm_probability < 1.0:
             raise ValueError(
                 f"RayPretrainRunner.mlm_probability must be in (0, 1), got {mlm_probability}"
@@ -422,9 +422,7 @@ class RayPretrainRunner:
         callbacks
             Extra Lightning callbacks (they are pickled to the workers).
         """
-        from ray.train.torch import TorchTrainer
-
-        from stformer_data import InputError, CellSplit
+        from stformer_data import CellSplit, InputError
         from stformer_train.config import merge_config
 
         files = [Path(f).expanduser().resolve() for f in file_paths]
@@ -451,7 +449,9 @@ class RayPretrainRunner:
                 "does not exist",
                 "pass a Lightning .ckpt file or None",
             )
-        connect(self.address, runtime_env=self.runtime_env)
+        connect(self.address, runtime_env=self.runtime_env)  # the environment first, then Ray
+        from ray.train.torch import TorchTrainer
+
         scaling = scaling_config(
             num_workers, is_gpu=is_gpu, resources_per_worker=resources_per_worker
         )
@@ -564,8 +564,6 @@ def ray_pretrain_mlm(
     >>> ray_pretrain_mlm("corpus", "runs/r", train=TrainConfig(max_steps=100), num_workers=2,
     ...                  is_gpu=False)  # doctest: +SKIP
     """
-    from ray.train.torch import TorchTrainer
-
     from stformer_data import InputError
     from stformer_train import ModelConfig, TrainConfig
 
@@ -574,7 +572,9 @@ def ray_pretrain_mlm(
         raise InputError(
             corpus, "corpus", "is not a folder", "pass a tokenized corpus (stformer tokenize)"
         )
-    connect(address, runtime_env=runtime_env)
+    connect(address, runtime_env=runtime_env)  # the environment first, then Ray
+    from ray.train.torch import TorchTrainer
+
     scaling = scaling_config(num_workers, is_gpu=is_gpu, resources_per_worker=resources_per_worker)
     job = {
         "corpus": str(corpus),
