@@ -563,6 +563,7 @@ class DistributedAnnDataset(IterableDataset):
                     torch.from_numpy(mat.indices.astype(np.int64)),
                     torch.from_numpy(mat.data.astype(np.float32)),
                     size=mat.shape,
+                    check_invariants=False,  # scipy's CSR is valid by construction
                 )
         return torch.from_numpy(np.asarray(mat, dtype=np.float32))
 
