@@ -165,9 +165,9 @@ def ann_split_data(
     """Cut the rows of ``file_paths`` into ranges of ``batch_size`` rows and split them.
 
     The ranges of all files are assigned to test, validation and training at random (``rng``), in
-    the shares ``test_size`` and ``validation_size`` (rounded to whole ranges; a non-zero share
-    gets at least one range). Each split then has a number of ranges divisible by
-    ``total_workers``, so every worker reads the same amount: ``drop_last=True`` drops the last,
+    the shares ``test_size`` and ``validation_size`` (rounded to a multiple of ``total_workers``
+    ranges; a non-zero share gets at least one range per worker). The training split then has a
+    number of ranges divisible by ``total_workers`` too, so every worker reads the same amount: ``drop_last=True`` drops the last,
     shorter range of each file and as many ranges as needed; ``drop_last=False`` keeps every row
     and repeats a few ranges instead. Inside a file the ranges are in row order (sequential reads),
     or in a random order when ``is_shuffled``.
@@ -213,8 +213,14 @@ def ann_split_data(
         ranges += [(fidx, s, min(s + batch_size, n)) for s in range(0, stop, batch_size)]
     order = list(range(len(ranges)))
     rng.shuffle(order)
-    n_test = _share(test, len(ranges))
-    n_val = _share(val, len(ranges))
+    n_test = _share(test, len(ranges), total_workers)
+    n_val = _share(val, len(ranges), total_workers)
+    if n_test + n_val >= len(ranges):
+        raise ValueError(
+            f"{len(ranges)} ranges of {batch_size} rows cannot be split into test ({n_test}), "
+            f"validation ({n_val}) and training ranges over {total_workers} workers; use a "
+            "smaller batch_size (or pre_fetch_then_batch) or fewer workers"
+        )
     picked = {
         "test": [ranges[i] for i in order[:n_test]],
         "val": [ranges[i] for i in order[n_test : n_test + n_val]],
@@ -240,10 +246,11 @@ def ann_split_data(
     return out
 
 
-def _share(fraction: float, n: int) -> int:
+def _share(fraction: float, n: int, total_workers: int) -> int:
+    """Ranges for a held-out share: a multiple of ``total_workers`` (at least one round)."""
     if fraction <= 0 or n == 0:
         return 0
-    return min(n - 1, max(1, round(fraction * n)))
+    return max(1, round(fraction * n / total_workers)) * total_workers
 
 
 class ShuffleStrategy(ABC):
