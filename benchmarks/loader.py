@@ -56,11 +56,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from stformer_data import (
+    BlockShuffleStrategy,
     GeneVocab,
     RandomShuffleStrategy,
     RankValueTokenizer,
     SequentialBlockStrategy,
-    BlockShuffleStrategy,
     TokenizeConfig,
     batch_diversity,
     is_complete_corpus,
@@ -171,9 +171,7 @@ def run_stformer(files, tokenizer, seconds, strategy, *, workers=0, bucketing=Fa
         seed=0,
     )
     if tokenizer is not None:  # compile the tokenizer's kernel (if any) before the clock starts
-        warm = H5adStreamDataset(
-            files[:1], batch_size=8, tokenizer=tokenizer, rows=[np.arange(16)]
-        )
+        warm = H5adStreamDataset(files[:1], batch_size=8, tokenizer=tokenizer, rows=[np.arange(16)])
         next(iter(warm))
     loader = DataLoader(ds, batch_size=None, num_workers=workers)
     return measure(loader, seconds, _stformer_labels, in_process=workers == 0)

@@ -13,12 +13,12 @@ torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader  # noqa: E402
 
 from stformer_data import (  # noqa: E402
+    BlockShuffleStrategy,
+    CellSplit,
     GeneVocab,
     InputError,
     RankValueTokenizer,
     SequentialBlockStrategy,
-    BlockShuffleStrategy,
-    CellSplit,
     TokenizeConfig,
     map_genes,
     resolve_gene_ids,
@@ -222,9 +222,7 @@ def test_files_with_other_genes_are_aligned_to_the_vocabulary(tmp_path, tokenize
 
 def test_a_file_that_vanishes_mid_epoch_is_named(tmp_path):
     a, b = _write(tmp_path / "a.h5ad", 20), _write(tmp_path / "b.h5ad", 20)
-    ds = H5adStreamDataset(
-        [a, b], batch_size=10, strategy=SequentialBlockStrategy(buffer_size=10)
-    )
+    ds = H5adStreamDataset([a, b], batch_size=10, strategy=SequentialBlockStrategy(buffer_size=10))
     it = iter(ds)
     next(it)
     os.remove(b)

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from stformer_data import (
+    BlockShuffleStrategy,
     RandomShuffleStrategy,
     SequentialBlockStrategy,
-    BlockShuffleStrategy,
     batch_diversity,
     batches_per_rank,
     bucket_batches,

@@ -11,11 +11,11 @@ torch = pytest.importorskip("torch")
 from stformer_data import (  # noqa: E402
     BinnedTokenizer,
     BinnedTokenizerConfig,
+    BlockShuffleStrategy,
     GeneVocab,
     NeighborhoodTokenizer,
     RankTokenizerConfig,
     RankValueTokenizer,
-    BlockShuffleStrategy,
     TokenizeConfig,
     tokenize_files,
 )
@@ -86,7 +86,10 @@ def _check_batches(batches, rows, pad_id):
 def test_binned_tokens_on_the_fly_equal_the_binned_corpus(binned):
     files, corpus, rows, tok = binned
     ds = H5adStreamDataset(
-        files, tokenizer=tok, batch_size=8, strategy=BlockShuffleStrategy(block_size=4, buffer_size=16)
+        files,
+        tokenizer=tok,
+        batch_size=8,
+        strategy=BlockShuffleStrategy(block_size=4, buffer_size=16),
     )
     _check_batches(ds, rows, corpus.vocab.pad_id)
     # the per-cell (Hugging Face) form carries token_type_ids too

@@ -5,7 +5,6 @@ from stformer_data import (
     BlockShuffleStrategy,
     RandomShuffleStrategy,
     SequentialBlockStrategy,
-    BlockShuffleStrategy,
 )
 
 

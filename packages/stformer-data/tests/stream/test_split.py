@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from stformer_data import InputError, CellSplit, category_random_split
+from stformer_data import CellSplit, InputError, category_random_split
 
 
 def _write(path, donors):

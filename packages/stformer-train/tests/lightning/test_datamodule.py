@@ -113,7 +113,9 @@ def test_datamodule_trains_on_grouped_split_with_new_order_each_epoch(tmp_path):
     assert not set(model.seen["train"]) & (set(model.seen["val"]) | set(model.seen["test"]))
     assert calls["before"] == calls["after"] > 0
     # a resumed run with other split settings reuses the saved split
-    again = H5adStreamDataModule(files, run_dir=tmp_path / "run", fractions=(0.8, 0.1, 0.1), batch_size=8)
+    again = H5adStreamDataModule(
+        files, run_dir=tmp_path / "run", fractions=(0.8, 0.1, 0.1), batch_size=8
+    )
     again.prepare_data()
     again.setup("fit")
     assert again.split.groups == split.groups
