@@ -30,7 +30,6 @@ def shared_data() -> Path:
 def _quiet_threads():
     """Keep torch to 2 threads so tests behave the same on CI's 2-core machine."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     yield
 
 

@@ -4,7 +4,7 @@ Generates a multi-file raw-count corpus (default 8 files x 25,000 cells x 2,000 
 non-zeros per cell, obs "cell_type" in sorted runs inside each file, as real files often are), then
 reads one epoch with each loader, batch 256, no DataLoader workers unless stated:
 
-* stformer ``DistributedAnnDataset``: sequential, block shuffle (blocks of 256 rows, shuffle buffer
+* stformer ``H5adStreamDataset``: sequential, block shuffle (blocks of 256 rows, shuffle buffer
   of 16,384 cells) and full random, as raw expression (sparse CSR tensors) and as rank-value tokens
   made on the fly (with and without length bucketing); block shuffle also with 2 workers. Its
   defaults apply: one buffer read ahead on a background thread, tokens ranked on every CPU;
@@ -56,11 +56,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from stformer_data import (
+    BlockShuffleStrategy,
     GeneVocab,
     RandomShuffleStrategy,
     RankValueTokenizer,
-    SequentialShuffleStrategy,
-    ShuffleStrategy,
+    SequentialBlockStrategy,
     TokenizeConfig,
     batch_diversity,
     is_complete_corpus,
@@ -68,7 +68,7 @@ from stformer_data import (
     padding_fraction,
     tokenize_files,
 )
-from stformer_data.torch import CorpusStreamDataset, DistributedAnnDataset
+from stformer_data.torch import CorpusStreamDataset, H5adStreamDataset
 
 BATCH = 256
 N_TYPES = 12
@@ -161,7 +161,7 @@ def _stformer_labels(batch):
 
 
 def run_stformer(files, tokenizer, seconds, strategy, *, workers=0, bucketing=False):
-    ds = DistributedAnnDataset(
+    ds = H5adStreamDataset(
         files,
         batch_size=BATCH,
         strategy=strategy,
@@ -171,9 +171,7 @@ def run_stformer(files, tokenizer, seconds, strategy, *, workers=0, bucketing=Fa
         seed=0,
     )
     if tokenizer is not None:  # compile the tokenizer's kernel (if any) before the clock starts
-        warm = DistributedAnnDataset(
-            files[:1], batch_size=8, tokenizer=tokenizer, rows=[np.arange(16)]
-        )
+        warm = H5adStreamDataset(files[:1], batch_size=8, tokenizer=tokenizer, rows=[np.arange(16)])
         next(iter(warm))
     loader = DataLoader(ds, batch_size=None, num_workers=workers)
     return measure(loader, seconds, _stformer_labels, in_process=workers == 0)
@@ -470,13 +468,13 @@ def main(argv: list[str] | None = None) -> dict:
         for g, m in zip(genes, np.random.default_rng(7).lognormal(0.5, 0.6, n_genes), strict=True)
     }
     tokenizer = RankValueTokenizer(vocab, medians)
-    block = ShuffleStrategy(block_size=256, buffer_size=16_384)
+    block = BlockShuffleStrategy(block_size=256, buffer_size=16_384)
     strategies = {
-        "sequential": SequentialShuffleStrategy(),
+        "sequential": SequentialBlockStrategy(),
         "block_shuffle": block,
         # smaller blocks: better mixed batches for a little speed
-        "block_shuffle_block64": ShuffleStrategy(block_size=64, buffer_size=16_384),
-        "block_shuffle_block16": ShuffleStrategy(block_size=16, buffer_size=16_384),
+        "block_shuffle_block64": BlockShuffleStrategy(block_size=64, buffer_size=16_384),
+        "block_shuffle_block16": BlockShuffleStrategy(block_size=16, buffer_size=16_384),
         "random": RandomShuffleStrategy(buffer_size=16_384),
     }
 

@@ -13,12 +13,12 @@ torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader  # noqa: E402
 
 from stformer_data import (  # noqa: E402
+    BlockShuffleStrategy,
+    CellSplit,
     GeneVocab,
     InputError,
     RankValueTokenizer,
-    SequentialShuffleStrategy,
-    ShuffleStrategy,
-    SplitInfo,
+    SequentialBlockStrategy,
     TokenizeConfig,
     map_genes,
     resolve_gene_ids,
@@ -26,7 +26,7 @@ from stformer_data import (  # noqa: E402
 )
 from stformer_data.torch import (  # noqa: E402
     CorpusStreamDataset,
-    DistributedAnnDataset,
+    H5adStreamDataset,
     IterableAnnDataset,
     resolve_world,
 )
@@ -83,8 +83,8 @@ def _consume(ds, world, workers):
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_every_cell_exactly_once_across_ranks_and_workers(files, world, workers):
-    ds = DistributedAnnDataset(
-        files, batch_size=8, strategy=ShuffleStrategy(block_size=5, buffer_size=24)
+    ds = H5adStreamDataset(
+        files, batch_size=8, strategy=BlockShuffleStrategy(block_size=5, buffer_size=24)
     )
     seen, n_batches = _consume(ds, world, workers)
     everything = [c for cells in seen for c in cells]
@@ -112,11 +112,11 @@ def real_files(request):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_exactly_once_on_real_files(real_files, world, workers):
     files, genes = real_files
-    ds = DistributedAnnDataset(
+    ds = H5adStreamDataset(
         files,
         genes=genes,
         batch_size=32,
-        strategy=ShuffleStrategy(block_size=64, buffer_size=256),
+        strategy=BlockShuffleStrategy(block_size=64, buffer_size=256),
         obs_keys=("n_counts",),
     )
     ds.set_epoch(world)
@@ -128,7 +128,7 @@ def test_exactly_once_on_real_files(real_files, world, workers):
 
 @pytest.mark.filterwarnings("ignore:.*has no cells")
 def test_raw_batches_match_the_file_rows(files):
-    ds = DistributedAnnDataset(files, batch_size=16, obs_keys=("donor",))
+    ds = H5adStreamDataset(files, batch_size=16, obs_keys=("donor",))
     ds.set_epoch(3)
     truth = [ad.io.read_h5ad(f) for f in files]
     for batch in ds:
@@ -143,7 +143,7 @@ def test_raw_batches_match_the_file_rows(files):
 
 @pytest.mark.filterwarnings("ignore:.*has no cells")
 def test_epochs_are_deterministic_and_differ(files):
-    ds = DistributedAnnDataset(files, batch_size=8)
+    ds = H5adStreamDataset(files, batch_size=8)
 
     def order(epoch):
         ds.set_epoch(epoch)
@@ -159,7 +159,7 @@ def test_epochs_are_deterministic_and_differ(files):
 
 @pytest.mark.filterwarnings("ignore:.*has no cells")
 def test_on_the_fly_tokens_equal_the_tokenizer_output(files, tokenizer):
-    ds = DistributedAnnDataset(files, batch_size=8, tokenizer=tokenizer, length_bucketing=True)
+    ds = H5adStreamDataset(files, batch_size=8, tokenizer=tokenizer, length_bucketing=True)
     for batch in ds:
         for i, (f, r) in enumerate(
             zip(batch["file_index"].tolist(), batch["cell_index"].tolist(), strict=True)
@@ -195,10 +195,10 @@ def test_per_cell_examples_feed_a_collating_dataloader(tmp_path, tokenizer):
 
 def test_split_rows_are_streamed(tmp_path):
     fs = [_write(tmp_path / "a.h5ad", 30), _write(tmp_path / "b.h5ad", 20)]
-    split = SplitInfo.create(fs, group_key="donor", fractions=(0.6, 0.2, 0.2), seed=0)
+    split = CellSplit.create(fs, group_key="donor", fractions=(0.6, 0.2, 0.2), seed=0)
     got = {}
     for name in ("train", "val", "test"):
-        ds = DistributedAnnDataset.from_split(split, name, batch_size=4, obs_keys=("donor",))
+        ds = H5adStreamDataset.from_split(split, name, batch_size=4, obs_keys=("donor",))
         got[name] = {d for b in ds for d in b["donor"]}
         assert sum(b["X"].shape[0] for b in ds) == split.counts()[name]
     assert got["train"] == set(split.groups["train"]) and not got["train"] & got["val"]
@@ -208,23 +208,21 @@ def test_files_with_other_genes_are_aligned_to_the_vocabulary(tmp_path, tokenize
     a = _write(tmp_path / "a.h5ad", 10, genes=GENES[:20])
     b = _write(tmp_path / "b.h5ad", 10, genes=GENES[10:] + ["NOT_IN_VOCAB"], seed=5)
     with pytest.raises(InputError, match="b.h5ad.*var gene ids.*genes="):
-        DistributedAnnDataset([a, b])
-    ds = DistributedAnnDataset(
-        [a, b], genes=tokenizer.vocab, strategy=SequentialShuffleStrategy(), batch_size=10
+        H5adStreamDataset([a, b])
+    ds = H5adStreamDataset(
+        [a, b], genes=tokenizer.vocab, strategy=SequentialBlockStrategy(), batch_size=10
     )
     batches = list(ds)
     assert batches[0]["X"].shape[1] == len(tokenizer.vocab)
     second = ad.io.read_h5ad(b)
     cols = [tokenizer.vocab[g] for g in GENES[10:]]
     assert np.array_equal(batches[1]["X"].to_dense().numpy()[:, cols], second.X.toarray()[:, :20])
-    assert len(list(DistributedAnnDataset([a, b], tokenizer=tokenizer, batch_size=10))) == 2
+    assert len(list(H5adStreamDataset([a, b], tokenizer=tokenizer, batch_size=10))) == 2
 
 
 def test_a_file_that_vanishes_mid_epoch_is_named(tmp_path):
     a, b = _write(tmp_path / "a.h5ad", 20), _write(tmp_path / "b.h5ad", 20)
-    ds = DistributedAnnDataset(
-        [a, b], batch_size=10, strategy=SequentialShuffleStrategy(buffer_size=10)
-    )
+    ds = H5adStreamDataset([a, b], batch_size=10, strategy=SequentialBlockStrategy(buffer_size=10))
     it = iter(ds)
     next(it)
     os.remove(b)
@@ -234,7 +232,7 @@ def test_a_file_that_vanishes_mid_epoch_is_named(tmp_path):
 
 def test_a_truncated_file_is_named(tmp_path):
     a, b = _write(tmp_path / "a.h5ad", 20), _write(tmp_path / "b.h5ad", 200, density=0.9)
-    ds = DistributedAnnDataset([a, b], batch_size=10)
+    ds = H5adStreamDataset([a, b], batch_size=10)
     with open(b, "r+b") as fh:
         fh.truncate(os.path.getsize(b) // 2)
     with pytest.raises(InputError, match="b.h5ad"):
@@ -243,8 +241,8 @@ def test_a_truncated_file_is_named(tmp_path):
 
 def test_a_file_truncated_while_open_is_named(tmp_path):
     a = _write(tmp_path / "a.h5ad", 400, density=0.9)
-    ds = DistributedAnnDataset(
-        [a], batch_size=10, strategy=SequentialShuffleStrategy(buffer_size=10, block_size=10)
+    ds = H5adStreamDataset(
+        [a], batch_size=10, strategy=SequentialBlockStrategy(buffer_size=10, block_size=10)
     )
     it = iter(ds)
     next(it)
@@ -262,10 +260,10 @@ def test_empty_files_are_skipped_and_all_empty_is_an_error(tmp_path):
     e1, e2 = _write(tmp_path / "e1.h5ad", 0), _write(tmp_path / "e2.h5ad", 0)
     full = _write(tmp_path / "f.h5ad", 9)
     with pytest.warns(UserWarning, match="e1.h5ad: has no cells"):
-        ds = DistributedAnnDataset([e1, full], batch_size=4)
+        ds = H5adStreamDataset([e1, full], batch_size=4)
     assert sum(b["X"].shape[0] for b in ds) == 9
     with pytest.raises(InputError, match="none to read"), pytest.warns(UserWarning):
-        DistributedAnnDataset([e1, e2])
+        H5adStreamDataset([e1, e2])
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +305,7 @@ def test_corpus_streaming_yields_every_tokenized_cell_once(corpus_rows, world, w
             rank=rank,
             world_size=world,
             obs_keys=("donor",),
-            strategy=ShuffleStrategy(block_size=4, buffer_size=16),
+            strategy=BlockShuffleStrategy(block_size=4, buffer_size=16),
         )
         n_batches = 0
         for batch in DataLoader(ds, batch_size=None, num_workers=workers):

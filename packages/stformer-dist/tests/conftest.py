@@ -85,9 +85,9 @@ def tiny_corpus(tiny_h5ad, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_ray():
     """A 2-CPU local Ray, started once per module and shut down after it (no process left behind)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
+
+    import stformer_dist  # noqa: F401  (sets the environment Ray needs, as for a user)
 
     if ray.is_initialized():
         ray.shutdown()

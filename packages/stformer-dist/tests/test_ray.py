@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 
 import stformer_data as sd
-from stformer_dist import RayTrainRunner, ray_pretrain_mlm, scaling_config
+from stformer_dist import RayPretrainRunner, ray_pretrain_mlm, scaling_config
 from stformer_train import TrainConfig
 
 
@@ -52,11 +52,11 @@ def test_scaling_config_falls_back_to_cpu_with_a_warning(local_ray):
 
 
 def test_runner_rejects_bad_inputs(tiny_corpus, tiny, tmp_path):
-    runner = RayTrainRunner(vocab=tiny_corpus.vocab, medians={}, model=tiny, model_input_size=48)
+    runner = RayPretrainRunner(vocab=tiny_corpus.vocab, medians={}, model=tiny, model_input_size=48)
     with pytest.raises(sd.InputError, match="does not exist"):
         runner.train([tmp_path / "missing.h5ad"], is_gpu=False)
     with pytest.raises(ValueError, match="model_input_size"):
-        RayTrainRunner(vocab=tiny_corpus.vocab, medians={}, model=tiny, model_input_size=4096)
+        RayPretrainRunner(vocab=tiny_corpus.vocab, medians={}, model=tiny, model_input_size=4096)
 
 
 @pytest.mark.slow
@@ -66,7 +66,7 @@ def test_lightning_runner_survives_a_killed_worker(
 ):
     _by_value()
     medians = json.loads((tiny_corpus.path / "gene_medians.json").read_text())
-    runner = RayTrainRunner(
+    runner = RayPretrainRunner(
         vocab=tiny_corpus.vocab,
         medians=medians,
         model=tiny,
@@ -165,7 +165,7 @@ def test_ray_runners_pass_the_configs_whole(monkeypatch, tiny_h5ad, tiny_corpus,
 
     seen = _capture_jobs(monkeypatch)
     medians = sd.compute_medians_exact([tiny_h5ad])
-    runner = RayTrainRunner(
+    runner = RayPretrainRunner(
         vocab=tiny_corpus.vocab, medians=medians, model=tiny, model_input_size=48, warmup_steps=3
     )
     runner.train(

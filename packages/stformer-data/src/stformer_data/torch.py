@@ -1,6 +1,6 @@
 """Torch ``IterableDataset``s streaming cells from h5ad files or a tokenized corpus.
 
-Import this module explicitly (``from stformer_data.torch import DistributedAnnDataset``); the rest
+Import this module explicitly (``from stformer_data.torch import H5adStreamDataset``); the rest
 of ``stformer_data`` does not need torch. Install it with ``pip install "stformer-data[torch]"``.
 
 Every dataset plans its epoch with :func:`stformer_data.plan_epoch`: each cell is read exactly once
@@ -9,6 +9,12 @@ number of batches, and the order depends only on ``seed`` and the epoch (:meth:`
 The rank and world size are, in this order: the explicit arguments, ``torch.distributed`` when it
 is initialised, the ``RANK`` / ``WORLD_SIZE`` environment variables (torchrun and Ray Train set
 them), else a single process. The DataLoader worker comes from ``torch.utils.data.get_worker_info``.
+
+:class:`DistributedAnnDataset` is protoplast's documented dataset (the row ranges of a
+:class:`stformer_data.SplitInfo`, items made by an overridable ``transform``); stformer's own
+streaming datasets, with the exactly-once epoch plan, block shuffle and tokens on the fly, are
+:class:`H5adStreamDataset` (formerly named ``DistributedAnnDataset``), :class:`IterableAnnDataset`
+and :class:`CorpusStreamDataset`.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 
 import numpy as np
 
+from stformer_data._errors import InputError
+from stformer_data.h5ad.open import open_h5ad
 from stformer_data.stream.buffers import Buffer
 from stformer_data.stream.corpus_source import CorpusSource
 from stformer_data.stream.epoch import (
@@ -43,11 +51,18 @@ from stformer_data.stream.epoch import (
     plan_epoch,
 )
 from stformer_data.stream.h5ad_source import H5adSource
-from stformer_data.stream.shuffle import ShuffleStrategy
-from stformer_data.stream.split import SplitInfo
+from stformer_data.stream.ranges import SplitInfo
+from stformer_data.stream.shuffle import BlockShuffleStrategy
+from stformer_data.stream.split import CellSplit
 from stformer_data.tokenize.contract import Tokenizer
 
-__all__ = ["CorpusStreamDataset", "DistributedAnnDataset", "IterableAnnDataset", "resolve_world"]
+__all__ = [
+    "CorpusStreamDataset",
+    "DistributedAnnDataset",
+    "H5adStreamDataset",
+    "IterableAnnDataset",
+    "resolve_world",
+]
 
 
 def resolve_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -93,7 +108,7 @@ class _StreamDataset(IterableDataset):
         source: H5adSource | CorpusSource,
         *,
         batch_size: int,
-        strategy: ShuffleStrategy | None,
+        strategy: BlockShuffleStrategy | None,
         even_batches: EvenBatches,
         seed: int,
         length_bucketing: bool,
@@ -114,7 +129,7 @@ class _StreamDataset(IterableDataset):
             raise ValueError(f"even_batches must be one of {EVEN_BATCHES}, got {even_batches!r}")
         self.source = source
         self.batch_size = batch_size
-        self.strategy = strategy or ShuffleStrategy()
+        self.strategy = strategy or BlockShuffleStrategy()
         self.even_batches = even_batches
         self.seed = seed
         self.length_bucketing = length_bucketing
@@ -260,7 +275,7 @@ class _StreamDataset(IterableDataset):
         return out
 
 
-class DistributedAnnDataset(_StreamDataset):
+class H5adStreamDataset(_StreamDataset):
     """Stream cells from many backed h5ad files, sharded across ranks and DataLoader workers.
 
     Yields one batch per item (use ``DataLoader(dataset, batch_size=None)``): raw expression as a
@@ -277,7 +292,7 @@ class DistributedAnnDataset(_StreamDataset):
     batch_size
         Cells per batch (the largest batch with ``even_batches="even"``).
     strategy
-        Block order and shuffle buffer (default :class:`~stformer_data.ShuffleStrategy`).
+        Block order and shuffle buffer (default :class:`~stformer_data.BlockShuffleStrategy`).
     tokenizer
         Tokenize on the fly: :class:`~stformer_data.RankValueTokenizer` (its compiled kernel
         reads the file's CSR arrays directly), :class:`~stformer_data.BinnedTokenizer` (bins in
@@ -316,7 +331,7 @@ class DistributedAnnDataset(_StreamDataset):
         and DataLoader workers.
 
     >>> from torch.utils.data import DataLoader
-    >>> ds = DistributedAnnDataset(["a.h5ad", "b.h5ad"], batch_size=256)  # doctest: +SKIP
+    >>> ds = H5adStreamDataset(["a.h5ad", "b.h5ad"], batch_size=256)  # doctest: +SKIP
     >>> for batch in DataLoader(ds, batch_size=None, num_workers=2):  # doctest: +SKIP
     ...     dense = batch["X"].to_dense()
     """
@@ -326,7 +341,7 @@ class DistributedAnnDataset(_StreamDataset):
         files: Sequence[str | PathLike[str]],
         *,
         batch_size: int = 256,
-        strategy: ShuffleStrategy | None = None,
+        strategy: BlockShuffleStrategy | None = None,
         tokenizer: Tokenizer | None = None,
         genes: Mapping[str, int] | Sequence[str] | None = None,
         rows: Sequence[np.ndarray | None] | None = None,
@@ -376,13 +391,13 @@ class DistributedAnnDataset(_StreamDataset):
         )
 
     @classmethod
-    def from_split(cls, split: SplitInfo, name: str, **kwargs: Any) -> DistributedAnnDataset:
-        """The cells of split ``name`` (``"train"``, ``"val"``, ``"test"``) of a :class:`~stformer_data.SplitInfo`."""
+    def from_split(cls, split: CellSplit, name: str, **kwargs: Any) -> H5adStreamDataset:
+        """The cells of split ``name`` (``"train"``, ``"val"``, ``"test"``) of a :class:`~stformer_data.CellSplit`."""
         return cls(list(split.files), rows=split.indices(name), **kwargs)
 
 
-class IterableAnnDataset(DistributedAnnDataset):
-    """:class:`DistributedAnnDataset` yielding one example per cell (Transformeromics' name).
+class IterableAnnDataset(H5adStreamDataset):
+    """:class:`H5adStreamDataset` yielding one example per cell (Transformeromics' name).
 
     With a tokenizer each item is ``{"input_ids": int64 array, "length": int, ...}``, the form the
     Hugging Face ``Trainer`` and ``DataCollatorForLanguageModeling``-style collators take (set
@@ -405,7 +420,7 @@ class CorpusStreamDataset(_StreamDataset):
     """Stream a tokenized corpus on disk (:func:`stformer_data.tokenize_files`) with the same sharding.
 
     The Arrow files are memory-mapped and sequences gathered straight from their buffers (no
-    per-row ``datasets`` decoding). Items are as for :class:`DistributedAnnDataset` with tokens;
+    per-row ``datasets`` decoding). Items are as for :class:`H5adStreamDataset` with tokens;
     a binned or neighbourhood corpus also yields its ``token_type_ids`` (padded with 0).
     ``prefetch`` buffers are gathered ahead on a background thread.
 
@@ -418,7 +433,7 @@ class CorpusStreamDataset(_StreamDataset):
         corpus: str | PathLike[str],
         *,
         batch_size: int = 256,
-        strategy: ShuffleStrategy | None = None,
+        strategy: BlockShuffleStrategy | None = None,
         even_batches: EvenBatches = "even",
         seed: int = 0,
         length_bucketing: bool = False,
@@ -443,3 +458,182 @@ class CorpusStreamDataset(_StreamDataset):
             collate_fn=collate_fn,
             prefetch=prefetch,
         )
+
+
+class DistributedAnnDataset(IterableDataset):
+    """protoplast's dataset: the row ranges of a :class:`~stformer_data.SplitInfo`, shared out by worker.
+
+    The ranges of all files are numbered in file order; range ``g`` is read by the worker whose
+    global id (``rank * dataloader_workers + worker_id``) is ``g % (world_size *
+    dataloader_workers)``, so each range is read once per epoch. A range is read with one slice of
+    the backed file and yielded whole, or in items of ``mini_batch_size`` rows. Each item is what
+    :meth:`transform` returns: by default the rows' expression as a float32
+    ``torch.sparse_csr_tensor`` (or a dense tensor when the file stores ``X`` dense). Subclass it
+    and override :meth:`transform` to yield more (labels from ``self.ad.obs``, ...).
+
+    Parameters
+    ----------
+    file_paths
+        The ``.h5ad`` files (``SplitInfo.files``).
+    indices
+        Per file, the ``[start, end]`` ranges to read (``SplitInfo.train_indices`` and so on).
+    metadata
+        ``SplitInfo.metadata``; every key is also set as an attribute (``self.num_genes``).
+    sparse_key
+        Which matrix: ``"X"``, or ``"layers.<name>"`` for ``adata.layers[<name>]``.
+    mini_batch_size
+        Rows per item (at most the range length); ``None`` yields each range as one item.
+
+    >>> ds = DistributedAnnDataset.create_distributed_ds(split_info, "X", "val")  # doctest: +SKIP
+    >>> X = next(iter(ds))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        file_paths: list[str],
+        indices: list[list[list[int]]],
+        metadata: dict,
+        sparse_key: str,
+        mini_batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword argument(s) {sorted(kwargs)}; a "
+                "subclass taking them must consume them before calling super().__init__"
+            )
+        if len(indices) != len(file_paths):
+            raise ValueError(
+                f"indices must hold one list of ranges per file ({len(file_paths)}), got {len(indices)}"
+            )
+        if mini_batch_size is not None and mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be >= 1 or None, got {mini_batch_size}")
+        if sparse_key != "X" and not (sparse_key.startswith("layers.") and len(sparse_key) > 7):
+            raise ValueError(
+                f'sparse_key must be "X" or "layers.<name>" (e.g. "layers.counts"), got {sparse_key!r}'
+            )
+        self.files = list(file_paths)
+        self.sparse_key = sparse_key
+        self.X: Any = None
+        self.ad: Any = None
+        for k, v in metadata.items():
+            setattr(self, k, v)
+        self.metadata = metadata
+        self.batches = indices
+        self.mini_batch_size = mini_batch_size
+
+    @classmethod
+    def create_distributed_ds(
+        cls, indices: Any, sparse_key: str, mode: str = "train", **kwargs: Any
+    ) -> DistributedAnnDataset:
+        """The dataset of split ``mode`` (``"train"``, ``"val"`` or ``"test"``) of a ``SplitInfo`` (or its dict)."""
+        if mode not in ("train", "val", "test"):
+            raise ValueError(f'mode must be "train", "val" or "test", got {mode!r}')
+        info = indices.to_dict() if isinstance(indices, SplitInfo) else indices
+        return cls(
+            info["files"],
+            info[f"{mode}_indices"],
+            info["metadata"],
+            sparse_key,
+            mini_batch_size=info.get("mini_batch_size"),
+            **kwargs,
+        )
+
+    def _init_rank(self) -> None:
+        info = get_worker_info()
+        self.wid, self.nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.ray_rank = torch.distributed.get_rank()
+            self.ray_size = torch.distributed.get_world_size()
+        else:
+            self.ray_rank, self.ray_size = 0, 1
+        self.global_rank = self.ray_rank * self.nworkers + self.wid
+        self.total_workers = self.ray_size * self.nworkers
+
+    def _process_sparse(self, mat: Any) -> torch.Tensor:
+        """A scipy sparse matrix as a float32 CSR tensor; a dense array as a float32 tensor."""
+        import scipy.sparse as sp
+
+        if sp.issparse(mat):
+            mat = sp.csr_matrix(mat)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                return torch.sparse_csr_tensor(
+                    torch.from_numpy(mat.indptr.astype(np.int64)),
+                    torch.from_numpy(mat.indices.astype(np.int64)),
+                    torch.from_numpy(mat.data.astype(np.float32)),
+                    size=mat.shape,
+                    check_invariants=False,  # scipy's CSR is valid by construction
+                )
+        return torch.from_numpy(np.asarray(mat, dtype=np.float32))
+
+    def _get_mat_by_range(self, ad: Any, start: int, end: int) -> Any:
+        """Rows ``start`` to ``end - 1`` of the ``sparse_key`` matrix of ``ad``."""
+        if self.sparse_key == "X":
+            return ad.X[start:end]
+        name = self.sparse_key.split(".", 1)[1]
+        if name not in ad.layers:
+            raise InputError(
+                getattr(ad, "filename", None),
+                f"layers[{name!r}]",
+                "does not exist",
+                f"use sparse_key 'X' or one of {[f'layers.{k}' for k in ad.layers]}",
+            )
+        return ad.layers[name][start:end]
+
+    def transform(self, start: int, end: int) -> Any:
+        """The item for rows ``start`` to ``end - 1`` of the current file (``self.ad``).
+
+        By default the rows' matrix as a tensor (:meth:`_process_sparse` of ``self.X``, read if it
+        is not set). Override it to add data of the same rows, e.g.
+        ``self.ad.obs["cell_line"].iloc[start:end]``; return a tensor, a list or a dict of them.
+        """
+        if self.X is None:
+            self.X = self._get_mat_by_range(self.ad, start, end)
+        return self._process_sparse(self.X)
+
+    def __len__(self) -> int:
+        """Items per rank per epoch (rounded up)."""
+        world = (
+            torch.distributed.get_world_size()
+            if torch.distributed.is_available() and torch.distributed.is_initialized()
+            else 1
+        )
+        if self.mini_batch_size:
+            # each range yields ceil(len / mini_batch_size) items
+            items = sum(
+                -(-(end - start) // self.mini_batch_size)
+                for ranges in self.batches
+                for start, end in ranges
+            )
+        else:
+            items = sum(len(ranges) for ranges in self.batches)
+        return -(-items // world)
+
+    def __iter__(self) -> Iterator[Any]:
+        self._init_rank()
+        gidx = 0
+        for fidx, path in enumerate(self.files):
+            mine = []
+            for start, end in self.batches[fidx]:
+                if gidx % self.total_workers == self.global_rank:
+                    mine.append((int(start), int(end)))
+                gidx += 1
+            if not mine:
+                continue
+            self.ad = open_h5ad(path)
+            try:
+                for start, end in mine:
+                    X = self._get_mat_by_range(self.ad, start, end)
+                    if self.mini_batch_size is None:
+                        self.X = X
+                        yield self.transform(start, end)
+                        continue
+                    for i in range(0, end - start, self.mini_batch_size):
+                        j = min(i + self.mini_batch_size, end - start)
+                        self.X = X[i:j]
+                        yield self.transform(start + i, start + j)
+            finally:
+                self.X = None
+                self.ad.file.close()
+                self.ad = None

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from stformer_data import (
+    BlockShuffleStrategy,
     RandomShuffleStrategy,
-    SequentialShuffleStrategy,
-    ShuffleStrategy,
+    SequentialBlockStrategy,
     batch_diversity,
     batches_per_rank,
     bucket_batches,
@@ -43,8 +43,8 @@ def _all_batches(counts, strategy, *, world, workers, batch_size, even, epoch=0,
 @pytest.mark.parametrize(
     "strategy",
     [
-        ShuffleStrategy(block_size=8, buffer_size=32),
-        SequentialShuffleStrategy(),
+        BlockShuffleStrategy(block_size=8, buffer_size=32),
+        SequentialBlockStrategy(),
         RandomShuffleStrategy(buffer_size=16),
     ],
 )
@@ -63,7 +63,7 @@ def test_even_every_cell_exactly_once_and_equal_batch_counts(world, workers, str
 def test_drop_gives_full_batches_and_at_most_once(world):
     per_rank = _all_batches(
         COUNTS,
-        ShuffleStrategy(block_size=8, buffer_size=32),
+        BlockShuffleStrategy(block_size=8, buffer_size=32),
         world=world,
         workers=2,
         batch_size=16,
@@ -79,7 +79,7 @@ def test_drop_gives_full_batches_and_at_most_once(world):
 def test_pad_covers_every_cell_with_full_batches(world):
     per_rank = _all_batches(
         COUNTS,
-        ShuffleStrategy(block_size=8, buffer_size=32),
+        BlockShuffleStrategy(block_size=8, buffer_size=32),
         world=world,
         workers=1,
         batch_size=16,
@@ -92,7 +92,7 @@ def test_pad_covers_every_cell_with_full_batches(world):
 
 
 def test_order_is_deterministic_per_epoch_and_changes_between_epochs():
-    strategy = ShuffleStrategy(block_size=4, buffer_size=32)
+    strategy = BlockShuffleStrategy(block_size=4, buffer_size=32)
 
     def order(epoch, seed=0):
         return np.concatenate(
@@ -108,7 +108,7 @@ def test_workers_read_disjoint_buffers():
     plans = [
         plan_epoch(
             COUNTS,
-            ShuffleStrategy(block_size=4, buffer_size=32),
+            BlockShuffleStrategy(block_size=4, buffer_size=32),
             batch_size=8,
             num_workers=2,
             worker_id=w,
@@ -123,7 +123,7 @@ def test_workers_read_disjoint_buffers():
 
 def test_even_refuses_when_ranks_cannot_all_get_a_batch():
     with pytest.raises(ValueError, match="even_batches"):
-        plan_epoch([3], SequentialShuffleStrategy(), batch_size=2, world_size=4, rank=0)
+        plan_epoch([3], SequentialBlockStrategy(), batch_size=2, world_size=4, rank=0)
 
 
 def test_bucketing_lowers_padding_and_keeps_batch_sizes():
@@ -153,5 +153,5 @@ def test_block_shuffle_mixes_sources_far_better_than_sequential():
         batches = _all_batches(counts, strategy, world=1, workers=1, batch_size=64, even="even")[0]
         return batch_diversity([np.searchsorted(offsets, b, "right") for b in batches])
 
-    assert diversity(SequentialShuffleStrategy()) < 0.05
-    assert diversity(ShuffleStrategy(block_size=64, buffer_size=4096)) > 0.8
+    assert diversity(SequentialBlockStrategy()) < 0.05
+    assert diversity(BlockShuffleStrategy(block_size=64, buffer_size=4096)) > 0.8

@@ -11,11 +11,11 @@ torch = pytest.importorskip("torch")
 from stformer_data import (  # noqa: E402
     BinnedTokenizer,
     BinnedTokenizerConfig,
+    BlockShuffleStrategy,
     GeneVocab,
     NeighborhoodTokenizer,
     RankTokenizerConfig,
     RankValueTokenizer,
-    ShuffleStrategy,
     TokenizeConfig,
     tokenize_files,
 )
@@ -23,7 +23,7 @@ from stformer_data._ragged import _row_kernels, pad_rows  # noqa: E402
 from stformer_data.tokenize import rank_kernel as _rank_kernel  # noqa: E402
 from stformer_data.torch import (  # noqa: E402
     CorpusStreamDataset,
-    DistributedAnnDataset,
+    H5adStreamDataset,
     IterableAnnDataset,
     _auto_threads,
 )
@@ -85,8 +85,11 @@ def _check_batches(batches, rows, pad_id):
 
 def test_binned_tokens_on_the_fly_equal_the_binned_corpus(binned):
     files, corpus, rows, tok = binned
-    ds = DistributedAnnDataset(
-        files, tokenizer=tok, batch_size=8, strategy=ShuffleStrategy(block_size=4, buffer_size=16)
+    ds = H5adStreamDataset(
+        files,
+        tokenizer=tok,
+        batch_size=8,
+        strategy=BlockShuffleStrategy(block_size=4, buffer_size=16),
     )
     _check_batches(ds, rows, corpus.vocab.pad_id)
     # the per-cell (Hugging Face) form carries token_type_ids too
@@ -101,7 +104,7 @@ def test_corpus_stream_carries_token_type_ids(binned):
         corpus.path,
         batch_size=8,
         length_bucketing=True,
-        strategy=ShuffleStrategy(block_size=4, buffer_size=16),
+        strategy=BlockShuffleStrategy(block_size=4, buffer_size=16),
     )
     _check_batches(ds, rows, corpus.vocab.pad_id)
 
@@ -118,14 +121,14 @@ def test_binned_phenotype_values_missing_from_the_vocabulary_are_named(binned, t
     with pytest.raises(
         Exception, match=r"other.h5ad.*obs\['sex'\].*missing from the token dictionary"
     ):
-        DistributedAnnDataset([*files, other], tokenizer=tok)
+        H5adStreamDataset([*files, other], tokenizer=tok)
     tok = BinnedTokenizer(
         GeneVocab.from_genes(GENES), corpus.vocab, BinnedTokenizerConfig(phenotypes=("tissue",))
     )
     with pytest.raises(
         Exception, match=r"a.h5ad.*\['tissue'\].*phenotypes of the binned tokenizer"
     ):
-        DistributedAnnDataset(files, tokenizer=tok)
+        H5adStreamDataset(files, tokenizer=tok)
 
 
 def test_neighbourhood_tokens_cannot_be_made_on_the_fly(binned):
@@ -133,7 +136,7 @@ def test_neighbourhood_tokens_cannot_be_made_on_the_fly(binned):
     vocab = GeneVocab.from_genes(GENES)
     rank = RankValueTokenizer(vocab, dict.fromkeys(GENES, 1.0))
     with pytest.raises(TypeError, match="neighbours.*--mode neighborhood.*CorpusStreamDataset"):
-        DistributedAnnDataset(files, tokenizer=NeighborhoodTokenizer(rank))
+        H5adStreamDataset(files, tokenizer=NeighborhoodTokenizer(rank))
 
 
 def _all_batches(ds):
@@ -151,11 +154,11 @@ def test_read_ahead_and_threads_change_nothing(binned, tokenized):
     )
 
     def run(prefetch, threads):
-        ds = DistributedAnnDataset(
+        ds = H5adStreamDataset(
             files,
             tokenizer=tok,
             batch_size=5,
-            strategy=ShuffleStrategy(block_size=3, buffer_size=10),
+            strategy=BlockShuffleStrategy(block_size=3, buffer_size=10),
             prefetch=prefetch,
             tokenize_threads=threads,
             length_bucketing=tokenized,
@@ -178,8 +181,8 @@ def test_read_ahead_and_threads_change_nothing(binned, tokenized):
 
 def test_stopping_early_stops_the_read_ahead(binned):
     files, _, _, _ = binned
-    ds = DistributedAnnDataset(
-        files, batch_size=4, strategy=ShuffleStrategy(block_size=2, buffer_size=8), prefetch=2
+    ds = H5adStreamDataset(
+        files, batch_size=4, strategy=BlockShuffleStrategy(block_size=2, buffer_size=8), prefetch=2
     )
     it = iter(ds)
     first = next(it)
@@ -191,9 +194,9 @@ def test_stopping_early_stops_the_read_ahead(binned):
 def test_bad_read_ahead_settings_are_refused(binned):
     files, _, _, _ = binned
     with pytest.raises(ValueError, match="prefetch must be >= 0"):
-        DistributedAnnDataset(files, prefetch=-1)
+        H5adStreamDataset(files, prefetch=-1)
     with pytest.raises(ValueError, match="tokenize_threads must be >= 1"):
-        DistributedAnnDataset(files, tokenize_threads=0)
+        H5adStreamDataset(files, tokenize_threads=0)
 
 
 def test_auto_threads_share_the_cpus(monkeypatch):
@@ -287,11 +290,11 @@ def test_rank_tokens_on_the_fly_equal_the_corpus(tmp_path, dense, monkeypatch):
     monkeypatch.setattr(_rank_kernel, "build_table", counting_build)
     _rank_kernel._TABLES.clear()
     for threads in (1, 2):
-        ds = DistributedAnnDataset(
+        ds = H5adStreamDataset(
             paths,
             tokenizer=tok,
             batch_size=16,
-            strategy=ShuffleStrategy(block_size=4, buffer_size=40),
+            strategy=BlockShuffleStrategy(block_size=4, buffer_size=40),
             tokenize_threads=threads,
         )
         seen = []
@@ -320,6 +323,6 @@ def test_out_of_range_column_indices_are_named(tmp_path):
         indices[-1] = len(GENES) + 5
         h5["X/indices"][:] = indices
     tok = RankValueTokenizer(GeneVocab.from_genes(GENES), {g: 1.0 for g in GENES})
-    ds = DistributedAnnDataset([path], tokenizer=tok, batch_size=8)
+    ds = H5adStreamDataset([path], tokenizer=tok, batch_size=8)
     with pytest.raises(ValueError, match=r"bad\.h5ad.*column indices outside"):
         list(ds)

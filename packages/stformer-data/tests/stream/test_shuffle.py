@@ -4,8 +4,7 @@ import pytest
 from stformer_data import (
     BlockShuffleStrategy,
     RandomShuffleStrategy,
-    SequentialShuffleStrategy,
-    ShuffleStrategy,
+    SequentialBlockStrategy,
 )
 
 
@@ -16,9 +15,9 @@ def _cover(starts, stops):
 @pytest.mark.parametrize(
     "strategy",
     [
-        ShuffleStrategy(block_size=3),
+        BlockShuffleStrategy(block_size=3),
         BlockShuffleStrategy(block_size=4),
-        SequentialShuffleStrategy(block_size=2),
+        SequentialBlockStrategy(block_size=2),
         RandomShuffleStrategy(),
     ],
 )
@@ -35,13 +34,13 @@ def test_blocks_cover_every_cell_once_and_never_cross_files(strategy):
 
 def test_sequential_keeps_file_order_and_block_shuffle_does_not():
     counts = np.array([40, 40])
-    seq = SequentialShuffleStrategy(block_size=8).block_order(counts, np.random.default_rng(0))
+    seq = SequentialBlockStrategy(block_size=8).block_order(counts, np.random.default_rng(0))
     assert _cover(*seq).tolist() == list(range(80))
-    shuffled = ShuffleStrategy(block_size=8).block_order(counts, np.random.default_rng(0))
+    shuffled = BlockShuffleStrategy(block_size=8).block_order(counts, np.random.default_rng(0))
     assert _cover(*shuffled).tolist() != list(range(80))
 
 
 @pytest.mark.parametrize("field", ["block_size", "buffer_size"])
 def test_invalid_sizes_are_refused_naming_the_field(field):
     with pytest.raises(ValueError, match=field):
-        ShuffleStrategy(**{field: 0})
+        BlockShuffleStrategy(**{field: 0})

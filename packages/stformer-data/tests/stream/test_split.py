@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from stformer_data import InputError, SplitInfo, category_random_split
+from stformer_data import CellSplit, InputError, category_random_split
 
 
 def _write(path, donors):
@@ -30,7 +30,7 @@ def test_category_split_keeps_groups_whole_and_fills_every_split():
 
 
 def test_fraction_split_counts_are_exact_and_disjoint():
-    info = SplitInfo.from_counts(["a", "b"], [60, 40], fractions=(0.8, 0.1, 0.1), seed=0)
+    info = CellSplit.from_counts(["a", "b"], [60, 40], fractions=(0.8, 0.1, 0.1), seed=0)
     assert info.counts() == {"train": 80, "val": 10, "test": 10}
     for f in range(2):
         parts = [info.indices(s)[f] for s in ("train", "val", "test")]
@@ -43,7 +43,7 @@ def test_grouped_split_from_files_saved_and_reloaded_on_resume(tmp_path):
         _write(tmp_path / "b.h5ad", ["d2"] * 3 + ["d3"] * 4 + ["d4"] * 2),
     ]
     run = tmp_path / "run"
-    info = SplitInfo.load_or_create(
+    info = CellSplit.load_or_create(
         run, files, fractions=(0.5, 0.25, 0.25), group_key="donor", seed=1
     )
     donors = [np.array(["d1"] * 5 + ["d2"] * 5), np.array(["d2"] * 3 + ["d3"] * 4 + ["d4"] * 2)]
@@ -55,7 +55,7 @@ def test_grouped_split_from_files_saved_and_reloaded_on_resume(tmp_path):
         )
         assert in_split == set(info.groups[split])
     assert json.loads((run / "split.json").read_text())["group_key"] == "donor"
-    again = SplitInfo.load_or_create(
+    again = CellSplit.load_or_create(
         run, files, fractions=(0.9, 0.05, 0.05), seed=99
     )  # resumed: saved split wins
     assert again.groups == info.groups
@@ -63,29 +63,29 @@ def test_grouped_split_from_files_saved_and_reloaded_on_resume(tmp_path):
 
 
 def test_same_seed_same_split_other_seed_other_split():
-    a = SplitInfo.from_counts(["x"], [200], seed=5)
-    b = SplitInfo.from_counts(["x"], [200], seed=5)
-    c = SplitInfo.from_counts(["x"], [200], seed=6)
+    a = CellSplit.from_counts(["x"], [200], seed=5)
+    b = CellSplit.from_counts(["x"], [200], seed=5)
+    c = CellSplit.from_counts(["x"], [200], seed=6)
     assert np.array_equal(a.codes[0], b.codes[0]) and not np.array_equal(a.codes[0], c.codes[0])
 
 
 def test_saved_split_for_other_files_or_changed_file_is_refused(tmp_path):
     f = _write(tmp_path / "a.h5ad", ["d1"] * 4 + ["d2"] * 4 + ["d3"] * 4)
-    SplitInfo.load_or_create(tmp_path / "run", [f], seed=0)
+    CellSplit.load_or_create(tmp_path / "run", [f], seed=0)
     with pytest.raises(InputError, match="files"):
-        SplitInfo.load_or_create(tmp_path / "run", [tmp_path / "other.h5ad"])
+        CellSplit.load_or_create(tmp_path / "run", [tmp_path / "other.h5ad"])
     _write(f, ["d1"] * 5)
     with pytest.raises(InputError, match="n_obs"):
-        SplitInfo.load_or_create(tmp_path / "run", [f])
+        CellSplit.load_or_create(tmp_path / "run", [f])
 
 
 def test_missing_group_key_names_the_column(tmp_path):
     f = _write(tmp_path / "a.h5ad", ["d1"] * 3)
     with pytest.raises(InputError, match="obs\\['sample'\\]"):
-        SplitInfo.create([f], group_key="sample")
+        CellSplit.create([f], group_key="sample")
 
 
 @pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.9, 0.2, 0.0), (-0.1, 0.6, 0.5)])
 def test_bad_fractions_are_refused(fractions):
     with pytest.raises(ValueError, match="fractions"):
-        SplitInfo.from_counts(["a"], [10], fractions=fractions)
+        CellSplit.from_counts(["a"], [10], fractions=fractions)

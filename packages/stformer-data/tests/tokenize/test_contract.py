@@ -99,7 +99,7 @@ def test_a_tokenizer_of_ones_own_streams_on_the_fly(tmp_path):
     path, X = _file(tmp_path)
     vocab = GeneVocab.from_genes(GENES)
     tok = ColumnOrder(vocab)
-    ds = torch_data.DistributedAnnDataset([path], tokenizer=tok, batch_size=4)
+    ds = torch_data.H5adStreamDataset([path], tokenizer=tok, batch_size=4)
     assert tok.prepared == 1  # the file's state was derived once, before any worker
     (batch,) = list(ds)
     got = {
@@ -123,4 +123,4 @@ def test_objects_that_are_not_tokenizers_are_refused_naming_the_contract(tmp_pat
             return []
 
     with pytest.raises(TypeError, match="stformer_data.Tokenizer"):
-        torch_data.DistributedAnnDataset([path], tokenizer=Duck())
+        torch_data.H5adStreamDataset([path], tokenizer=Duck())

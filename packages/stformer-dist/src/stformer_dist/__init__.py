@@ -3,11 +3,17 @@
 * DeepSpeed: :func:`choose_closest`, :func:`check_deepspeed_optimizer`,
   :func:`check_deepspeed_scheduler`, :class:`DeepSpeedConfig`, :func:`build_deepspeed` (transformers
   ``TrainingArguments`` with a ZeRO config) and :class:`PretrainML` (``deepspeed=True``).
-* Ray Train: :class:`RayTrainRunner` (the Lightning path over h5ad files, protoplast's API) and
-  :func:`ray_pretrain_mlm` (the Hugging Face path), with checkpoints and ``FailureConfig``.
+* Ray Train: :class:`RayTrainRunner` (protoplast's documented runner: a user's LightningModule and
+  dataset class; all of protoplast's API is in :mod:`stformer_dist.protoplast`),
+  :class:`RayPretrainRunner` (stformer's BERT on h5ad files, tokens on the fly; formerly named
+  ``RayTrainRunner``) and :func:`ray_pretrain_mlm` (the Hugging Face path), with checkpoints and
+  ``FailureConfig``.
 
-Ray is imported only when a Ray function runs.
+Ray is imported only when a Ray function runs; importing this package first sets the environment
+Ray needs under ``uv run`` (:mod:`stformer_dist._ray_env`).
 """
+
+from stformer_dist._ray_env import prepare_ray_environment  # noqa: I001  (before anything imports ray)
 
 from stformer_dist._deepspeed import (
     DEEPSPEED_OPTIMIZERS,
@@ -23,7 +29,14 @@ from stformer_dist._deepspeed import (
     resolve_deepspeed,
 )
 from stformer_dist._pretrain import PretrainML
-from stformer_dist._ray import RayTrainRunner, connect, ray_pretrain_mlm, run_config, scaling_config
+from stformer_dist._ray import (
+    RayPretrainRunner,
+    connect,
+    ray_pretrain_mlm,
+    run_config,
+    scaling_config,
+)
+from stformer_dist._ray_train import RayTrainRunner
 
 __version__ = "0.1.0"
 
@@ -43,7 +56,9 @@ __all__ = [
     # stFormer's entry point on DeepSpeed
     "PretrainML",
     # Ray Train: cluster, scaling, runners
+    "RayPretrainRunner",
     "RayTrainRunner",
+    "prepare_ray_environment",
     "connect",
     "ray_pretrain_mlm",
     "run_config",

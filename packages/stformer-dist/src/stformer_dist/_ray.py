@@ -10,7 +10,6 @@ training function resumes from ``ray.train.get_checkpoint()``.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import warnings
@@ -20,12 +19,15 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from stformer_dist._ray_env import prepare_ray_environment
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.ckpt"
 
 
 def _import_ray():
+    prepare_ray_environment()
     try:
         import ray
         import ray.train  # noqa: F401
@@ -46,12 +48,7 @@ def connect(
     """Join a running Ray cluster (``address``, e.g. ``"auto"`` or ``"ray://head:10001"``) or start a
     local one; an already initialised Ray is reused. ``init_kwargs`` go to ``ray.init``
     (e.g. ``log_to_driver=False``). Returns the ``ray`` module."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # under `uv run`, Ray would otherwise package the working directory for every worker and
-    # rebuild the environment there; the workers use this interpreter instead. Ray reads the
-    # flag when it is first imported.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    ray = _import_ray()
+    ray = _import_ray()  # sets the environment Ray needs first (stformer_dist._ray_env)
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {
             "include_dashboard": False,
@@ -106,6 +103,7 @@ def run_config(
     storage_path: str | PathLike[str], name: str | None, max_failures: int, num_to_keep: int = 2
 ):
     """``RunConfig`` with a local or remote storage path, ``FailureConfig`` and ``CheckpointConfig``."""
+    _import_ray()
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     if max_failures < -1:
@@ -144,7 +142,7 @@ class _TokenSource:
 
 @dataclass(frozen=True, kw_only=True)
 class _LightningJob:
-    """What every Ray worker of :class:`RayTrainRunner` gets: the configs whole, the data, the worker."""
+    """What every Ray worker of :class:`RayPretrainRunner` gets: the configs whole, the data, the worker."""
 
     data: _TokenSource
     model: Any  # stformer_train.ModelConfig
@@ -211,7 +209,7 @@ def _lightning_report_callback(every_n_steps: int, max_steps: int):
 
 
 def _lightning_train_loop(job: _LightningJob) -> None:
-    """The Ray Train worker function of :class:`RayTrainRunner` (runs in every worker process)."""
+    """The Ray Train worker function of :class:`RayPretrainRunner` (runs in every worker process)."""
     import pytorch_lightning as pl
     import ray.train
     import torch
@@ -219,7 +217,7 @@ def _lightning_train_loop(job: _LightningJob) -> None:
 
     from stformer_data import RankTokenizerConfig, RankValueTokenizer
     from stformer_train.assemble import assemble
-    from stformer_train.lightning import AnnDataModule, MLMTrainingPlan
+    from stformer_train.lightning import H5adStreamDataModule, MLMTrainingPlan
     from stformer_train.training import StepSeededCollator
 
     train, data = job.train, job.data
@@ -230,7 +228,7 @@ def _lightning_train_loop(job: _LightningJob) -> None:
     )
     parts = assemble(data.vocab, job.model, train, monitor="val_loss")
     collator = StepSeededCollator(parts.collator, seed=train.seed)
-    dm = AnnDataModule(
+    dm = H5adStreamDataModule(
         data.files,
         split=data.split,
         batch_size=train.per_device_train_batch_size,
@@ -275,10 +273,10 @@ def _lightning_train_loop(job: _LightningJob) -> None:
     trainer.fit(plan, datamodule=dm, ckpt_path=ckpt_path)
 
 
-class RayTrainRunner:
-    """Pretrain a masked-LM on h5ad files with Ray Train (protoplast's runner, on stformer's Lightning path).
+class RayPretrainRunner:
+    """Pretrain stformer's masked-LM on h5ad files with Ray Train (formerly ``RayTrainRunner``; protoplast's documented runner is :class:`RayTrainRunner`).
 
-    Cells stream from backed h5ad files through :class:`stformer_data.torch.DistributedAnnDataset`
+    Cells stream from backed h5ad files through :class:`stformer_data.torch.H5adStreamDataset`
     (each Ray worker reads its own shard), are tokenized on the fly with a rank-value tokenizer and
     masked by stformer-collate; the model is stformer-train's :class:`MLMTrainingPlan` under
     ``RayDDPStrategy``.
@@ -311,7 +309,7 @@ class RayTrainRunner:
     whole, with the :class:`~stformer_train.ModelConfig`. Each worker builds model, collator and
     precision with :func:`stformer_train.assemble`, as the single-process paths do.
 
-    >>> runner = RayTrainRunner(vocab=vocab, medians=medians, model=ModelConfig())  # doctest: +SKIP
+    >>> runner = RayPretrainRunner(vocab=vocab, medians=medians, model=ModelConfig())  # doctest: +SKIP
     >>> result = runner.train(["a.h5ad", "b.h5ad"], batch_size=64, max_epochs=1, num_workers=2,
     ...                       is_gpu=False)  # doctest: +SKIP
     """
@@ -334,16 +332,18 @@ class RayTrainRunner:
         from stformer_train import ModelConfig, TrainConfig
 
         if model_input_size <= 0:
-            raise ValueError(f"RayTrainRunner.model_input_size must be > 0, got {model_input_size}")
+            raise ValueError(
+                f"RayPretrainRunner.model_input_size must be > 0, got {model_input_size}"
+            )
         if not 0.0 < mlm_probability < 1.0:
             raise ValueError(
-                f"RayTrainRunner.mlm_probability must be in (0, 1), got {mlm_probability}"
+                f"RayPretrainRunner.mlm_probability must be in (0, 1), got {mlm_probability}"
             )
         self.vocab, self.medians = vocab, dict(medians)
         self.model = model or ModelConfig()
         if self.model.max_position_embeddings < model_input_size:
             raise ValueError(
-                f"RayTrainRunner.model_input_size ({model_input_size}) exceeds the model's "
+                f"RayPretrainRunner.model_input_size ({model_input_size}) exceeds the model's "
                 f"max_position_embeddings ({self.model.max_position_embeddings})"
             )
         self.model_input_size = model_input_size
@@ -422,9 +422,7 @@ class RayTrainRunner:
         callbacks
             Extra Lightning callbacks (they are pickled to the workers).
         """
-        from ray.train.torch import TorchTrainer
-
-        from stformer_data import InputError, SplitInfo
+        from stformer_data import CellSplit, InputError
         from stformer_train.config import merge_config
 
         files = [Path(f).expanduser().resolve() for f in file_paths]
@@ -451,11 +449,13 @@ class RayTrainRunner:
                 "does not exist",
                 "pass a Lightning .ckpt file or None",
             )
-        connect(self.address, runtime_env=self.runtime_env)
+        connect(self.address, runtime_env=self.runtime_env)  # the environment first, then Ray
+        from ray.train.torch import TorchTrainer
+
         scaling = scaling_config(
             num_workers, is_gpu=is_gpu, resources_per_worker=resources_per_worker
         )
-        split = SplitInfo.create(
+        split = CellSplit.create(
             files,
             fractions=(1.0 - test_size - val_size, val_size, test_size),
             group_key=group_key,
@@ -564,8 +564,6 @@ def ray_pretrain_mlm(
     >>> ray_pretrain_mlm("corpus", "runs/r", train=TrainConfig(max_steps=100), num_workers=2,
     ...                  is_gpu=False)  # doctest: +SKIP
     """
-    from ray.train.torch import TorchTrainer
-
     from stformer_data import InputError
     from stformer_train import ModelConfig, TrainConfig
 
@@ -574,7 +572,9 @@ def ray_pretrain_mlm(
         raise InputError(
             corpus, "corpus", "is not a folder", "pass a tokenized corpus (stformer tokenize)"
         )
-    connect(address, runtime_env=runtime_env)
+    connect(address, runtime_env=runtime_env)  # the environment first, then Ray
+    from ray.train.torch import TorchTrainer
+
     scaling = scaling_config(num_workers, is_gpu=is_gpu, resources_per_worker=resources_per_worker)
     job = {
         "corpus": str(corpus),

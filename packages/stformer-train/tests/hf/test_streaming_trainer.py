@@ -108,7 +108,7 @@ def test_trainer_trains_from_h5ad_with_on_the_fly_tokens(
         [tiny_h5ad],
         tokenizer=tokenizer,
         batch_size=BATCH,
-        strategy=sd.ShuffleStrategy(block_size=4, buffer_size=4 * BATCH),
+        strategy=sd.BlockShuffleStrategy(block_size=4, buffer_size=4 * BATCH),
         rank=0,
         world_size=1,
         seed=1,

@@ -6,8 +6,8 @@ import pytorch_lightning as pl
 import scipy.sparse as sp
 import torch
 
-from stformer_data import SplitInfo
-from stformer_train.lightning._datamodule import AnnDataModule
+from stformer_data import CellSplit
+from stformer_train.lightning._datamodule import H5adStreamDataModule
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Sparse (invariant checks|CSR tensor support)",
@@ -88,7 +88,7 @@ def test_datamodule_trains_on_grouped_split_with_new_order_each_epoch(tmp_path):
         calls["after"] += 1
         return torch.log1p(X)
 
-    dm = AnnDataModule(
+    dm = H5adStreamDataModule(
         files,
         run_dir=tmp_path / "run",
         group_key="donor",
@@ -102,7 +102,7 @@ def test_datamodule_trains_on_grouped_split_with_new_order_each_epoch(tmp_path):
     trainer = _trainer(2)
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm)
-    split = SplitInfo.load(tmp_path / "run")
+    split = CellSplit.load(tmp_path / "run")
     counts = split.counts()
     assert len(model.epochs[0]) == len(model.epochs[1]) == counts["train"]
     assert sorted(model.epochs[0]) == sorted(model.epochs[1]) and model.epochs[0] != model.epochs[1]
@@ -113,7 +113,9 @@ def test_datamodule_trains_on_grouped_split_with_new_order_each_epoch(tmp_path):
     assert not set(model.seen["train"]) & (set(model.seen["val"]) | set(model.seen["test"]))
     assert calls["before"] == calls["after"] > 0
     # a resumed run with other split settings reuses the saved split
-    again = AnnDataModule(files, run_dir=tmp_path / "run", fractions=(0.8, 0.1, 0.1), batch_size=8)
+    again = H5adStreamDataModule(
+        files, run_dir=tmp_path / "run", fractions=(0.8, 0.1, 0.1), batch_size=8
+    )
     again.prepare_data()
     again.setup("fit")
     assert again.split.groups == split.groups
@@ -121,7 +123,7 @@ def test_datamodule_trains_on_grouped_split_with_new_order_each_epoch(tmp_path):
 
 def test_empty_split_has_no_loader(tmp_path):
     f = _write(tmp_path / "a.h5ad", 20, ["d1"], 0)
-    dm = AnnDataModule([f], fractions=(1.0, 0.0, 0.0), batch_size=4)
+    dm = H5adStreamDataModule([f], fractions=(1.0, 0.0, 0.0), batch_size=4)
     dm.setup("fit")
     assert len(list(dm.train_dataloader())) == 5
     with pytest.raises(ValueError, match="no val cells"):

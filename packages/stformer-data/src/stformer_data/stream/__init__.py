@@ -1,6 +1,7 @@
 """Stage 5, stream: cells into training, in numpy (the torch datasets are :mod:`stformer_data.torch`).
 
-``shuffle`` (block order and shuffle buffers), ``split`` (train/val/test), ``epoch`` (the epoch
+``ranges`` (protoplast's ShuffleStrategy / SplitInfo: row ranges per file), ``shuffle``
+(stformer's block order and shuffle buffers), ``split`` (train/val/test), ``epoch`` (the epoch
 plan: every cell once per epoch across ranks and workers; batch measures), ``buffers`` (a shuffle
 buffer in memory, recycled), ``h5ad_source`` / ``h5ad_reader`` (h5ad files as a source and a
 worker's reader, tokens on the fly), ``corpus_source`` (a tokenized corpus, memory-mapped).
@@ -18,15 +19,28 @@ from stformer_data.stream.epoch import (
 )
 from stformer_data.stream.h5ad_reader import H5adSourceReader
 from stformer_data.stream.h5ad_source import H5adSource
+from stformer_data.stream.ranges import (
+    SequentialShuffleStrategy,
+    ShuffleStrategy,
+    SplitInfo,
+    ann_split_data,
+    cell_line_metadata_cb,
+)
 from stformer_data.stream.shuffle import (
     BlockShuffleStrategy,
     RandomShuffleStrategy,
-    SequentialShuffleStrategy,
-    ShuffleStrategy,
+    SequentialBlockStrategy,
 )
-from stformer_data.stream.split import SplitInfo, category_random_split
+from stformer_data.stream.split import CellSplit, category_random_split
 
 __all__ = [
+    # protoplast's documented strategies and split (row ranges per file)
+    "SequentialShuffleStrategy",
+    "ShuffleStrategy",
+    "SplitInfo",
+    "ann_split_data",
+    "cell_line_metadata_cb",
+    # stformer's block strategies, cell splits, epoch plans, sources
     "BlockShuffleStrategy",
     "Buffer",
     "BufferPlan",
@@ -35,9 +49,8 @@ __all__ = [
     "H5adSource",
     "H5adSourceReader",
     "RandomShuffleStrategy",
-    "SequentialShuffleStrategy",
-    "ShuffleStrategy",
-    "SplitInfo",
+    "SequentialBlockStrategy",
+    "CellSplit",
     "batch_diversity",
     "batches_per_rank",
     "bucket_batches",

@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from stformer_data.stream.shuffle import ShuffleStrategy
+from stformer_data.stream.shuffle import BlockShuffleStrategy
 
 EvenBatches = Literal["even", "drop", "pad"]
 EVEN_BATCHES = ("even", "drop", "pad")
@@ -105,7 +105,7 @@ def _cells_at(positions: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> n
 
 def plan_epoch(
     counts: np.ndarray | list[int],
-    strategy: ShuffleStrategy,
+    strategy: BlockShuffleStrategy,
     *,
     batch_size: int,
     seed: int = 0,
@@ -121,8 +121,8 @@ def plan_epoch(
     ``counts[f]`` is the number of cells of source ``f``; cells are numbered ``0 .. sum(counts)-1``
     with the sources concatenated. See the module docstring for the scheme.
 
-    >>> from stformer_data import SequentialShuffleStrategy
-    >>> plans = plan_epoch([5, 3], SequentialShuffleStrategy(), batch_size=2, world_size=2, rank=1)
+    >>> from stformer_data import SequentialBlockStrategy
+    >>> plans = plan_epoch([5, 3], SequentialBlockStrategy(), batch_size=2, world_size=2, rank=1)
     >>> [(p.cells.tolist(), p.batch_sizes.tolist()) for p in plans]
     [([4, 5, 6, 7], [2, 2])]
     """

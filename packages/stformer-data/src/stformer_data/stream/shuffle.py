@@ -1,4 +1,9 @@
-"""Shuffle strategies: in which order the cells of many files are read in one epoch.
+"""Block strategies: in which order stformer's streaming datasets read the cells of many files.
+
+(protoplast's documented ``ShuffleStrategy`` / ``SequentialShuffleStrategy`` -- strategies that
+split files into ``SplitInfo`` ranges -- are in :mod:`stformer_data.stream.ranges`; these are
+stformer's own, used by :func:`stformer_data.plan_epoch` and ``stformer_data.torch.H5adStreamDataset``.)
+
 
 Cells are read in contiguous *blocks* of rows (fast: one slice per block) and mixed in a *shuffle
 buffer* (a group of blocks whose cells are permuted together), the scheme of protoplast and
@@ -14,8 +19,8 @@ import numpy as np
 
 
 @dataclass(frozen=True, kw_only=True)
-class ShuffleStrategy:
-    """Block shuffle with a shuffle buffer (the default strategy).
+class BlockShuffleStrategy:
+    """Block shuffle with a shuffle buffer (the default block strategy; formerly ``ShuffleStrategy``).
 
     The rows of every file are cut into blocks of ``block_size`` consecutive rows; the blocks of all
     files are put in a random order (new each epoch); every ``buffer_size`` consecutive cells of that
@@ -33,7 +38,7 @@ class ShuffleStrategy:
     shuffle_buffer
         Permute the cells inside each buffer.
 
-    >>> s = ShuffleStrategy(block_size=2, buffer_size=4)
+    >>> s = BlockShuffleStrategy(block_size=2, buffer_size=4)
     >>> starts, stops = s.block_order(np.array([3, 2]), np.random.default_rng(0))
     >>> sorted(zip(starts.tolist(), stops.tolist()))
     [(0, 2), (2, 3), (3, 5)]
@@ -79,19 +84,10 @@ class ShuffleStrategy:
 
 
 @dataclass(frozen=True, kw_only=True)
-class BlockShuffleStrategy(ShuffleStrategy):
-    """Blocks in random order, cells permuted inside a shuffle buffer (same as :class:`ShuffleStrategy`).
+class SequentialBlockStrategy(BlockShuffleStrategy):
+    """No shuffling (formerly ``SequentialShuffleStrategy``): files in the order given, rows in file order (evaluation, embedding, debugging).
 
-    >>> BlockShuffleStrategy(block_size=128, buffer_size=8192).shuffle_blocks
-    True
-    """
-
-
-@dataclass(frozen=True, kw_only=True)
-class SequentialShuffleStrategy(ShuffleStrategy):
-    """No shuffling: files in the order given, rows in file order (evaluation, embedding, debugging).
-
-    >>> SequentialShuffleStrategy().shuffle_buffer
+    >>> SequentialBlockStrategy().shuffle_buffer
     False
     """
 
@@ -102,7 +98,7 @@ class SequentialShuffleStrategy(ShuffleStrategy):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RandomShuffleStrategy(ShuffleStrategy):
+class RandomShuffleStrategy(BlockShuffleStrategy):
     """Full random order: every cell is its own block (the best mixing, the slowest reads).
 
     >>> RandomShuffleStrategy().block_size

@@ -84,7 +84,7 @@ def _decode(text: str, n: int) -> np.ndarray:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SplitInfo:
+class CellSplit:
     """Which cell of which file is in train, val or test.
 
     Parameters
@@ -100,7 +100,7 @@ class SplitInfo:
     groups
         For a grouped split, the groups of each split.
 
-    >>> info = SplitInfo.from_counts(["a.h5ad"], [10], fractions=(0.8, 0.2, 0.0), seed=1)
+    >>> info = CellSplit.from_counts(["a.h5ad"], [10], fractions=(0.8, 0.2, 0.0), seed=1)
     >>> [len(info.indices("train")[0]), len(info.indices("val")[0]), len(info.indices("test")[0])]
     [8, 2, 0]
     """
@@ -129,7 +129,7 @@ class SplitInfo:
         *,
         fractions: Sequence[float] = (0.9, 0.05, 0.05),
         seed: int = 0,
-    ) -> SplitInfo:
+    ) -> CellSplit:
         """A cell-level random split: exactly ``round(fraction * N)`` cells per split (test takes the rest)."""
         fr = _check_fractions(fractions)
         n_obs = tuple(int(n) for n in n_obs)
@@ -156,7 +156,7 @@ class SplitInfo:
         fractions: Sequence[float] = (0.9, 0.05, 0.05),
         seed: int = 0,
         group_key: str | None = None,
-    ) -> SplitInfo:
+    ) -> CellSplit:
         """A grouped split: every cell of a group lands in the same split (see :func:`category_random_split`)."""
         fr = _check_fractions(fractions)
         labels = [np.asarray(g).astype(str) for g in groups_per_file]
@@ -186,7 +186,7 @@ class SplitInfo:
         group_key: str | None = None,
         seed: int = 0,
         read_obs: Callable[[Path, str], np.ndarray] | None = None,
-    ) -> SplitInfo:
+    ) -> CellSplit:
         """Draw a split of h5ad ``files``: by cell, or grouped by ``obs[group_key]`` when it is given."""
         paths = [Path(f) for f in files]
         if group_key is None:
@@ -236,11 +236,11 @@ class SplitInfo:
         return atomic_write_text(Path(run_dir) / SPLIT_FILE, json.dumps(self.to_json(), indent=1))
 
     @classmethod
-    def load(cls, run_dir: str | PathLike[str]) -> SplitInfo:
+    def load(cls, run_dir: str | PathLike[str]) -> CellSplit:
         path = Path(run_dir) / SPLIT_FILE
         if not path.is_file():
             raise InputError(
-                path, "split file", "does not exist", "create the split with SplitInfo.create first"
+                path, "split file", "does not exist", "create the split with CellSplit.create first"
             )
         try:
             payload = json.loads(path.read_text())
@@ -268,7 +268,7 @@ class SplitInfo:
         fractions: Sequence[float] = (0.9, 0.05, 0.05),
         group_key: str | None = None,
         seed: int = 0,
-    ) -> SplitInfo:
+    ) -> CellSplit:
         """Reuse ``run_dir/split.json`` when present (a resumed run), else draw the split and save it.
 
         A saved split made for other files, or for files whose cell counts changed, is refused.

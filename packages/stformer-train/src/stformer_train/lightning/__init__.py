@@ -5,7 +5,7 @@ as on the HF path; only the training loop (``pl.Trainer`` over :class:`MLMTraini
 It does not import :mod:`stformer_train.hf` (and vice versa).
 """
 
-from stformer_train.lightning._datamodule import AnnDataModule
+from stformer_train.lightning._datamodule import AnnDataModule, H5adStreamDataModule
 from stformer_train.lightning._module import MLMTrainingPlan
 from stformer_train.lightning._trainer import (
     LightningEarlyStopping,
@@ -15,8 +15,9 @@ from stformer_train.lightning._trainer import (
 )
 
 __all__ = [
-    # data: h5ad files into batches
+    # data: h5ad files into batches (AnnDataModule: protoplast's documented module)
     "AnnDataModule",
+    "H5adStreamDataModule",
     "ResumableBatchSampler",
     # the training plan and its callbacks
     "LightningEarlyStopping",
