@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +9,7 @@ import yaml
 
 from stformer_train import TrainConfig
 from stformer_tune import run_search, validate_resources
+from stformer_tune._ray import _import_ray
 
 
 def test_resources_per_trial_are_validated():
@@ -24,9 +24,7 @@ def test_resources_per_trial_are_validated():
 
 @pytest.fixture(scope="module")
 def local_ray():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    import ray
+    ray, _ = _import_ray()  # stformer_tune sets what Ray needs, as it does for a user
 
     ray.init(num_cpus=2, include_dashboard=False)
     yield ray
