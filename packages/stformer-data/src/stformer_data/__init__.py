@@ -50,10 +50,12 @@ from stformer_data.h5ad import (
     read_rows,
 )
 from stformer_data.stream import (
+    BaseDataset,
     BlockShuffleStrategy,
     BufferPlan,
     CorpusSource,
     H5adSource,
+    MaskedDataset,
     RandomShuffleStrategy,
     SequentialShuffleStrategy,
     ShuffleStrategy,
@@ -62,6 +64,7 @@ from stformer_data.stream import (
     batches_per_rank,
     bucket_batches,
     category_random_split,
+    grouped_random_split,
     padding_fraction,
     plan_epoch,
 )
@@ -130,6 +133,9 @@ __all__ = [
     "load_corpus",
     "tokenize_files",
     # stream: shuffle, split, epoch plans, sources
+    "BaseDataset",
+    "MaskedDataset",
+    "grouped_random_split",
     "BlockShuffleStrategy",
     "BufferPlan",
     "CorpusSource",

@@ -18,7 +18,7 @@ from os import PathLike
 from typing import TYPE_CHECKING, Any
 
 from stformer_train.config import ModelConfig, TrainConfig
-from stformer_train.early_stopping import EarlyStopping
+from stformer_train.early_stopping import PatienceStopping
 from stformer_train.precision import Precision, resolve_precision
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def build_collator(vocab: Any, train: TrainConfig) -> DataCollatorForMLM:
 
 def build_early_stopping(
     train: TrainConfig, *, monitor: str, checkpoint_path: str | PathLike[str] | None = None
-) -> EarlyStopping | None:
+) -> PatienceStopping | None:
     """The early-stopping core for ``train`` (``None`` when ``early_stopping_patience`` is 0).
 
     ``monitor`` is the engine's name of the validation loss (``eval_loss`` for transformers,
@@ -72,7 +72,7 @@ def build_early_stopping(
     """
     if not train.early_stopping_patience:
         return None
-    return EarlyStopping(
+    return PatienceStopping(
         monitor=monitor,
         patience=train.early_stopping_patience,
         min_delta=train.early_stopping_min_delta,
@@ -98,7 +98,7 @@ class TrainingParts:
 
     model: torch.nn.Module
     collator: DataCollatorForMLM
-    early_stopping: EarlyStopping | None
+    early_stopping: PatienceStopping | None
     precision: Precision
 
 

@@ -1,6 +1,6 @@
 """Stage 5, stream: cells into training, in numpy (the torch datasets are :mod:`stformer_data.torch`).
 
-``shuffle`` (block order and shuffle buffers), ``split`` (train/val/test), ``epoch`` (the epoch
+``shuffle`` (block order and shuffle buffers), ``split`` (train/val/test), ``datasets`` (STEP's map-style AnnData datasets and stratified split), ``epoch`` (the epoch
 plan: every cell once per epoch across ranks and workers; batch measures), ``buffers`` (a shuffle
 buffer in memory, recycled), ``h5ad_source`` / ``h5ad_reader`` (h5ad files as a source and a
 worker's reader, tokens on the fly), ``corpus_source`` (a tokenized corpus, memory-mapped).
@@ -8,6 +8,7 @@ worker's reader, tokens on the fly), ``corpus_source`` (a tokenized corpus, memo
 
 from stformer_data.stream.buffers import Buffer
 from stformer_data.stream.corpus_source import CorpusSource, CorpusSourceReader
+from stformer_data.stream.datasets import BaseDataset, MaskedDataset, category_random_split
 from stformer_data.stream.epoch import (
     BufferPlan,
     batch_diversity,
@@ -24,9 +25,10 @@ from stformer_data.stream.shuffle import (
     SequentialShuffleStrategy,
     ShuffleStrategy,
 )
-from stformer_data.stream.split import SplitInfo, category_random_split
+from stformer_data.stream.split import SplitInfo, grouped_random_split
 
 __all__ = [
+    "BaseDataset",
     "BlockShuffleStrategy",
     "Buffer",
     "BufferPlan",
@@ -34,6 +36,7 @@ __all__ = [
     "CorpusSourceReader",
     "H5adSource",
     "H5adSourceReader",
+    "MaskedDataset",
     "RandomShuffleStrategy",
     "SequentialShuffleStrategy",
     "ShuffleStrategy",
@@ -42,6 +45,7 @@ __all__ = [
     "batches_per_rank",
     "bucket_batches",
     "category_random_split",
+    "grouped_random_split",
     "padding_fraction",
     "plan_epoch",
 ]
