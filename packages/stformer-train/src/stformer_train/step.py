@@ -574,7 +574,11 @@ class Trainer:
             for batch in gloader:
                 *graph, n_id = batch
                 n_id = torch.as_tensor(n_id)
-                ind = None if train_set is None else torch.nonzero(torch.isin(n_id, train_set)).flatten()
+                ind = (
+                    None
+                    if train_set is None
+                    else torch.nonzero(torch.isin(n_id, train_set)).flatten()
+                )
                 if ind is not None and ind.numel() == 0:
                     continue
                 self.cum_loss(self.handle_ginput_tuple(graph, ind, epoch), totals)
