@@ -15,7 +15,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler
 
 from stformer_data import Corpus, load_corpus
-from stformer_train.assemble import assemble
+from stformer_train.assemble import TokenScheme, assemble
 from stformer_train.config import ModelConfig, TrainConfig
 from stformer_train.early_stopping import PatienceStopping
 from stformer_train.lightning._module import MLMTrainingPlan
@@ -181,6 +181,7 @@ def pretrain_lightning(
         train_cfg,
         monitor="val_loss",
         best_model_dir=run.root / "best_model",
+        scheme=TokenScheme.from_corpus(corpus),
     )
     base = parts.collator
     collator = StepSeededCollator(base, seed=train_cfg.seed)
