@@ -30,6 +30,7 @@ from stformer_data.atomic import atomic_write_text
 __all__ = ["GeneTokenizer"]
 
 SPECIAL_TOKENS = ("[CLS]", "[EOS]", "[MASK]", "[PAD]")
+TOKENIZER_FILE = "gene_tokenizer.json"
 
 
 def _load_phenotype_map(path: str | PathLike[str]) -> dict[str, list[str]]:
@@ -198,6 +199,28 @@ class GeneTokenizer:
             "max_length": self.max_length,
         }
         return atomic_write_text(path, json.dumps(payload, indent=1))
+
+    def save_pretrained(self, directory: str | PathLike[str]) -> Path:
+        """Write ``gene_tokenizer.json`` into ``directory`` (what the HF ``Trainer`` calls on save)."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return self.save_vocab(Path(directory) / TOKENIZER_FILE)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | PathLike[str]) -> GeneTokenizer:
+        """The tokenizer :meth:`save_pretrained` wrote into ``directory``."""
+        path = Path(directory) / TOKENIZER_FILE
+        if not path.is_file():
+            raise InputError(
+                path, TOKENIZER_FILE, "is missing", "save the tokenizer with save_pretrained"
+            )
+        saved = json.loads(path.read_text())
+        return cls(
+            bin_edges=saved["bin_edges"],
+            max_length=saved["max_length"],
+            gene_names=saved["genes"],
+            included_phenotypes=list(saved["phenotypes"]),
+            phenotype_values=saved["phenotypes"],
+        )
 
     # --- the TokenSpec protocol and HF-tokenizer names ----------------------------------------
     def __len__(self) -> int:
