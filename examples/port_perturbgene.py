@@ -31,6 +31,7 @@ from stformer_train.perturbgene import (
     parse_args,
 )
 
+torch.set_num_threads(1)  # a small model: one thread is fastest on a shared CPU
 path = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/sc/pbmc68k_reduced_700_counts.h5ad"
 work = Path(tempfile.mkdtemp(prefix="port_perturbgene_"))
 adata = anndata.io.read_h5ad(path)
@@ -44,7 +45,7 @@ config = parse_args(
         "--bin_edges",
         "0.1",
         "--max_length",
-        "256",
+        "128",
         "--included_phenotypes",
         "bulk_labels",
         "--output_dir",
@@ -121,7 +122,7 @@ def accuracy(pred):
 
 trainer = Trainer(
     model=clf,
-    args=TrainingArguments(output_dir=str(work / "cls"), max_steps=60, **args),
+    args=TrainingArguments(output_dir=str(work / "cls"), max_steps=40, **args),
     data_collator=collate_fn_wrapper(tokenizer),
     train_dataset=train_set,
     eval_dataset=eval_set,
