@@ -26,8 +26,8 @@ from stformer_data import (  # noqa: E402
 )
 from stformer_data.torch import (  # noqa: E402
     CorpusStreamDataset,
+    H5adCellDataset,
     H5adStreamDataset,
-    IterableAnnDataset,
     resolve_world,
 )
 
@@ -178,7 +178,7 @@ def test_on_the_fly_tokens_equal_the_tokenizer_output(files, tokenizer):
 
 def test_per_cell_examples_feed_a_collating_dataloader(tmp_path, tokenizer):
     f = _write(tmp_path / "a.h5ad", 40)
-    ds = IterableAnnDataset([f], tokenizer=tokenizer, batch_size=8)
+    ds = H5adCellDataset([f], tokenizer=tokenizer, batch_size=8)
     examples = list(ds)
     assert len(examples) == len(ds) == 40
     assert {"input_ids", "length", "file_index", "cell_index"} <= set(examples[0])

@@ -11,7 +11,7 @@ import stformer_train.hf._pretrain as hf_pretrain
 import stformer_train.hf._stformer as hf_stformer
 import stformer_train.lightning._trainer as lightning_trainer
 from stformer_collate import DataCollatorForMLM, SimpleTokenSpec
-from stformer_train import EarlyStopping, Precision, TrainConfig, TrainingParts, assemble
+from stformer_train import PatienceStopping, Precision, TrainConfig, TrainingParts, assemble
 from stformer_train.hf import pretrain_mlm
 from stformer_train.lightning import pretrain_lightning
 
@@ -42,7 +42,7 @@ def test_parts_follow_the_configs(tiny, tmp_path):
     assert parts.collator == DataCollatorForMLM(
         spec=SPEC, mlm_probability=0.2, seed=7, form="packed", return_masked_positions=False
     )
-    assert parts.early_stopping == EarlyStopping(
+    assert parts.early_stopping == PatienceStopping(
         monitor="val_loss", patience=3, min_delta=0.01, checkpoint_path=tmp_path / "best"
     )
     assert parts.precision is Precision.FP32

@@ -12,7 +12,7 @@ from stformer_collate._layout import (
     pad_examples,
 )
 from stformer_collate._mlm import DataCollatorForMLM
-from stformer_collate._phenotype import DataCollatorForPhenotypicMLM
+from stformer_collate._phenotype import DataCollatorForPhenotypicMLM, collate_fn_wrapper
 from stformer_collate._precollator import STFormerPreCollator
 from stformer_collate._spec import SimpleTokenSpec, TokenSpec
 
@@ -27,6 +27,7 @@ __all__ = [
     "STFormerPreCollator",
     "SimpleTokenSpec",
     "TokenSpec",
+    "collate_fn_wrapper",
     "flatten_examples",
     "pad_examples",
 ]

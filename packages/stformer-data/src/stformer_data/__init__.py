@@ -50,11 +50,13 @@ from stformer_data.h5ad import (
     read_rows,
 )
 from stformer_data.stream import (
+    BaseDataset,
     BlockShuffleStrategy,
     BufferPlan,
     CellSplit,
     CorpusSource,
     H5adSource,
+    MaskedDataset,
     RandomShuffleStrategy,
     SequentialBlockStrategy,
     SequentialShuffleStrategy,
@@ -66,6 +68,7 @@ from stformer_data.stream import (
     bucket_batches,
     category_random_split,
     cell_line_metadata_cb,
+    grouped_random_split,
     padding_fraction,
     plan_epoch,
 )
@@ -74,6 +77,7 @@ from stformer_data.tokenize import (
     BinnedTokenizerConfig,
     Cells,
     FileCells,
+    GeneTokenizer,
     NeighborhoodConfig,
     NeighborhoodTokenizer,
     RankTokenizerConfig,
@@ -121,6 +125,7 @@ __all__ = [
     "Tokenizer",
     "BinnedTokenizer",
     "BinnedTokenizerConfig",
+    "GeneTokenizer",
     "NeighborhoodConfig",
     "NeighborhoodTokenizer",
     "RankTokenizerConfig",
@@ -134,6 +139,9 @@ __all__ = [
     "load_corpus",
     "tokenize_files",
     # stream: shuffle, split, epoch plans, sources
+    "BaseDataset",
+    "MaskedDataset",
+    "grouped_random_split",
     "BlockShuffleStrategy",
     "BufferPlan",
     "CorpusSource",

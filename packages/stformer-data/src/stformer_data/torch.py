@@ -13,7 +13,7 @@ them), else a single process. The DataLoader worker comes from ``torch.utils.dat
 :class:`DistributedAnnDataset` is protoplast's documented dataset (the row ranges of a
 :class:`stformer_data.SplitInfo`, items made by an overridable ``transform``); stformer's own
 streaming datasets, with the exactly-once epoch plan, block shuffle and tokens on the fly, are
-:class:`H5adStreamDataset` (formerly named ``DistributedAnnDataset``), :class:`IterableAnnDataset`
+:class:`H5adStreamDataset` (formerly named ``DistributedAnnDataset``), :class:`H5adCellDataset`
 and :class:`CorpusStreamDataset`.
 """
 
@@ -60,7 +60,7 @@ __all__ = [
     "CorpusStreamDataset",
     "DistributedAnnDataset",
     "H5adStreamDataset",
-    "IterableAnnDataset",
+    "H5adCellDataset",
     "resolve_world",
 ]
 
@@ -396,8 +396,8 @@ class H5adStreamDataset(_StreamDataset):
         return cls(list(split.files), rows=split.indices(name), **kwargs)
 
 
-class IterableAnnDataset(H5adStreamDataset):
-    """:class:`H5adStreamDataset` yielding one example per cell (Transformeromics' name).
+class H5adCellDataset(H5adStreamDataset):
+    """:class:`H5adStreamDataset` yielding one example per cell (perturbgene's ``IterableAnnDataset`` is :mod:`stformer_data.shards`).
 
     With a tokenizer each item is ``{"input_ids": int64 array, "length": int, ...}``, the form the
     Hugging Face ``Trainer`` and ``DataCollatorForLanguageModeling``-style collators take (set
@@ -406,7 +406,7 @@ class IterableAnnDataset(H5adStreamDataset):
     so build it with ``rank=0, world_size=1`` there; every cell is then still seen once per epoch.
     With Lightning or plain DDP the dataset shards by rank itself.
 
-    >>> ds = IterableAnnDataset(["a.h5ad"], tokenizer=tokenizer)  # doctest: +SKIP
+    >>> ds = H5adCellDataset(["a.h5ad"], tokenizer=tokenizer)  # doctest: +SKIP
     >>> next(iter(ds))["input_ids"][:5]  # doctest: +SKIP
     """
 

@@ -23,8 +23,8 @@ from stformer_data._ragged import _row_kernels, pad_rows  # noqa: E402
 from stformer_data.tokenize import rank_kernel as _rank_kernel  # noqa: E402
 from stformer_data.torch import (  # noqa: E402
     CorpusStreamDataset,
+    H5adCellDataset,
     H5adStreamDataset,
-    IterableAnnDataset,
     _auto_threads,
 )
 
@@ -93,7 +93,7 @@ def test_binned_tokens_on_the_fly_equal_the_binned_corpus(binned):
     )
     _check_batches(ds, rows, corpus.vocab.pad_id)
     # the per-cell (Hugging Face) form carries token_type_ids too
-    example = next(iter(IterableAnnDataset(files, tokenizer=tok)))
+    example = next(iter(H5adCellDataset(files, tokenizer=tok)))
     ids, types = rows[(example["file_index"], example["cell_index"])]
     assert example["input_ids"].tolist() == ids and example["token_type_ids"].tolist() == types
 

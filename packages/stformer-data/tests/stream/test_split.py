@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from stformer_data import CellSplit, InputError, category_random_split
+from stformer_data import CellSplit, InputError, grouped_random_split
 
 
 def _write(path, donors):
@@ -22,7 +22,7 @@ def _write(path, donors):
 
 def test_category_split_keeps_groups_whole_and_fills_every_split():
     cats = np.repeat([f"d{i}" for i in range(10)], np.arange(1, 11) * 10)
-    out = category_random_split(cats, (0.7, 0.15, 0.15), seed=4)
+    out = grouped_random_split(cats, (0.7, 0.15, 0.15), seed=4)
     assert sorted(out["train"] + out["val"] + out["test"]) == sorted(set(cats))
     assert all(out[s] for s in ("train", "val", "test"))
     share = {s: np.isin(cats, out[s]).mean() for s in out}

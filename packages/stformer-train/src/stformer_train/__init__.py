@@ -17,12 +17,13 @@ from stformer_train.config import (
     load_config_file,
     merge_config,
 )
-from stformer_train.early_stopping import EarlyStopping
+from stformer_train.early_stopping import PatienceStopping
 from stformer_train.embed import embed_sequences
 from stformer_train.evaluate import KnnScore, holdout_split, knn_score, pca_of_counts
 from stformer_train.models import build_bert_config, build_mlm_model
 from stformer_train.precision import Precision, resolve_precision
 from stformer_train.run_dir import RunDir
+from stformer_train.step import EarlyStopping
 
 __version__ = "0.1.0"
 
@@ -34,13 +35,15 @@ __all__ = [
     "load_config_file",
     "merge_config",
     # assembly: model, collator, early stopping, precision
-    "EarlyStopping",
+    "PatienceStopping",
     "Precision",
     "TrainingParts",
     "assemble",
     "build_bert_config",
     "build_mlm_model",
     "resolve_precision",
+    # STEP's per-loss early stopping (stformer_train.step)
+    "EarlyStopping",
     # the run's outputs
     "RunDir",
     # embeddings and evaluation

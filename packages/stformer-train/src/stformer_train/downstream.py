@@ -42,12 +42,12 @@ class RunModel:
         """Accept ``RUN`` or ``RUN/model``; raise :class:`stformer_data.InputError` if files are missing."""
         root = Path(run)
         model_dir = root / "model" if (root / "model" / "config.json").is_file() else root
-        for name in (
-            "config.json",
-            "token_dictionary.json",
-            TOKENIZER_SETTINGS,
-            "gene_medians.json",
-        ):
+        binned = False
+        if (model_dir / TOKENIZER_SETTINGS).is_file():
+            saved = json.loads((model_dir / TOKENIZER_SETTINGS).read_text())
+            binned = (saved.get("settings") or {}).get("scheme") == "binned"
+        needed = ("gene_dictionary.json",) if binned else ("gene_medians.json",)
+        for name in ("config.json", "token_dictionary.json", TOKENIZER_SETTINGS, *needed):
             if not (model_dir / name).is_file():
                 raise sd.InputError(
                     model_dir,
@@ -58,6 +58,11 @@ class RunModel:
         vocab = sd.GeneVocab.load(model_dir / "token_dictionary.json")
         settings = json.loads((model_dir / TOKENIZER_SETTINGS).read_text())
         return cls(model_dir=model_dir, vocab=vocab, settings=settings)
+
+    @property
+    def binned(self) -> bool:
+        """Whether the model reads binned tokens (a GeneBert: genes in ``token_type_ids``)."""
+        return self.settings["settings"].get("scheme") == "binned"
 
     def tokenize(
         self,
@@ -71,6 +76,15 @@ class RunModel:
         config = sd.TokenizeConfig.from_dict(
             self.settings["settings"], obs_columns=tuple(obs_columns)
         )
+        if self.binned:  # the genes behind token_type_ids; input ids are remapped in sequences()
+            return sd.tokenize_files(
+                [h5ad],
+                out_dir,
+                vocab=sd.GeneVocab.load(self.model_dir / "gene_dictionary.json"),
+                config=config,
+                overwrite=True,
+                progress=progress,
+            )
         return sd.tokenize_files(
             [h5ad],
             out_dir,
@@ -80,6 +94,45 @@ class RunModel:
             overwrite=True,
             progress=progress,
         )
+
+    def sequences(
+        self, corpus: sd.Corpus, *, hide_phenotype: str | None = None
+    ) -> tuple[list[list[int]], list[list[int]] | None]:
+        """``input_ids`` in this model's vocabulary, and ``token_type_ids`` (binned models; else None).
+
+        A binned corpus of new cells builds its phenotype tokens from their own values: they are
+        mapped to the model's ids by name (a value the model never saw is an error).
+        ``hide_phenotype`` replaces that phenotype's tokens by the mask token, so that a label
+        evaluated or predicted is not read off its own phenotype token.
+        """
+        ids = corpus.dataset["input_ids"]
+        if not self.binned:
+            return ids, None
+        types = corpus.dataset["token_type_ids"]
+        table = np.full(len(corpus.vocab), -1, dtype=np.int64)
+        for token, i in corpus.vocab.items():
+            table[i] = self.vocab.get(token, -1)
+        hidden_type = None
+        if hide_phenotype is not None:
+            phenotypes = list(self.settings["settings"]["binned"].get("phenotypes", ()))
+            if hide_phenotype in phenotypes:
+                n_genes = len(sd.GeneVocab.load(self.model_dir / "gene_dictionary.json"))
+                hidden_type = n_genes + phenotypes.index(hide_phenotype)
+        out = []
+        for seq, typ in zip(ids, types, strict=True):
+            mapped = table[np.asarray(seq, dtype=np.int64)]
+            if (mapped < 0).any():
+                bad = corpus.vocab.id_to_token(int(np.asarray(seq)[mapped < 0][0]))
+                raise sd.InputError(
+                    corpus.path,
+                    "phenotype tokens",
+                    f"hold {bad!r}, a value the model was not trained with",
+                    "embed cells whose phenotype values the model's corpus had",
+                )
+            if hidden_type is not None:
+                mapped[np.asarray(typ) == hidden_type] = self.vocab.mask_id
+            out.append(mapped.tolist())
+        return out, types
 
     def load_mlm(self):
         from transformers import AutoModelForMaskedLM
@@ -131,9 +184,11 @@ def embed_h5ad(
     adata = sd.open_h5ad(h5ad, backed=False)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = rm.tokenize(h5ad, Path(tmp) / "corpus", progress=progress)
+        seqs, types = rm.sequences(corpus)
         emb = embed_sequences(
             rm.load_mlm(),
-            corpus.dataset["input_ids"],
+            seqs,
+            token_type_ids=types,
             pad_id=rm.vocab.pad_id,
             pooling=pooling,
             hidden_layer=hidden_layer,
@@ -188,12 +243,13 @@ def evaluate_run(
         corpus = rm.tokenize(
             h5ad, Path(tmp) / "corpus", obs_columns=(label_key,), progress=progress
         )
-        seqs = corpus.dataset["input_ids"]
+        seqs, types = rm.sequences(corpus, hide_phenotype=label_key)
         labels = _labels(corpus, label_key)
         rows = np.asarray(corpus.dataset["cell_index"])
         emb = embed_sequences(
             rm.load_mlm(),
             seqs,
+            token_type_ids=types,
             pad_id=rm.vocab.pad_id,
             pooling=pooling,
             hidden_layer=hidden_layer,
@@ -203,6 +259,7 @@ def evaluate_run(
         emb_random = embed_sequences(
             rm.random_init(seed + 1),
             seqs,
+            token_type_ids=types,
             pad_id=rm.vocab.pad_id,
             pooling=pooling,
             hidden_layer=hidden_layer,
@@ -285,6 +342,7 @@ def finetune_classifier(
     from tqdm.auto import tqdm
     from transformers import AutoModelForSequenceClassification
 
+    import stformer_train.models  # noqa: F401  (registers GeneBert with the Auto classes)
     from stformer_collate import pad_examples
 
     rm = RunModel.open(run)
@@ -294,7 +352,7 @@ def finetune_classifier(
         corpus = rm.tokenize(
             h5ad, Path(tmp) / "corpus", obs_columns=(label_key,), progress=progress
         )
-        seqs = corpus.dataset["input_ids"]
+        seqs, types = rm.sequences(corpus, hide_phenotype=label_key)
         labels = _labels(corpus, label_key)
     valid = np.flatnonzero(~np.isin(labels, _MISSING_LABELS))
     classes = sorted(set(labels[valid]))
@@ -317,16 +375,24 @@ def finetune_classifier(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
 
     def batch_of(idx):
-        b = pad_examples([{"input_ids": seqs[valid[i]]} for i in idx], pad_id=rm.vocab.pad_id)
-        return b["input_ids"].to(device), b["attention_mask"].to(device)
+        examples = [{"input_ids": seqs[valid[i]]} for i in idx]
+        if types is not None:
+            for e, i in zip(examples, idx, strict=True):
+                e["token_type_ids"] = types[valid[i]]
+        b = pad_examples(examples, pad_id=rm.vocab.pad_id)
+        extra = {"token_type_ids": b["token_type_ids"].to(device)} if "token_type_ids" in b else {}
+        return b["input_ids"].to(device), b["attention_mask"].to(device), extra
 
     model.train()
     order = np.concatenate([rng.permutation(train_idx) for _ in range(int(np.ceil(epochs)) + 1)])
     for s in tqdm(range(steps), desc="finetune", disable=not progress):
         idx = order[s * batch_size : (s + 1) * batch_size]
-        ids, mask = batch_of(idx)
+        ids, mask, extra = batch_of(idx)
         loss = model(
-            input_ids=ids, attention_mask=mask, labels=torch.as_tensor(y[idx], device=device)
+            input_ids=ids,
+            attention_mask=mask,
+            labels=torch.as_tensor(y[idx], device=device),
+            **extra,
         ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -338,8 +404,10 @@ def finetune_classifier(
     preds = []
     with torch.inference_mode():
         for s in range(0, len(test_idx), 128):
-            ids, mask = batch_of(test_idx[s : s + 128])
-            preds.append(model(input_ids=ids, attention_mask=mask).logits.argmax(-1).cpu().numpy())
+            ids, mask, extra = batch_of(test_idx[s : s + 128])
+            preds.append(
+                model(input_ids=ids, attention_mask=mask, **extra).logits.argmax(-1).cpu().numpy()
+            )
     pred = np.concatenate(preds)
     result = {
         "label_key": label_key,

@@ -1,6 +1,11 @@
-"""Early stopping with STEP's meaning, shared by the Hugging Face and Lightning paths.
+"""stformer's patience early stopping, shared by the Hugging Face and Lightning paths.
 
-One :class:`EarlyStopping` watches one loss (``monitor``, e.g. ``"eval_loss"`` or
+(STEP's documented ``EarlyStopping(patience, verbose, delta, path, trace_func)`` is
+:class:`stformer_train.step.EarlyStopping`, exported as ``stformer_train.EarlyStopping``; this
+class was called ``EarlyStopping`` before and differs in saving a ``save_pretrained`` folder and
+in staying stopped once stopped.)
+
+One :class:`PatienceStopping` watches one loss (``monitor``, e.g. ``"eval_loss"`` or
 ``"val_loss"``): an evaluation *improves* when the value is lower than the best so far by more
 than ``min_delta``; after ``patience`` evaluations in a row without improvement, training stops.
 On every improvement the model is saved to ``checkpoint_path`` (when given), so the best model
@@ -21,7 +26,7 @@ from typing import Any
 
 
 @dataclass(kw_only=True)
-class EarlyStopping:
+class PatienceStopping:
     """Patience / min-delta early stopping on one monitored loss.
 
     Parameters
@@ -35,7 +40,7 @@ class EarlyStopping:
     checkpoint_path
         Folder where the best model is saved (``save_pretrained``) on every improvement.
 
-    >>> es = EarlyStopping(monitor="eval_loss", patience=2, min_delta=0.01)
+    >>> es = PatienceStopping(monitor="eval_loss", patience=2, min_delta=0.01)
     >>> [es.update(v) for v in (1.0, 0.95, 0.949, 0.96)], es.should_stop
     ([True, True, False, False], True)
     """
@@ -50,11 +55,11 @@ class EarlyStopping:
 
     def __post_init__(self) -> None:
         if self.patience < 1:
-            raise ValueError(f"EarlyStopping.patience must be >= 1, got {self.patience}")
+            raise ValueError(f"PatienceStopping.patience must be >= 1, got {self.patience}")
         if self.min_delta < 0:
-            raise ValueError(f"EarlyStopping.min_delta must be >= 0, got {self.min_delta}")
+            raise ValueError(f"PatienceStopping.min_delta must be >= 0, got {self.min_delta}")
         if not self.monitor:
-            raise ValueError("EarlyStopping.monitor must name a logged loss, e.g. 'eval_loss'")
+            raise ValueError("PatienceStopping.monitor must name a logged loss, e.g. 'eval_loss'")
 
     def update(self, value: float, model: Any = None) -> bool:
         """Record one evaluation; return whether it improved (and save ``model`` if so)."""

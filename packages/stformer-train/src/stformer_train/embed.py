@@ -32,6 +32,7 @@ def embed_sequences(
     progress: bool = True,
     desc: str = "embed",
     hidden_layer: int = -1,
+    token_type_ids: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
     """One vector per token sequence, from one hidden layer of the encoder.
 
@@ -39,7 +40,9 @@ def embed_sequences(
     with corpora tokenized with ``<cls>``). ``hidden_layer`` indexes the encoder's hidden states: ``-1``
     the last layer (default), ``-2`` the second-to-last (Geneformer's choice for cell embeddings),
     ``0`` the input embeddings (gene + position). Sequences are batched in order of length so that
-    little padding is computed; the result is in the input order.
+    little padding is computed; the result is in the input order. ``token_type_ids`` (one
+    sequence per input, of the same length) are passed to the encoder: a GeneBert (binned
+    tokens) needs them.
     """
     if pooling not in ("mean", "cls"):
         raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
@@ -59,13 +62,20 @@ def embed_sequences(
         range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress
     ):
         idx = order[start : start + batch_size]
-        batch = pad_examples([{"input_ids": sequences[i]} for i in idx], pad_id=pad_id)
+        examples = [{"input_ids": sequences[i]} for i in idx]
+        if token_type_ids is not None:
+            for e, i in zip(examples, idx, strict=True):
+                e["token_type_ids"] = token_type_ids[i]
+        batch = pad_examples(examples, pad_id=pad_id)
         ids = batch["input_ids"].to(device)
         mask = batch["attention_mask"].to(device)
+        extra = {}
+        if "token_type_ids" in batch:
+            extra["token_type_ids"] = batch["token_type_ids"].to(device)
         if hidden_layer == -1:
-            hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = encoder(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
         else:
-            states = encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            states = encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True, **extra)
             hidden = states.hidden_states[hidden_layer]
         if pooling == "cls":
             pooled = hidden[:, 0]

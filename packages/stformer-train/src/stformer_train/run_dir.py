@@ -86,7 +86,7 @@ def save_model(
         net.save_pretrained(tmp, state_dict=state_dict)
         corpus.vocab.save_json(tmp / "token_dictionary.json")
         corpus.vocab.save_pickle(tmp / "token_dictionary.pkl")
-        for name in ("gene_medians.json",):
+        for name in ("gene_medians.json", "gene_dictionary.json"):  # the genes of a binned corpus
             if (corpus.path / name).exists():
                 shutil.copy2(corpus.path / name, tmp / name)
         settings = {

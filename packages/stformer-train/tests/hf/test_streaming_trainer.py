@@ -1,6 +1,6 @@
 """The streaming datasets of ``stformer_data.torch`` under a plain ``transformers.Trainer``.
 
-Issue 4 promises "a dataset form the Hugging Face Trainer accepts": ``IterableAnnDataset`` (tokens
+Issue 4 promises "a dataset form the Hugging Face Trainer accepts": ``H5adCellDataset`` (tokens
 made on the fly from an h5ad) and ``CorpusStreamDataset(yield_batches=False)`` (a tokenized
 corpus) yield one example per cell; the Trainer batches them with an MLM collator. These tests run
 a tiny model for ``max_steps`` and check every batch the Trainer fed to the model.
@@ -16,7 +16,7 @@ from transformers import Trainer, TrainingArguments
 
 import stformer_data as sd
 from stformer_collate import DataCollatorForMLM
-from stformer_data.torch import CorpusStreamDataset, IterableAnnDataset
+from stformer_data.torch import CorpusStreamDataset, H5adCellDataset
 from stformer_train.models import build_bert_config, build_mlm_model
 
 BATCH = 8
@@ -104,7 +104,7 @@ def test_trainer_trains_from_h5ad_with_on_the_fly_tokens(
         tiny_corpus.vocab, medians, sd.RankTokenizerConfig(model_input_size=48)
     )
     # shuffle buffers of 4 batches, so that with 2 DataLoader workers both read (whole batches)
-    dataset = IterableAnnDataset(
+    dataset = H5adCellDataset(
         [tiny_h5ad],
         tokenizer=tokenizer,
         batch_size=BATCH,

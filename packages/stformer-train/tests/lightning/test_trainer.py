@@ -2,7 +2,7 @@ import pytest
 import pytorch_lightning as pl
 
 from stformer_train import TrainConfig
-from stformer_train.early_stopping import EarlyStopping
+from stformer_train.early_stopping import PatienceStopping
 from stformer_train.lightning import LightningEarlyStopping, pretrain_lightning
 
 
@@ -77,8 +77,8 @@ def test_lightning_validation_and_early_stopping(tiny_corpus, tiny, tmp_path):
 
 
 def test_lightning_early_stopping_adapter_state():
-    cb = LightningEarlyStopping(EarlyStopping(monitor="val_loss", patience=2))
+    cb = LightningEarlyStopping(PatienceStopping(monitor="val_loss", patience=2))
     cb.core.update(1.0)
-    restored = LightningEarlyStopping(EarlyStopping(monitor="val_loss", patience=2))
+    restored = LightningEarlyStopping(PatienceStopping(monitor="val_loss", patience=2))
     restored.load_state_dict(cb.state_dict())
     assert restored.core.best == 1.0 and restored.state_key == "LightningEarlyStopping[val_loss]"

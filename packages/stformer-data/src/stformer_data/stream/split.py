@@ -1,7 +1,9 @@
 """Train / validation / test splits of the cells of many files, by fraction or grouped by an obs key.
 
-A grouped split puts all cells of one group (donor, sample, tissue section) in the same split, as
-STEP's ``category_random_split`` does, so a model is never evaluated on a donor it was trained on.
+A grouped split (:func:`grouped_random_split`) puts all cells of one group (donor, sample, tissue
+section) in the same split, so a model is never evaluated on a donor it was trained on. (STEP's
+``category_random_split`` is the opposite, a split stratified *within* each category: it lives in
+:mod:`stformer_data.stream.datasets`.)
 The split is drawn from a seed and saved as ``split.json`` in the run directory; a resumed run
 loads it instead of drawing again.
 """
@@ -35,7 +37,7 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return fr  # type: ignore[return-value]
 
 
-def category_random_split(
+def grouped_random_split(
     categories: Sequence[str] | np.ndarray, fractions: Sequence[float], seed: int = 0
 ) -> dict[str, list[str]]:
     """Assign whole categories to train/val/test so that cell shares approach ``fractions``.
@@ -44,7 +46,7 @@ def category_random_split(
     share of cells is furthest below its target. A split with a non-zero fraction that is left empty
     then takes the smallest category of a split holding several.
 
-    >>> category_random_split(["a"] * 8 + ["b"] * 1 + ["c"] * 1, (0.8, 0.1, 0.1), seed=0)
+    >>> grouped_random_split(["a"] * 8 + ["b"] * 1 + ["c"] * 1, (0.8, 0.1, 0.1), seed=0)
     {'train': ['a'], 'val': ['b'], 'test': ['c']}
     """
     fr = _check_fractions(fractions)
@@ -157,10 +159,10 @@ class CellSplit:
         seed: int = 0,
         group_key: str | None = None,
     ) -> CellSplit:
-        """A grouped split: every cell of a group lands in the same split (see :func:`category_random_split`)."""
+        """A grouped split: every cell of a group lands in the same split (see :func:`grouped_random_split`)."""
         fr = _check_fractions(fractions)
         labels = [np.asarray(g).astype(str) for g in groups_per_file]
-        assignment = category_random_split(
+        assignment = grouped_random_split(
             np.concatenate(labels) if labels else np.array([]), fr, seed
         )
         code_of = {g: i for i, s in enumerate(SPLITS) for g in assignment[s]}

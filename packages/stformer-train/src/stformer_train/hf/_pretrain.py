@@ -12,7 +12,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from stformer_data import Corpus, load_corpus
-from stformer_train.assemble import assemble
+from stformer_train.assemble import TokenScheme, assemble
 from stformer_train.config import ModelConfig, TrainConfig
 from stformer_train.hf._trainer import HFEarlyStopping, STFormerPretrainer, last_checkpoint
 from stformer_train.precision import Precision, resolve_precision
@@ -148,6 +148,7 @@ def pretrain_mlm(
         train_cfg,
         monitor="eval_loss",
         best_model_dir=run.root / "best_model",
+        scheme=TokenScheme.from_corpus(corpus),
     )
     args = training_arguments(
         train_cfg,

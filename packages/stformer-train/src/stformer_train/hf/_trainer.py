@@ -2,7 +2,7 @@
 
 :class:`STFormerPretrainer` is the training loop of the HF path: length-grouped sampling from the
 example lengths, step-seeded masking that survives a resume, and the MLM loss at masked positions
-only. :class:`HFEarlyStopping` adapts :class:`stformer_train.early_stopping.EarlyStopping`.
+only. :class:`HFEarlyStopping` adapts :class:`stformer_train.early_stopping.PatienceStopping`.
 Both :mod:`stformer_train.hf._pretrain` and :mod:`stformer_train.hf._stformer` build on this module.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
-from stformer_train.early_stopping import EarlyStopping
+from stformer_train.early_stopping import PatienceStopping
 from stformer_train.models import mlm_loss
 from stformer_train.training import EpochLengthGroupedSampler, StepSeededCollator
 
@@ -155,17 +155,17 @@ class STFormerPretrainer(Trainer):
 
 
 class HFEarlyStopping(TrainerCallback):
-    """A ``TrainerCallback`` adapter of :class:`~stformer_train.early_stopping.EarlyStopping`.
+    """A ``TrainerCallback`` adapter of :class:`~stformer_train.early_stopping.PatienceStopping`.
 
     It watches ``core.monitor`` in the evaluation metrics (e.g. ``eval_loss``), saves the best
     model to ``core.checkpoint_path`` and stops training after ``core.patience`` evaluations
     without an improvement larger than ``core.min_delta``.
 
-    >>> HFEarlyStopping(EarlyStopping(monitor="eval_loss", patience=2)).core.patience
+    >>> HFEarlyStopping(PatienceStopping(monitor="eval_loss", patience=2)).core.patience
     2
     """
 
-    def __init__(self, core: EarlyStopping):
+    def __init__(self, core: PatienceStopping):
         self.core = core
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):

@@ -15,9 +15,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler
 
 from stformer_data import Corpus, load_corpus
-from stformer_train.assemble import assemble
+from stformer_train.assemble import TokenScheme, assemble
 from stformer_train.config import ModelConfig, TrainConfig
-from stformer_train.early_stopping import EarlyStopping
+from stformer_train.early_stopping import PatienceStopping
 from stformer_train.lightning._module import MLMTrainingPlan
 from stformer_train.precision import resolve_precision
 from stformer_train.run_dir import RunDir, save_model, split_corpus
@@ -32,17 +32,17 @@ log = logging.getLogger(__name__)
 
 
 class LightningEarlyStopping(pl.Callback):
-    """A Lightning ``Callback`` adapter of :class:`~stformer_train.early_stopping.EarlyStopping`.
+    """A Lightning ``Callback`` adapter of :class:`~stformer_train.early_stopping.PatienceStopping`.
 
     After each validation it reads ``core.monitor`` (e.g. ``val_loss``), saves the best model to
     ``core.checkpoint_path`` and stops the run after ``core.patience`` evaluations without an
     improvement larger than ``core.min_delta``. Its state is part of Lightning checkpoints.
 
-    >>> LightningEarlyStopping(EarlyStopping(monitor="val_loss", patience=2)).core.monitor
+    >>> LightningEarlyStopping(PatienceStopping(monitor="val_loss", patience=2)).core.monitor
     'val_loss'
     """
 
-    def __init__(self, core: EarlyStopping):
+    def __init__(self, core: PatienceStopping):
         self.core = core
 
     @property
@@ -181,6 +181,7 @@ def pretrain_lightning(
         train_cfg,
         monitor="val_loss",
         best_model_dir=run.root / "best_model",
+        scheme=TokenScheme.from_corpus(corpus),
     )
     base = parts.collator
     collator = StepSeededCollator(base, seed=train_cfg.seed)

@@ -28,6 +28,8 @@ from stformer_train.models._genebert import (
     GeneBertForClassification,
     GeneBertForPhenotypicMLM,
     GeneBertModel,
+    PositionlessEmbeddings,
+    as_genebert_config,
 )
 from stformer_train.models._mlm import dense_mlm_loss, mlm_loss, unpack_to_padded
 
@@ -46,6 +48,8 @@ __all__ = [
     "GeneBertForClassification",
     "GeneBertForPhenotypicMLM",
     "GeneBertModel",
+    "PositionlessEmbeddings",
+    "as_genebert_config",
     "build_genebert_config",
     # the loss both trainers use
     "dense_mlm_loss",

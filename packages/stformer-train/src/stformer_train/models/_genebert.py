@@ -5,6 +5,12 @@ embeddings**: the input embedding of a token is ``bin_embedding[input_id] +
 gene_embedding[token_type_id]`` (then LayerNorm and dropout, as in BERT). Phenotype tokens (cell
 type, disease, ...) are ordinary ``input_ids`` whose ``token_type_id`` names their category. The
 encoder layers, attention (SDPA / flash) and the MLM head are transformers' BERT modules.
+
+Transformeromics' names: :class:`PositionlessEmbeddings`, :class:`GeneBertModel`,
+:class:`GeneBertForPhenotypicMLM` and :class:`GeneBertForClassification` (counterparts of
+DistilBERT's ``Embeddings``, ``DistilBertModel``, ``DistilBertForMaskedLM`` and
+``DistilBertForSequenceClassification``). Each also takes a ``DistilBertConfig`` (perturbgene's
+model configs are DistilBERT json files): :func:`as_genebert_config` translates it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from transformers import (
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     BertConfig,
+    DistilBertConfig,
+    PretrainedConfig,
 )
 from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import BertModel, BertOnlyMLMHead, BertPreTrainedModel
@@ -61,11 +69,71 @@ class GeneBertConfig(BertConfig):
         )
 
 
-class GeneBertEmbeddings(nn.Module):
-    """Bin (``input_ids``) + gene (``token_type_ids``) embeddings, LayerNorm, dropout; no positions."""
+def as_genebert_config(config: PretrainedConfig) -> GeneBertConfig:
+    """A :class:`GeneBertConfig` from a ``GeneBertConfig`` (returned as is) or a ``DistilBertConfig``.
 
-    def __init__(self, config: GeneBertConfig):
+    DistilBERT's ``dim``, ``n_layers``, ``n_heads``, ``hidden_dim``, ``dropout``,
+    ``attention_dropout``, ``activation`` and ``seq_classif_dropout`` become the BERT fields;
+    ``type_vocab_size`` (the tokenizer's, genes + phenotype categories + 1) must be set on it.
+
+    >>> from transformers import DistilBertConfig
+    >>> d = DistilBertConfig(vocab_size=40, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+    >>> d.type_vocab_size = 100
+    >>> c = as_genebert_config(d)
+    >>> c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.type_vocab_size, c.layer_norm_eps
+    (32, 1, 64, 100, 1e-12)
+    """
+    if isinstance(config, GeneBertConfig):
+        return config
+    if isinstance(config, BertConfig):
+        return GeneBertConfig(**config.to_dict())
+    if not isinstance(config, DistilBertConfig):
+        raise TypeError(
+            f"GeneBert takes a GeneBertConfig or a DistilBertConfig, got {type(config).__name__}"
+        )
+    type_vocab_size = getattr(config, "type_vocab_size", None)
+    if not type_vocab_size:
+        raise ValueError(
+            "the DistilBertConfig has no type_vocab_size: set config.type_vocab_size = "
+            "tokenizer.type_vocab_size (genes + phenotype categories + 1)"
+        )
+    extra = {
+        k: getattr(config, k)
+        for k in ("num_labels", "id2label", "label2id", "problem_type")
+        if hasattr(config, k)
+    }
+    if "num_labels" in extra and "id2label" in extra:
+        extra.pop("num_labels")
+    return GeneBertConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.dim,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        intermediate_size=config.hidden_dim,
+        hidden_act=config.activation,
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.attention_dropout,
+        classifier_dropout=getattr(config, "seq_classif_dropout", None),
+        max_position_embeddings=config.max_position_embeddings,
+        initializer_range=config.initializer_range,
+        type_vocab_size=int(type_vocab_size),
+        pad_token_id=config.pad_token_id,
+        layer_norm_eps=1e-12,
+        **extra,
+    )
+
+
+class PositionlessEmbeddings(nn.Module):
+    """Bin (``input_ids``) + gene (``token_type_ids``) embeddings, LayerNorm, dropout; no positions.
+
+    >>> cfg = GeneBertConfig(vocab_size=10, type_vocab_size=20, hidden_size=8, num_attention_heads=2)
+    >>> PositionlessEmbeddings(cfg)(torch.tensor([[4, 5]]), torch.tensor([[0, 7]])).shape
+    torch.Size([1, 2, 8])
+    """
+
+    def __init__(self, config: GeneBertConfig | DistilBertConfig):
         super().__init__()
+        config = as_genebert_config(config)
         self.word_embeddings = nn.Embedding(
             config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
         )
@@ -91,19 +159,27 @@ class GeneBertEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(embeddings))
 
 
+#: the former name of :class:`PositionlessEmbeddings`
+GeneBertEmbeddings = PositionlessEmbeddings
+
+
 class GeneBertPreTrainedModel(BertPreTrainedModel):
     config_class = GeneBertConfig
     config: GeneBertConfig
-    _no_split_modules = ["GeneBertEmbeddings", "BertLayer"]
+    _no_split_modules = ["PositionlessEmbeddings", "BertLayer"]
+
+    def __init__(self, config: GeneBertConfig | DistilBertConfig, *inputs: Any, **kwargs: Any):
+        super().__init__(as_genebert_config(config), *inputs, **kwargs)
 
 
 class GeneBertModel(GeneBertPreTrainedModel):
     """The GeneBert encoder: :class:`GeneBertEmbeddings` then transformers' BERT encoder."""
 
-    def __init__(self, config: GeneBertConfig, add_pooling_layer: bool = False):
+    def __init__(self, config: GeneBertConfig | DistilBertConfig, add_pooling_layer: bool = False):
         super().__init__(config)
+        config = self.config
         base = BertModel(config, add_pooling_layer=add_pooling_layer)
-        self.embeddings = GeneBertEmbeddings(config)
+        self.embeddings = PositionlessEmbeddings(config)
         self.encoder = base.encoder
         self.pooler = base.pooler
         self.post_init()
@@ -156,8 +232,9 @@ class GeneBertForPhenotypicMLM(GeneBertPreTrainedModel):
         "cls.predictions.decoder.bias": "cls.predictions.bias",
     }
 
-    def __init__(self, config: GeneBertConfig):
+    def __init__(self, config: GeneBertConfig | DistilBertConfig):
         super().__init__(config)
+        config = self.config
         self.bert = GeneBertModel(config, add_pooling_layer=False)
         self.cls = BertOnlyMLMHead(config)
         self.post_init()
@@ -191,20 +268,33 @@ class GeneBertForPhenotypicMLM(GeneBertPreTrainedModel):
                 hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions)
             )
             if masked_labels is not None:
-                loss = F.cross_entropy(logits.float(), masked_labels.long())
+                loss = (
+                    F.cross_entropy(logits.float(), masked_labels.long())
+                    if masked_labels.numel()
+                    else hidden.sum() * 0.0  # no token drawn in this batch: no signal, no NaN
+                )
         else:
             logits = self.cls(hidden)
             if labels is not None:
-                loss = F.cross_entropy(
-                    logits.float().reshape(-1, logits.shape[-1]),
-                    labels.reshape(-1),
-                    ignore_index=IGNORE_INDEX,
-                )
+                if bool((labels != IGNORE_INDEX).any()):
+                    loss = F.cross_entropy(
+                        logits.float().reshape(-1, logits.shape[-1]),
+                        labels.reshape(-1),
+                        ignore_index=IGNORE_INDEX,
+                    )
+                else:  # no token drawn in this batch: no signal, no NaN
+                    loss = logits.sum() * 0.0
         return MaskedLMOutput(loss=loss, logits=logits)
 
 
 class GeneBertForClassification(GeneBertPreTrainedModel):
-    """GeneBert with a cell-level classifier on the mean of the non-pad hidden states.
+    """GeneBert with a cell-level head on the first token (``[CLS]``), as DistilBERT's classifier.
+
+    The first token's hidden state goes through ``pre_classifier`` (hidden -> hidden), ReLU,
+    dropout (``classifier_dropout``, else ``hidden_dropout_prob``) and ``classifier``. The loss
+    follows transformers' ``problem_type``: ``num_labels == 1`` is regression (MSE on float
+    labels), integer labels are single-label classification (cross-entropy), float labels with
+    ``num_labels > 1`` are multi-label (BCE with logits).
 
     >>> cfg = GeneBertConfig(vocab_size=60, type_vocab_size=100, hidden_size=32, num_hidden_layers=1,
     ...                      num_attention_heads=2, intermediate_size=64, num_labels=3)
@@ -214,11 +304,14 @@ class GeneBertForClassification(GeneBertPreTrainedModel):
     torch.Size([1, 3])
     """
 
-    def __init__(self, config: GeneBertConfig):
+    def __init__(self, config: GeneBertConfig | DistilBertConfig):
         super().__init__(config)
+        config = self.config
         self.num_labels = config.num_labels
         self.bert = GeneBertModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pre_classifier = nn.Linear(config.hidden_size, config.hidden_size)
+        dropout = config.classifier_dropout
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -231,14 +324,32 @@ class GeneBertForClassification(GeneBertPreTrainedModel):
             token_type_ids=token_type_ids,
             **kwargs,
         ).last_hidden_state
-        if attention_mask is None:
-            pooled = hidden.mean(1)
-        else:
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        pooled = F.relu(self.pre_classifier(hidden[:, 0]))
         logits = self.classifier(self.dropout(pooled))
-        loss = F.cross_entropy(logits.float(), labels.long()) if labels is not None else None
+        loss = None if labels is None else self._loss(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        problem = self.config.problem_type
+        if problem is None:
+            if self.num_labels == 1:
+                problem = "regression"
+            elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
+                problem = "single_label_classification"
+            else:
+                problem = "multi_label_classification"
+        if problem == "regression":
+            if labels.is_floating_point() is False and self.num_labels > 1:
+                raise ValueError("regression needs float labels")
+            target = labels.float()
+            if self.num_labels == 1:
+                return F.mse_loss(logits.float().squeeze(-1), target.reshape(-1))
+            return F.mse_loss(logits.float(), target)
+        if problem == "single_label_classification":
+            return F.cross_entropy(logits.float().view(-1, self.num_labels), labels.long().view(-1))
+        if problem == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        raise ValueError(f"unknown problem_type {problem!r}")
 
 
 def _register() -> None:
