@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,9 @@ import stformer_data as sd
 from stformer_data.atomic import atomic_write_bytes, atomic_write_json, partial_path
 from stformer_train.perturb._core import PerturbResult, PerturbSpec, perturb_batch
 from stformer_train.perturb._engine import PooledEncoder, plan_batches
+
+if TYPE_CHECKING:
+    from stformer_train.geneformer import FolderModel
 
 TABLE = "perturbations.parquet"
 GENE_SHIFTS = "gene_shifts.parquet"
@@ -61,7 +64,7 @@ def _select(labels: np.ndarray | None, values: Sequence[str] | None) -> np.ndarr
 
 
 def perturb_h5ad(
-    model: str | PathLike[str],
+    model: str | PathLike[str] | FolderModel,
     h5ad: str | PathLike[str],
     out_dir: str | PathLike[str],
     *,
@@ -125,7 +128,7 @@ def perturb_h5ad(
     The settings and counts written to ``perturb.json``. A rerun with the same arguments continues
     after the last finished cell batch and writes the same table.
     """
-    from stformer_train.geneformer import open_model
+    from stformer_train.geneformer import FolderModel, open_model
 
     spec_genes: str | tuple[str, ...] = genes if isinstance(genes, str) else tuple(genes)
     if filter_values is not None and filter_key is None:
@@ -137,7 +140,7 @@ def perturb_h5ad(
     if cells_per_batch <= 0:
         raise ValueError(f"cells_per_batch must be > 0, got {cells_per_batch}")
     h5ad, out_dir = Path(h5ad), Path(out_dir)
-    rm = open_model(model)
+    rm = model if isinstance(model, FolderModel) else open_model(model)
     vocab = rm.vocab
     if isinstance(spec_genes, str):
         if spec_genes != "all":
