@@ -39,6 +39,10 @@ def build_model(vocab: Any, model: ModelConfig, train: TrainConfig) -> torch.nn.
     """The masked-LM BERT for ``vocab`` (its size and pad id), initialised from ``train.seed``."""
     from stformer_train.models import build_bert_config, build_mlm_model
 
+    if model.init_from is not None:
+        from stformer_train.geneformer import load_init_model
+
+        return load_init_model(model, vocab, gradient_checkpointing=train.gradient_checkpointing)
     bert_config = build_bert_config(vocab_size=len(vocab), pad_token_id=vocab.pad_id, model=model)
     return build_mlm_model(
         bert_config, seed=train.seed, gradient_checkpointing=train.gradient_checkpointing

@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import stformer_data as sd
-from stformer_train.downstream import RunModel
 from stformer_train.run_dir import TOKENIZER_SETTINGS
 
-__all__ = ["FolderModel", "check_vocab", "geneformer_settings", "open_model"]
+__all__ = [
+    "FolderModel",
+    "check_vocab",
+    "geneformer_settings",
+    "load_init_model",
+    "model_config_of",
+    "open_model",
+]
 
 _VOCAB_NAMES = ("token_dictionary.json", "token_dictionary.pkl")
 _MEDIAN_NAMES = ("gene_medians.json", "gene_median_dictionary.pkl")
@@ -70,16 +76,22 @@ def geneformer_settings(
 
 
 @dataclass(frozen=True)
-class FolderModel(RunModel):
+class FolderModel:
     """A model folder with its vocabulary, medians and tokenizer settings (a run's or Geneformer's)."""
 
-    medians_path: Path = field(default=Path())
+    model_dir: Path
+    vocab: sd.GeneVocab
+    settings: dict[str, Any]
+    medians_path: Path
     kind: str = "stformer"
 
     def tokenize(self, h5ad, out_dir: Path, *, obs_columns=(), progress: bool = True) -> sd.Corpus:
-        config = sd.TokenizeConfig.from_dict(
-            self.settings["settings"], obs_columns=tuple(obs_columns)
-        )
+        overrides: dict[str, Any] = {"obs_columns": tuple(obs_columns)}
+        if self.kind == "geneformer" and self.settings["settings"].get("gene_id_key") is None:
+            # Geneformer's convention: Ensembl ids in var["ensembl_id"]; otherwise var_names
+            if "ensembl_id" in sd.open_h5ad(h5ad, backed=True).var.columns:
+                overrides["gene_id_key"] = "ensembl_id"
+        config = sd.TokenizeConfig.from_dict(self.settings["settings"], **overrides)
         return sd.tokenize_files(
             [h5ad],
             out_dir,
@@ -96,6 +108,40 @@ class FolderModel(RunModel):
 
             return load_medians(self.medians_path, allow_pickle=True)
         return self.medians_path
+
+    def _auto(self):
+        from transformers import (
+            AutoConfig,
+            AutoModelForMaskedLM,
+            AutoModelForSequenceClassification,
+        )
+
+        import stformer_train.models  # noqa: F401  (registers GeneBert with the Auto classes)
+
+        config = AutoConfig.from_pretrained(self.model_dir)
+        arch = " ".join(config.architectures or [])
+        return (
+            AutoModelForSequenceClassification
+            if "SequenceClassification" in arch
+            else AutoModelForMaskedLM
+        ), config
+
+    def load_mlm(self):
+        """The masked-LM model (from a classifier checkpoint: its encoder with a new MLM head)."""
+        from transformers import AutoModelForMaskedLM
+
+        import stformer_train.models  # noqa: F401
+
+        return AutoModelForMaskedLM.from_pretrained(self.model_dir, attn_implementation="sdpa")
+
+    def random_init(self, seed: int = 0):
+        """A freshly initialised model of the same shape (the honest baseline)."""
+        import torch
+        from transformers import AutoModelForMaskedLM
+
+        _, config = self._auto()
+        torch.manual_seed(seed)
+        return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
 
     def load_encoder(self):
         """The model with its encoder (any ``Bert*`` head), SDPA attention, in eval mode."""
@@ -146,13 +192,22 @@ def open_model(
     """
     root = Path(path)
     if (root / "model" / TOKENIZER_SETTINGS).is_file() or (root / TOKENIZER_SETTINGS).is_file():
-        rm = RunModel.open(root)
-        check_vocab(rm.vocab, rm.model_dir, rm.model_dir / "token_dictionary.json")
+        model_dir = root / "model" if (root / "model" / TOKENIZER_SETTINGS).is_file() else root
+        for name in ("config.json", "token_dictionary.json", "gene_medians.json"):
+            if not (model_dir / name).is_file():
+                raise sd.InputError(
+                    model_dir,
+                    name,
+                    "is missing",
+                    "pass a run directory written by `stformer pretrain`",
+                )
+        vocab = sd.GeneVocab.load(model_dir / "token_dictionary.json")
+        check_vocab(vocab, model_dir, model_dir / "token_dictionary.json")
         return FolderModel(
-            model_dir=rm.model_dir,
-            vocab=rm.vocab,
-            settings=rm.settings,
-            medians_path=rm.model_dir / "gene_medians.json",
+            model_dir=model_dir,
+            vocab=vocab,
+            settings=json.loads((model_dir / TOKENIZER_SETTINGS).read_text()),
+            medians_path=model_dir / "gene_medians.json",
         )
     if not (root / "config.json").is_file():
         raise sd.InputError(
@@ -181,3 +236,47 @@ def open_model(
         medians_path=medians_path,
         kind="geneformer",
     )
+
+
+_SHAPE = {
+    "num_layers": "num_hidden_layers",
+    "hidden_size": "hidden_size",
+    "num_heads": "num_attention_heads",
+    "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_position_embeddings",
+    "hidden_act": "hidden_act",
+    "layer_norm_eps": "layer_norm_eps",
+}
+
+
+def model_config_of(path: str | PathLike[str]) -> dict[str, Any]:
+    """The ``ModelConfig`` shape fields of a saved BERT folder (for ``pretrain --init-from``)."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    return {ours: config[theirs] for ours, theirs in _SHAPE.items() if theirs in config}
+
+
+def load_init_model(model: Any, vocab: sd.GeneVocab, *, gradient_checkpointing: bool = False):
+    """``SparseBertForMaskedLM`` with the weights of ``model.init_from`` (a ``ModelConfig``).
+
+    The vocabulary must be the checkpoint's (same size) and the shape must be ``model``'s;
+    a classifier checkpoint gets a new MLM head.
+    """
+    from stformer_train.models import SparseBertForMaskedLM
+
+    folder = Path(model.init_from)
+    if not (folder / "config.json").is_file():
+        raise sd.InputError(
+            folder, "config.json", "is missing", "pass a saved BERT model folder to init_from"
+        )
+    check_vocab(vocab, folder, "the corpus vocabulary")
+    shape = model_config_of(folder)
+    wrong = {k: (getattr(model, k), v) for k, v in shape.items() if getattr(model, k) != v}
+    if wrong:
+        raise ValueError(
+            f"ModelConfig differs from the checkpoint in {folder}: "
+            + ", ".join(f"{k}={a} (checkpoint: {b})" for k, (a, b) in wrong.items())
+        )
+    net = SparseBertForMaskedLM.from_pretrained(folder, attn_implementation="sdpa")
+    if gradient_checkpointing:
+        net.gradient_checkpointing_enable()
+    return net
