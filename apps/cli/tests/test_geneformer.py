@@ -161,3 +161,61 @@ def test_checkpoint_through_every_command(shared_data, cortex, tmp_path, layout)
         )
         == 0
     )
+
+
+def _plain_v2(x, n_counts, genes, vocab, medians, size):
+    """Geneformer's V2 rank-value encoding of one cell, written plainly (float64)."""
+    keep = [j for j, g in enumerate(genes) if g in vocab and g in medians and x[j] > 0]
+    norm = np.array([x[j] / n_counts * 10_000 / medians[genes[j]] for j in keep])
+    order = np.argsort(-norm, kind="stable")[: size - 2]
+    return [vocab["<cls>"], *[vocab[genes[keep[i]]] for i in order], vocab["<eos>"]], norm, keep
+
+
+def test_v2_tokenize_preset_matches_the_published_algorithm(shared_data, cortex, tmp_path):
+    d = tmp_path / "dicts"
+    d.mkdir()
+    _v2(shared_data, d)
+    assert (
+        cli(
+            [
+                "tokenize",
+                str(cortex),
+                "--out",
+                str(tmp_path / "corpus"),
+                "--model-version",
+                "V2",
+                "--vocab",
+                str(d / "token_dictionary_gc104M.pkl"),
+                "--medians",
+                str(d / "gene_median_dictionary_gc104M.pkl"),
+                "--allow-pickle",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    corpus = sd.load_corpus(tmp_path / "corpus")
+    assert corpus.manifest["settings"]["rank"]["model_input_size"] == 4096
+    with open(d / "token_dictionary_gc104M.pkl", "rb") as f:
+        vocab = pickle.load(f)
+    with open(d / "gene_median_dictionary_gc104M.pkl", "rb") as f:
+        medians = pickle.load(f)
+    adata = sd.open_h5ad(cortex, backed=False)
+    x = adata.X.toarray().astype(np.float64)
+    genes = list(adata.var_names.astype(str))
+    identical = 0
+    for ids, row in zip(corpus.dataset["input_ids"], corpus.dataset["cell_index"], strict=True):
+        want, norm, keep = _plain_v2(
+            x[row], float(adata.obs["n_counts"].iloc[row]), genes, vocab, medians, 4096
+        )
+        assert (
+            ids[0] == vocab["<cls>"] and ids[-1] == vocab["<eos>"] and sorted(ids) == sorted(want)
+        )
+        if list(ids) == want:
+            identical += 1
+            continue
+        # only near-ties (float32 vs float64) may be ordered differently
+        by_token = {vocab[genes[j]]: v for j, v in zip(keep, norm, strict=True)}
+        vals = np.array([by_token[t] for t in ids[1:-1]])
+        assert (np.diff(vals) <= 1e-6 * vals[:-1]).all()
+    assert identical >= 0.9 * len(corpus.dataset)
