@@ -72,9 +72,18 @@ def tokenize(
             help="binned: obs columns written as phenotype tokens (repeat or comma-list)."
         ),
     ] = None,
+    model_version: Annotated[
+        str | None,
+        typer.Option(
+            help="Geneformer preset (rank): V1 (2,048, no specials) or V2 (<cls> first, <eos> last, 4,096)."
+        ),
+    ] = None,
     model_input_size: Annotated[
-        int, typer.Option(help="Longest sequence (per half in neighborhood mode).")
-    ] = 2048,
+        int | None,
+        typer.Option(
+            help="Longest sequence (per half in neighborhood mode; default 2,048, V2 4,096)."
+        ),
+    ] = None,
     add_cls: Annotated[
         bool, typer.Option(help="Prepend <cls> (added to the vocabulary if missing).")
     ] = False,
@@ -130,6 +139,12 @@ def tokenize(
     )
 
     n_key = n_counts_key or None
+    if model_version not in (None, "V1", "V2"):
+        raise typer.BadParameter(f"--model-version must be V1 or V2, got {model_version!r}")
+    if model_version == "V2":
+        add_cls = add_eos = True
+    if model_input_size is None:
+        model_input_size = 4096 if model_version == "V2" else 2048
     config = TokenizeConfig(
         scheme=scheme,
         mode=mode,

@@ -72,6 +72,36 @@ def _corpus_from_inputs(inputs: list[Path], out: Path, tok: dict[str, Any], prog
     )
 
 
+def _init_from(
+    path: Path, inputs: list[Path], out: Path, tok: dict[str, Any], model_d: dict, progress: bool
+):
+    """Tokenize with the checkpoint's vocabulary and settings; take its shape (``--init-from``)."""
+    import stformer_data as sd
+    from stformer_train.geneformer import model_config_of, open_model
+
+    folder = open_model(path, gene_id_key=tok.get("gene_id_key"))
+    model_d.update(model_config_of(folder.model_dir), init_from=str(folder.model_dir))
+    if len(inputs) == 1 and inputs[0].is_dir():
+        corpus = sd.load_corpus(inputs[0])
+        if corpus.vocab.content_hash() != folder.vocab.content_hash():
+            raise sd.InputError(
+                inputs[0],
+                "vocabulary",
+                f"is not the vocabulary of {folder.model_dir}",
+                "tokenize the cells with the checkpoint's dictionary (or pass .h5ad files)",
+            )
+        return corpus
+    if any(p.is_dir() for p in inputs):
+        raise sd.InputError(
+            inputs[0], "inputs", "mix corpus folders and files", "pass one corpus or .h5ad files"
+        )
+    if len(inputs) != 1:
+        raise sd.InputError(
+            inputs[1], "inputs", "holds several .h5ad files", "pass one .h5ad file with --init-from"
+        )
+    return folder.tokenize(inputs[0], out / "corpus", progress=progress)
+
+
 def pretrain(
     inputs: Annotated[
         list[Path], typer.Argument(help="A tokenized corpus folder, or raw-count .h5ad files.")
@@ -110,6 +140,13 @@ def pretrain(
             "Launch with torchrun for several processes."
         ),
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue pretraining a saved model: a stformer run or a Geneformer folder (its "
+            "vocabulary, medians, tokenizer settings and shape are used)."
+        ),
+    ] = None,
 ) -> None:
     """Pretrain a masked-language model; the run directory gets config, logs, checkpoints and model/."""
     from stformer_train import ModelConfig, TrainConfig
@@ -144,7 +181,10 @@ def pretrain(
         model_d["intermediate_size"] = 2 * hidden
     train_cfg = TrainConfig.from_dict(train_d)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = _corpus_from_inputs(list(inputs), out, tok, progress)
+    if init_from is not None:
+        corpus = _init_from(init_from, list(inputs), out, tok, model_d, progress)
+    else:
+        corpus = _corpus_from_inputs(list(inputs), out, tok, progress)
     longest = max(corpus.lengths) if corpus.lengths else 1
     model_d.setdefault("max_position_embeddings", max(longest, 8))
     model_cfg = ModelConfig.from_dict(model_d)

@@ -15,6 +15,7 @@ import typer
 # Modules under stformer_cli that define ``register(app: typer.Typer) -> None``.
 _COMMAND_MODULES: tuple[str, ...] = (
     "stformer_cli._demo",
+    "stformer_cli._perturb",
     "stformer_cli._perturbgene",
     "stformer_cli._tokenize",
     "stformer_cli._train",

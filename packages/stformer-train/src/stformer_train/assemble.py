@@ -86,6 +86,10 @@ def build_model(
     """
     from stformer_train.models import build_bert_config, build_genebert_config, build_mlm_model
 
+    if model.init_from is not None:
+        from stformer_train.geneformer import load_init_model
+
+        return load_init_model(model, vocab, gradient_checkpointing=train.gradient_checkpointing)
     if scheme.name == "binned":
         config = build_genebert_config(
             vocab_size=len(vocab),

@@ -48,6 +48,9 @@ class _ConfigMixin:
 class ModelConfig(_ConfigMixin):
     """Shape of a BERT encoder (stFormer's documented defaults: relu, init 0.02, eps 1e-12, dropouts 0.02).
 
+    ``init_from`` starts from the weights of a saved BERT folder (a stformer model or a Geneformer
+    checkpoint: continued pretraining) instead of a random initialisation; its shape must be this one.
+
     ``tie_word_embeddings`` shares the gene embedding matrix between input and MLM output, as
     BERT and Geneformer do (the default); untied embeddings learn useful cell embeddings in fewer
     steps on small CPU runs (``stformer demo`` uses them).
@@ -67,6 +70,7 @@ class ModelConfig(_ConfigMixin):
     hidden_dropout_prob: float = 0.02
     attention_probs_dropout_prob: float = 0.02
     tie_word_embeddings: bool = True
+    init_from: str | None = None  # a saved BERT model folder whose weights start the run
 
     def __post_init__(self) -> None:
         _check_positive(

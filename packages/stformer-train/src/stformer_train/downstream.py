@@ -24,6 +24,7 @@ import stformer_data as sd
 from stformer_data.atomic import atomic_write_bytes, atomic_write_text, partial_path
 from stformer_train.embed import Pooling, embed_sequences
 from stformer_train.evaluate import holdout_split, knn_score, pca_of_counts
+from stformer_train.geneformer import open_model
 from stformer_train.run_dir import TOKENIZER_SETTINGS
 
 _MISSING_LABELS = ("nan", "NA", "None", "")
@@ -180,7 +181,7 @@ def embed_h5ad(
     Cells with no gene of the vocabulary get a row of NaN and ``obs["stformer_embedded"] = False``.
     ``pooling`` and ``hidden_layer`` are those of :func:`~stformer_train.embed_sequences`.
     """
-    rm = RunModel.open(run)
+    rm = open_model(run)
     adata = sd.open_h5ad(h5ad, backed=False)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = rm.tokenize(h5ad, Path(tmp) / "corpus", progress=progress)
@@ -228,7 +229,7 @@ def evaluate_run(
     Writes ``evaluation.json`` and ``embedding_2d.png`` (2-D PCA of the embeddings coloured by label)
     into ``out_dir`` and returns the scores.
     """
-    rm = RunModel.open(run)
+    rm = open_model(run)
     adata = sd.open_h5ad(h5ad, backed=False)
     if label_key not in adata.obs.columns:
         raise sd.InputError(
@@ -345,7 +346,7 @@ def finetune_classifier(
     import stformer_train.models  # noqa: F401  (registers GeneBert with the Auto classes)
     from stformer_collate import pad_examples
 
-    rm = RunModel.open(run)
+    rm = open_model(run)
     out_dir = Path(out_dir)
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -365,6 +366,7 @@ def finetune_classifier(
         id2label=dict(enumerate(classes)),
         label2id={c: i for i, c in enumerate(classes)},
         attn_implementation="sdpa",
+        ignore_mismatched_sizes=True,  # a classifier checkpoint with other classes: a new head
     )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
