@@ -12,7 +12,6 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -24,131 +23,13 @@ import stformer_data as sd
 from stformer_data.atomic import atomic_write_bytes, atomic_write_text, partial_path
 from stformer_train.embed import Pooling, embed_sequences
 from stformer_train.evaluate import holdout_split, knn_score, pca_of_counts
-from stformer_train.geneformer import open_model
-from stformer_train.run_dir import TOKENIZER_SETTINGS
+from stformer_train.geneformer import FolderModel, open_model
 
 _MISSING_LABELS = ("nan", "NA", "None", "")
 
 
-@dataclass(frozen=True)
-class RunModel:
-    """The files of a trained model inside a run directory."""
-
-    model_dir: Path
-    vocab: sd.GeneVocab
-    settings: dict[str, Any]
-
-    @classmethod
-    def open(cls, run: str | PathLike[str]) -> RunModel:
-        """Accept ``RUN`` or ``RUN/model``; raise :class:`stformer_data.InputError` if files are missing."""
-        root = Path(run)
-        model_dir = root / "model" if (root / "model" / "config.json").is_file() else root
-        binned = False
-        if (model_dir / TOKENIZER_SETTINGS).is_file():
-            saved = json.loads((model_dir / TOKENIZER_SETTINGS).read_text())
-            binned = (saved.get("settings") or {}).get("scheme") == "binned"
-        needed = ("gene_dictionary.json",) if binned else ("gene_medians.json",)
-        for name in ("config.json", "token_dictionary.json", TOKENIZER_SETTINGS, *needed):
-            if not (model_dir / name).is_file():
-                raise sd.InputError(
-                    model_dir,
-                    name,
-                    "is missing",
-                    "pass a run directory written by `stformer pretrain` (RUN or RUN/model)",
-                )
-        vocab = sd.GeneVocab.load(model_dir / "token_dictionary.json")
-        settings = json.loads((model_dir / TOKENIZER_SETTINGS).read_text())
-        return cls(model_dir=model_dir, vocab=vocab, settings=settings)
-
-    @property
-    def binned(self) -> bool:
-        """Whether the model reads binned tokens (a GeneBert: genes in ``token_type_ids``)."""
-        return self.settings["settings"].get("scheme") == "binned"
-
-    def tokenize(
-        self,
-        h5ad: str | PathLike[str],
-        out_dir: Path,
-        *,
-        obs_columns: tuple[str, ...] = (),
-        progress: bool = True,
-    ) -> sd.Corpus:
-        """Tokenize ``h5ad`` with this model's vocabulary, medians and tokenizer settings."""
-        config = sd.TokenizeConfig.from_dict(
-            self.settings["settings"], obs_columns=tuple(obs_columns)
-        )
-        if self.binned:  # the genes behind token_type_ids; input ids are remapped in sequences()
-            return sd.tokenize_files(
-                [h5ad],
-                out_dir,
-                vocab=sd.GeneVocab.load(self.model_dir / "gene_dictionary.json"),
-                config=config,
-                overwrite=True,
-                progress=progress,
-            )
-        return sd.tokenize_files(
-            [h5ad],
-            out_dir,
-            vocab=self.vocab,
-            medians=self.model_dir / "gene_medians.json",
-            config=config,
-            overwrite=True,
-            progress=progress,
-        )
-
-    def sequences(
-        self, corpus: sd.Corpus, *, hide_phenotype: str | None = None
-    ) -> tuple[list[list[int]], list[list[int]] | None]:
-        """``input_ids`` in this model's vocabulary, and ``token_type_ids`` (binned models; else None).
-
-        A binned corpus of new cells builds its phenotype tokens from their own values: they are
-        mapped to the model's ids by name (a value the model never saw is an error).
-        ``hide_phenotype`` replaces that phenotype's tokens by the mask token, so that a label
-        evaluated or predicted is not read off its own phenotype token.
-        """
-        ids = corpus.dataset["input_ids"]
-        if not self.binned:
-            return ids, None
-        types = corpus.dataset["token_type_ids"]
-        table = np.full(len(corpus.vocab), -1, dtype=np.int64)
-        for token, i in corpus.vocab.items():
-            table[i] = self.vocab.get(token, -1)
-        hidden_type = None
-        if hide_phenotype is not None:
-            phenotypes = list(self.settings["settings"]["binned"].get("phenotypes", ()))
-            if hide_phenotype in phenotypes:
-                n_genes = len(sd.GeneVocab.load(self.model_dir / "gene_dictionary.json"))
-                hidden_type = n_genes + phenotypes.index(hide_phenotype)
-        out = []
-        for seq, typ in zip(ids, types, strict=True):
-            mapped = table[np.asarray(seq, dtype=np.int64)]
-            if (mapped < 0).any():
-                bad = corpus.vocab.id_to_token(int(np.asarray(seq)[mapped < 0][0]))
-                raise sd.InputError(
-                    corpus.path,
-                    "phenotype tokens",
-                    f"hold {bad!r}, a value the model was not trained with",
-                    "embed cells whose phenotype values the model's corpus had",
-                )
-            if hidden_type is not None:
-                mapped[np.asarray(typ) == hidden_type] = self.vocab.mask_id
-            out.append(mapped.tolist())
-        return out, types
-
-    def load_mlm(self):
-        from transformers import AutoModelForMaskedLM
-
-        import stformer_train.models  # noqa: F401  (registers GeneBert with the Auto classes)
-
-        return AutoModelForMaskedLM.from_pretrained(self.model_dir, attn_implementation="sdpa")
-
-    def random_init(self, seed: int = 0):
-        """A freshly initialised model of the same shape (the honest baseline)."""
-        from transformers import AutoConfig, AutoModelForMaskedLM
-
-        config = AutoConfig.from_pretrained(self.model_dir)
-        torch.manual_seed(seed)
-        return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
+#: The files of a trained model: a stformer run (``RUN`` or ``RUN/model``) or a Geneformer folder.
+RunModel = FolderModel
 
 
 def _labels(corpus: sd.Corpus, label_key: str) -> np.ndarray:

@@ -18,6 +18,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import stformer_data as sd
 from stformer_train.run_dir import TOKENIZER_SETTINGS
 
@@ -82,11 +84,31 @@ class FolderModel:
     model_dir: Path
     vocab: sd.GeneVocab
     settings: dict[str, Any]
-    medians_path: Path
+    medians_path: Path | None
     kind: str = "stformer"
 
+    @classmethod
+    def open(cls, run: str | PathLike[str], **kwargs: Any) -> FolderModel:
+        """Same as :func:`open_model`."""
+        return open_model(run, **kwargs)
+
+    @property
+    def binned(self) -> bool:
+        """Whether the model reads binned tokens (a GeneBert: genes in ``token_type_ids``)."""
+        return self.settings["settings"].get("scheme") == "binned"
+
     def tokenize(self, h5ad, out_dir: Path, *, obs_columns=(), progress: bool = True) -> sd.Corpus:
+        """Tokenize ``h5ad`` with this model's vocabulary, medians and tokenizer settings."""
         overrides: dict[str, Any] = {"obs_columns": tuple(obs_columns)}
+        if self.binned:  # the genes behind token_type_ids; input ids are remapped in sequences()
+            return sd.tokenize_files(
+                [h5ad],
+                out_dir,
+                vocab=sd.GeneVocab.load(self.model_dir / "gene_dictionary.json"),
+                config=sd.TokenizeConfig.from_dict(self.settings["settings"], **overrides),
+                overwrite=True,
+                progress=progress,
+            )
         if self.kind == "geneformer" and self.settings["settings"].get("gene_id_key") is None:
             # Geneformer's convention: Ensembl ids in var["ensembl_id"]; otherwise var_names
             if "ensembl_id" in sd.open_h5ad(h5ad, backed=True).var.columns:
@@ -101,6 +123,45 @@ class FolderModel:
             overwrite=True,
             progress=progress,
         )
+
+    def sequences(
+        self, corpus: sd.Corpus, *, hide_phenotype: str | None = None
+    ) -> tuple[list[list[int]], list[list[int]] | None]:
+        """``input_ids`` in this model's vocabulary, and ``token_type_ids`` (binned models; else None).
+
+        A binned corpus of new cells builds its phenotype tokens from their own values: they are
+        mapped to the model's ids by name (a value the model never saw is an error).
+        ``hide_phenotype`` replaces that phenotype's tokens by the mask token, so that a label
+        evaluated or predicted is not read off its own phenotype token.
+        """
+        ids = corpus.dataset["input_ids"]
+        if not self.binned:
+            return ids, None
+        types = corpus.dataset["token_type_ids"]
+        table = np.full(len(corpus.vocab), -1, dtype=np.int64)
+        for token, i in corpus.vocab.items():
+            table[i] = self.vocab.get(token, -1)
+        hidden_type = None
+        if hide_phenotype is not None:
+            phenotypes = list(self.settings["settings"]["binned"].get("phenotypes", ()))
+            if hide_phenotype in phenotypes:
+                n_genes = len(sd.GeneVocab.load(self.model_dir / "gene_dictionary.json"))
+                hidden_type = n_genes + phenotypes.index(hide_phenotype)
+        out = []
+        for seq, typ in zip(ids, types, strict=True):
+            mapped = table[np.asarray(seq, dtype=np.int64)]
+            if (mapped < 0).any():
+                bad = corpus.vocab.id_to_token(int(np.asarray(seq)[mapped < 0][0]))
+                raise sd.InputError(
+                    corpus.path,
+                    "phenotype tokens",
+                    f"hold {bad!r}, a value the model was not trained with",
+                    "embed cells whose phenotype values the model's corpus had",
+                )
+            if hidden_type is not None:
+                mapped[np.asarray(typ) == hidden_type] = self.vocab.mask_id
+            out.append(mapped.tolist())
+        return out, types
 
     def _medians(self):
         if self.medians_path.suffix == ".pkl":
@@ -193,7 +254,10 @@ def open_model(
     root = Path(path)
     if (root / "model" / TOKENIZER_SETTINGS).is_file() or (root / TOKENIZER_SETTINGS).is_file():
         model_dir = root / "model" if (root / "model" / TOKENIZER_SETTINGS).is_file() else root
-        for name in ("config.json", "token_dictionary.json", "gene_medians.json"):
+        settings = json.loads((model_dir / TOKENIZER_SETTINGS).read_text())
+        binned = (settings.get("settings") or {}).get("scheme") == "binned"
+        needed = ("gene_dictionary.json",) if binned else ("gene_medians.json",)
+        for name in ("config.json", "token_dictionary.json", *needed):
             if not (model_dir / name).is_file():
                 raise sd.InputError(
                     model_dir,
@@ -206,8 +270,8 @@ def open_model(
         return FolderModel(
             model_dir=model_dir,
             vocab=vocab,
-            settings=json.loads((model_dir / TOKENIZER_SETTINGS).read_text()),
-            medians_path=model_dir / "gene_medians.json",
+            settings=settings,
+            medians_path=None if binned else model_dir / "gene_medians.json",
         )
     if not (root / "config.json").is_file():
         raise sd.InputError(
