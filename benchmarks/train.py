@@ -122,7 +122,7 @@ def main() -> None:
 
     from stformer_collate import DataCollatorForMLM
     from stformer_train import ModelConfig
-    from stformer_train.models import build_bert_config, build_mlm_model, dense_mlm_loss, mlm_loss
+    from stformer_train.models import bert_config_from, build_mlm_model, dense_mlm_loss, mlm_loss
     from stformer_train.training import EpochLengthGroupedSampler
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,7 +143,7 @@ def main() -> None:
         intermediate_size=512,
         max_position_embeddings=2048,
     )
-    config = build_bert_config(vocab_size=len(vocab), pad_token_id=vocab.pad_id, model=shape)
+    config = bert_config_from(shape, vocab_size=len(vocab), pad_token_id=vocab.pad_id)
 
     def fresh():
         return build_mlm_model(config, seed=args.seed)

@@ -37,9 +37,9 @@ __all__ = [
 
 def build_model(vocab: Any, model: ModelConfig, train: TrainConfig) -> torch.nn.Module:
     """The masked-LM BERT for ``vocab`` (its size and pad id), initialised from ``train.seed``."""
-    from stformer_train.models import build_bert_config, build_mlm_model
+    from stformer_train.models import bert_config_from, build_mlm_model
 
-    bert_config = build_bert_config(vocab_size=len(vocab), pad_token_id=vocab.pad_id, model=model)
+    bert_config = bert_config_from(model, vocab_size=len(vocab), pad_token_id=vocab.pad_id)
     return build_mlm_model(
         bert_config, seed=train.seed, gradient_checkpointing=train.gradient_checkpointing
     )

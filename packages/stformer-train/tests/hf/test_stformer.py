@@ -15,7 +15,7 @@ from stformer_train.hf import (
     pretrain_mlm,
     setup_environment,
 )
-from stformer_train.models import build_bert_config, build_mlm_model
+from stformer_train.models import bert_config_from, build_mlm_model
 from stformer_train.training import EpochLengthGroupedSampler
 
 
@@ -81,7 +81,7 @@ def test_train_sampler_uses_example_lengths_file(tiny_corpus, tiny, tmp_path, mo
         original(self, batch_size, lengths, seed=seed)
 
     monkeypatch.setattr(EpochLengthGroupedSampler, "__init__", spy)
-    net = build_mlm_model(build_bert_config(vocab_size=len(tiny_corpus.vocab), model=tiny), seed=0)
+    net = build_mlm_model(bert_config_from(tiny, vocab_size=len(tiny_corpus.vocab)), seed=0)
     trainer = STFormerPretrainer(
         model=net,
         args=get_training_arguments(tmp_path, per_device_train_batch_size=8),
@@ -107,7 +107,7 @@ def test_train_sampler_uses_example_lengths_file(tiny_corpus, tiny, tmp_path, mo
 
 
 def test_lengths_must_match_dataset(tiny_corpus, tiny, tmp_path):
-    net = build_mlm_model(build_bert_config(vocab_size=len(tiny_corpus.vocab), model=tiny), seed=0)
+    net = build_mlm_model(bert_config_from(tiny, vocab_size=len(tiny_corpus.vocab)), seed=0)
     trainer = STFormerPretrainer(
         model=net,
         args=get_training_arguments(tmp_path),
