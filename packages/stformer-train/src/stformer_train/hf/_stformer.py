@@ -60,7 +60,8 @@ _LAST: list[PretrainML] = []  # the most recently configured PretrainML (module-
 
 
 def load_token_dictionary(path: str | PathLike[str]) -> dict[str, int]:
-    """A token dictionary from a pickle (stFormer / Geneformer) or JSON file."""
+    """A token dictionary from a pickle (stFormer / Geneformer) or JSON file (a plain dict, or
+    stformer's ``token_dictionary.json``)."""
     from stformer_data import InputError
 
     path = Path(path)
@@ -70,6 +71,8 @@ def load_token_dictionary(path: str | PathLike[str]) -> dict[str, int]:
         )
     if path.suffix.lower() == ".json":
         data = json.loads(path.read_text())
+        if isinstance(data, Mapping) and "token_to_id" in data:  # stformer's vocabulary JSON
+            data = data["token_to_id"]
     else:
         with path.open("rb") as fh:
             data = pickle.load(fh)  # noqa: S301 - stFormer's own format; only load files you trust
