@@ -19,7 +19,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from stformer_train.hf._names import (
+from stformer_train._names import (
     DEEPSPEED_OPTIMIZERS,
     DEEPSPEED_SCHEDULERS,
     UNSUPPORTED_OPTIMIZERS,

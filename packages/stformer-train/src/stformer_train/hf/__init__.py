@@ -6,7 +6,8 @@ ported script): ``load_example_lengths``, ``setup_environment``, ``make_output_d
 ``build_bert_config``, ``get_training_arguments``, ``build_deepspeed``, ``STFormerPreCollator``,
 ``STFormerPretrainer``, ``PretrainML`` (``run_pretraining``, ``run_hyperparameter_train``).
 
-* ``_names``: ``choose_closest``, the DeepSpeed name checks, the keyword checks;
+* ``stformer_train._names``: ``choose_closest``, the DeepSpeed name checks, the keyword checks
+  (beside ``models``, whose ``build_bert_config`` uses them);
 * ``_arguments``: seeds, run folders, ``TrainingArguments`` (``build_deepspeed`` reaches
   ``stformer_dist`` when it runs);
 * ``_precollator``: ``STFormerPreCollator`` (``BatchEncoding`` results);
@@ -27,7 +28,7 @@ from stformer_train.hf._arguments import (
     make_output_dirs,
     setup_environment,
 )
-from stformer_train.hf._names import (
+from stformer_train._names import (
     DEEPSPEED_OPTIMIZERS,
     DEEPSPEED_SCHEDULERS,
     UNSUPPORTED_OPTIMIZERS,

@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from stformer_train.hf._names import (
+from stformer_train._names import (
     check_deepspeed_optimizer,
     check_deepspeed_scheduler,
     check_keys,

@@ -14,7 +14,7 @@ from typing import Any
 from transformers import BatchEncoding
 
 from stformer_collate import PreCollator
-from stformer_train.hf._names import unknown_name_error
+from stformer_train._names import unknown_name_error
 
 # keywords transformers' collators pass to ``tokenizer.pad`` (besides the documented ones)
 _PAD_KEYWORDS = ("pad_to_multiple_of", "return_attention_mask", "padding_side", "verbose")

@@ -32,7 +32,7 @@ from stformer_train.hf._arguments import (
     make_output_dirs,
     setup_environment,
 )
-from stformer_train.hf._names import checked_signature, unknown_name_error
+from stformer_train._names import checked_signature, unknown_name_error
 from stformer_train.hf._precollator import STFormerPreCollator
 from stformer_train.hf._trainer import STFormerPretrainer, last_checkpoint, load_example_lengths
 from stformer_train.models._bert import stformer_model_config

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import BertConfig, BertForMaskedLM
 from transformers.modeling_outputs import MaskedLMOutput
 
+from stformer_train._names import checked_signature
 from stformer_train.config import ModelConfig
 
 
@@ -142,6 +143,7 @@ def stformer_model_config(
     )
 
 
+@checked_signature
 def build_bert_config(
     model_type: str,
     num_layers: int,
