@@ -234,6 +234,19 @@ def _hf_optimizer_names() -> frozenset[str]:
     return frozenset(o.value for o in OptimizerNames)
 
 
+def _hf_scheduler_names() -> frozenset[str]:
+    from transformers.trainer_utils import SchedulerType
+
+    return frozenset(o.value for o in SchedulerType)
+
+
+_DS_TO_HF_SCHEDULER = {
+    "WarmupDecayLR": "linear",
+    "WarmupLR": "constant_with_warmup",
+    "WarmupCosineLR": "cosine",
+}
+
+
 def _import_dist():
     try:
         import stformer_dist
@@ -272,8 +285,12 @@ def build_training_arguments(
         else:
             config = dist.resolve_deepspeed(spec)
         overrides.update(dist.deepspeed_overrides(config))
+        # DeepSpeed's names (AdamW, WarmupDecayLR): DeepSpeed's optimizer and scheduler run; the
+        # TrainingArguments get the transformers names of the same thing (they validate them)
         if params["optimizer_type"] not in _hf_optimizer_names():
-            params["optimizer_type"] = "adamw_torch"  # a DeepSpeed name: DeepSpeed's optimizer runs
+            params["optimizer_type"] = "adamw_torch"
+        if params["lr_scheduler_type"] not in _hf_scheduler_names():
+            params["lr_scheduler_type"] = _DS_TO_HF_SCHEDULER.get(scheduler, "linear")
     kwargs = training_arguments_kwargs(where, precision=precision or fp16_precision(fp16), **params)
     kwargs.update(overrides)
     args = STFormerTrainingArguments(**kwargs)
