@@ -87,7 +87,9 @@ def main(argv: list[str]) -> int:
             *spot,
             "spot",
             str(out / f"search_{backend}"),
-            **dict(tiny, training_args_overrides={"max_steps": 2, "eval_steps": 1, "logging_steps": 1}),
+            **dict(
+                tiny, training_args_overrides={"max_steps": 2, "eval_steps": 1, "logging_steps": 1}
+            ),
         )
         ml.run_hyperparameter_train(search_space, {"cpu": 1}, n_trials=2, backend=backend)
     return 0

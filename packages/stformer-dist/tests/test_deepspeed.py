@@ -10,11 +10,11 @@ from stformer_dist import (
     DeepSpeedConfig,
     PretrainML,
     build_deepspeed,
-    deepspeed_training_arguments,
     check_deepspeed_optimizer,
     check_deepspeed_scheduler,
     choose_closest,
     deepspeed_overrides,
+    deepspeed_training_arguments,
     ensure_distributed_env,
     resolve_deepspeed,
 )

@@ -20,14 +20,6 @@ Model, collator, early stopping and precision come from :func:`stformer_train.as
 as on the Lightning path. It does not import :mod:`stformer_train.lightning` (and vice versa).
 """
 
-from stformer_train.hf._arguments import (
-    LEGACY_TRAINING_ARGUMENTS,
-    STFormerTrainingArguments,
-    build_deepspeed,
-    get_training_arguments,
-    make_output_dirs,
-    setup_environment,
-)
 from stformer_train._names import (
     DEEPSPEED_OPTIMIZERS,
     DEEPSPEED_SCHEDULERS,
@@ -35,6 +27,14 @@ from stformer_train._names import (
     check_deepspeed_optimizer,
     check_deepspeed_scheduler,
     choose_closest,
+)
+from stformer_train.hf._arguments import (
+    LEGACY_TRAINING_ARGUMENTS,
+    STFormerTrainingArguments,
+    build_deepspeed,
+    get_training_arguments,
+    make_output_dirs,
+    setup_environment,
 )
 from stformer_train.hf._precollator import STFormerPreCollator
 from stformer_train.hf._pretrain import (

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from stformer_data import Corpus
 from stformer_data.atomic import atomic_write_bytes, atomic_write_text
+from stformer_train._names import checked_signature, unknown_name_error
 from stformer_train.assemble import assemble
 from stformer_train.config import TrainConfig
 from stformer_train.hf._arguments import (
@@ -32,7 +33,6 @@ from stformer_train.hf._arguments import (
     make_output_dirs,
     setup_environment,
 )
-from stformer_train._names import checked_signature, unknown_name_error
 from stformer_train.hf._precollator import STFormerPreCollator
 from stformer_train.hf._trainer import STFormerPretrainer, last_checkpoint, load_example_lengths
 from stformer_train.models._bert import stformer_model_config

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from stformer_train.early_stopping import EarlyStopping
 from stformer_train._names import unknown_name_error
+from stformer_train.early_stopping import EarlyStopping
 from stformer_train.models import mlm_loss
 from stformer_train.training import EpochLengthGroupedSampler, StepSeededCollator
 
