@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import torch
 from transformers import BatchEncoding
 
 from stformer_collate import PreCollator
@@ -100,7 +102,7 @@ class STFormerPreCollator(PreCollator):
             isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
         ):
             raise ValueError(f"max_length must be an int >= 1 or None, got {max_length!r}")
-        examples = self._truncated(encoded_inputs, max_length)
+        examples, single = self._truncated(encoded_inputs, max_length)
         saved = self.padding_side
         if side is not None:
             if side not in ("right", "left"):
@@ -116,20 +118,27 @@ class STFormerPreCollator(PreCollator):
             )
         finally:
             self.padding_side = saved
-        return BatchEncoding(dict(out), tensor_type=None)
+        out = dict(out)
+        if single:  # one example in, one example out (as transformers' tokenizers do)
+            out = {k: v[0] for k, v in out.items()}
+        return BatchEncoding(out, tensor_type=None)
 
     @staticmethod
     def _truncated(encoded_inputs, max_length):
+        single = False
         if isinstance(encoded_inputs, Mapping):  # a BatchEncoding or a dict of lists
             keys = list(encoded_inputs)
             ids = encoded_inputs.get("input_ids")
             if ids is None:
                 raise ValueError("encoded_inputs has no 'input_ids'")
-            examples = [{k: encoded_inputs[k][i] for k in keys} for i in range(len(ids))]
+            if len(ids) and not isinstance(ids[0], Sequence | np.ndarray | torch.Tensor):
+                examples, single = [dict(encoded_inputs)], True  # one example
+            else:
+                examples = [{k: encoded_inputs[k][i] for k in keys} for i in range(len(ids))]
         else:
             examples = list(encoded_inputs)
         if max_length is None:
-            return examples
+            return examples, single
         cut = []
         for example in examples:
             example = dict(example)
@@ -137,4 +146,4 @@ class STFormerPreCollator(PreCollator):
                 if key in example and len(example[key]) > max_length:
                     example[key] = list(example[key])[:max_length]
             cut.append(example)
-        return cut
+        return cut, single
