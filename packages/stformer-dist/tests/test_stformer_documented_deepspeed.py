@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from transformers import BertConfig, TrainingArguments
 
-from stformer_train.hf import PretrainML, build_deepspeed
+from stformer_train.hf import build_deepspeed
 
 ROOT = Path(__file__).resolve().parents[3]
 DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -99,26 +99,34 @@ def spot(shared_data, tmp_path_factory):
     )
 
 
+_ONE_PROCESS = """
+import sys
+from stformer_train.hf import PretrainML
+
+ml = PretrainML(*sys.argv[1:4], "spot", sys.argv[4], deepspeed=True, num_layers=2, num_heads=2,
+                embed_dim=32, max_input=16, batch_size=16, warmup_steps=0, disable_tqdm=True,
+                fp16=False, training_args_overrides={"max_steps": 2})
+ml.run_pretraining()
+assert ml.trainer.is_deepspeed_enabled and ml.trainer.state.global_step == 2
+print("trained on deepspeed")
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_pretrainml_deepspeed_true_trains_on_deepspeed(spot, tmp_path, no_launcher):
-    ml = PretrainML(
-        *spot,
-        "spot",
-        str(tmp_path),
-        deepspeed=True,
-        num_layers=2,
-        num_heads=2,
-        embed_dim=32,
-        max_input=16,
-        batch_size=16,
-        warmup_steps=0,
-        disable_tqdm=True,
-        fp16=False,
-        training_args_overrides={"max_steps": 2},
+def test_pretrainml_deepspeed_true_trains_on_deepspeed(spot, tmp_path):
+    # its own process: DeepSpeed keeps process groups in module globals, which a later
+    # DeepSpeed engine in the same pytest process would find stale
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    proc = subprocess.run(
+        [sys.executable, "-c", _ONE_PROCESS, *spot, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    ml.run_pretraining()
-    assert ml.trainer.is_deepspeed_enabled and ml.trainer.state.global_step == 2
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "trained on deepspeed" in proc.stdout
     (model_dir,) = tmp_path.glob("models/*/models")
     cfg = BertConfig.from_pretrained(model_dir)
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.max_position_embeddings) == (2, 32, 16)
