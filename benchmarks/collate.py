@@ -3,7 +3,7 @@
 Tokenizes real cells from ``../shared/data`` (rank-value, with ``<cls>``), then times collating
 the same shuffled batches with
 
-* transformers' ``DataCollatorForLanguageModeling`` over ``STFormerPreCollator`` (the stFormer
+* transformers' ``DataCollatorForLanguageModeling`` over ``PreCollator`` (the stFormer
   setup), and
 * ``stformer_collate.DataCollatorForMLM`` in the padded and packed forms, each with and without
   the masked-only positions,
@@ -100,7 +100,7 @@ def main() -> None:
 
     from transformers import DataCollatorForLanguageModeling
 
-    from stformer_collate import BatchForm, DataCollatorForMLM, STFormerPreCollator
+    from stformer_collate import BatchForm, DataCollatorForMLM, PreCollator
 
     data = _common.shared_data()
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,7 +109,7 @@ def main() -> None:
     bs = args.batch_size
     batches = [[rows[i] for i in order[s : s + bs]] for s in range(0, len(order) - bs + 1, bs)]
 
-    pre = STFormerPreCollator(vocab)
+    pre = PreCollator(vocab)
     collators = {
         "transformers": DataCollatorForLanguageModeling(
             tokenizer=pre, mlm_probability=0.15, seed=0

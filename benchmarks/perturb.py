@@ -185,7 +185,9 @@ def main() -> None:
     figures["stformer_s"] = round(time.perf_counter() - t0, 3)
     figures["stformer_cells_per_s"] = round(n_cells / figures["stformer_s"], 3)
     if ref is not None:
-        figures["max_abs_cos_diff"] = float(max(np.abs(a - b).max() for a, b in zip(ref, ours, strict=True)))
+        figures["max_abs_cos_diff"] = float(
+            max(np.abs(a - b).max() for a, b in zip(ref, ours, strict=True))
+        )
         figures["agree_1e-4"] = figures["max_abs_cos_diff"] <= 1e-4
         figures["speedup"] = round(figures["geneformer_s"] / figures["stformer_s"], 2)
     if device.type == "cuda":

@@ -172,7 +172,7 @@ def pad_batch(batch, length, pad_id):
 def run_cpu(args) -> dict:
     from stformer_collate import BatchForm, DataCollatorForMLM
     from stformer_train import ModelConfig
-    from stformer_train.models import build_bert_config, build_mlm_model, dense_mlm_loss, mlm_loss
+    from stformer_train.models import bert_config_from, build_mlm_model, dense_mlm_loss, mlm_loss
     from stformer_train.training import EpochLengthGroupedSampler
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,7 +193,7 @@ def run_cpu(args) -> dict:
         intermediate_size=512,
         max_position_embeddings=2048,
     )
-    config = build_bert_config(vocab_size=len(vocab), pad_token_id=vocab.pad_id, model=shape)
+    config = bert_config_from(shape, vocab_size=len(vocab), pad_token_id=vocab.pad_id)
 
     def fresh():
         return build_mlm_model(config, seed=args.seed)

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stformer_collate import DataCollatorForMLM, STFormerPreCollator, TokenSpec
+from stformer_collate import DataCollatorForMLM, PreCollator, TokenSpec
 
 GENES = [f"ENSG{i:05d}" for i in range(20)]
 TOKENS = {"<pad>": 0, "<mask>": 1, "<cls>": 2, **{g: i + 3 for i, g in enumerate(GENES)}}
@@ -16,7 +16,7 @@ TOKENS = {"<pad>": 0, "<mask>": 1, "<cls>": 2, **{g: i + 3 for i, g in enumerate
 
 @pytest.fixture
 def pre():
-    return STFormerPreCollator(TOKENS)
+    return PreCollator(TOKENS)
 
 
 def test_vocabulary_api(pre):
@@ -100,9 +100,9 @@ def test_pad_errors(pre):
     with pytest.raises(ValueError, match="return_tensors must be"):
         pre.pad([{"input_ids": [3]}], return_tensors="tf")
     with pytest.raises(ValueError, match="pad_token '<pad>' is not in token_dict"):
-        STFormerPreCollator({"<mask>": 0, "g": 1})
+        PreCollator({"<mask>": 0, "g": 1})
     with pytest.raises(ValueError, match="ids must be unique"):
-        STFormerPreCollator({"<pad>": 0, "<mask>": 0})
+        PreCollator({"<pad>": 0, "<mask>": 0})
 
 
 def test_call_encodes_gene_tokens(pre):
@@ -117,7 +117,7 @@ def test_call_encodes_gene_tokens(pre):
 @settings(max_examples=40, deadline=None)
 @given(seqs=st.lists(st.lists(st.integers(0, 22), max_size=10), min_size=1, max_size=5))
 def test_pad_matches_the_native_padded_layout(seqs):
-    pre = STFormerPreCollator(TOKENS)
+    pre = PreCollator(TOKENS)
     out = pre.pad([{"input_ids": s} for s in seqs], return_tensors="pt")
     longest = max(len(s) for s in seqs)
     assert out["input_ids"].tolist() == [s + [0] * (longest - len(s)) for s in seqs]

@@ -14,6 +14,7 @@ from stformer_dist import (
     check_deepspeed_scheduler,
     choose_closest,
     deepspeed_overrides,
+    deepspeed_training_arguments,
     ensure_distributed_env,
     resolve_deepspeed,
 )
@@ -133,7 +134,7 @@ def test_resolve_deepspeed_specs(tmp_path):
 
 
 def test_build_deepspeed_fills_auto_from_training_arguments(tmp_path, no_launcher):
-    args = build_deepspeed(
+    args = deepspeed_training_arguments(
         tmp_path,
         deepspeed="zero2",
         train=TrainConfig(per_device_train_batch_size=4, learning_rate=3e-4),
@@ -154,7 +155,7 @@ def test_build_deepspeed_fills_auto_from_training_arguments(tmp_path, no_launche
         args.distributed_state.distributed_type == "DEEPSPEED"
     )  # on CPU too (gloo), not one lone process
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
-        build_deepspeed(
+        deepspeed_training_arguments(
             tmp_path,
             deepspeed=DeepSpeedConfig(gradient_accumulation_steps=2),
             gradient_accumulation_steps=3,
@@ -178,21 +179,20 @@ def test_ensure_distributed_env_keeps_a_launchers_values(no_launcher, monkeypatc
     }
 
 
-def test_pretrain_ml_builds_the_deepspeed_config():
-    kw = dict(dataset_path="d", example_lengths_file="l", token_dictionary_file="t", output_dir="o")
-    assert (
-        PretrainML(**kw, deepspeed=True).training_overrides["deepspeed"]["zero_optimization"][
-            "stage"
-        ]
-        == 2
-    )
-    assert (
-        PretrainML(**kw, deepspeed="zero3").training_overrides["deepspeed"]["zero_optimization"][
-            "stage"
-        ]
-        == 3
-    )
-    assert "deepspeed" not in PretrainML(**kw).training_overrides
+def test_the_documented_names_are_stformer_train_hfs():
+    import stformer_train.hf as hf
+
+    assert PretrainML is hf.PretrainML and build_deepspeed is hf.build_deepspeed
+    assert choose_closest is hf.choose_closest
+
+
+def test_pretrain_ml_deepspeed_true_builds_the_deepspeed_arguments(tmp_path, no_launcher):
+    ml = PretrainML("d", "t.pkl", "l.pkl", "spot", str(tmp_path), deepspeed=True, fp16=False)
+    args = ml.training_arguments(tmp_path / "ck", tmp_path / "logs", 96)
+    ds = args.hf_deepspeed_config.config
+    assert ds["zero_optimization"]["stage"] == 2
+    assert ds["optimizer"]["type"] == "AdamW" and ds["scheduler"]["type"] == "WarmupDecayLR"
+    assert ds["train_micro_batch_size_per_gpu"] == 12  # PretrainML's documented batch_size
 
 
 @pytest.mark.slow

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from stformer_train import build_bert_config, build_mlm_model, embed_sequences
+from stformer_train import bert_config_from, build_mlm_model, embed_sequences
 
 PAD = 0
 
 
 @pytest.fixture(scope="module")
 def model(tiny):
-    return build_mlm_model(build_bert_config(vocab_size=40, pad_token_id=PAD, model=tiny), seed=0)
+    return build_mlm_model(bert_config_from(tiny, vocab_size=40, pad_token_id=PAD), seed=0)
 
 
 SEQS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16], [17]]

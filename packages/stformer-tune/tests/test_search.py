@@ -40,48 +40,56 @@ def test_bad_arguments_are_rejected(tiny_corpus, tmp_path, kwargs, message, tiny
 
 
 def _pretrainer(corpus, out, **overrides):
-    return PretrainML(
-        dataset_path=corpus.path,
-        example_lengths_file=corpus.path / "example_lengths.pkl",
-        token_dictionary_file=corpus.path / "token_dictionary.json",
-        output_dir=out,
-        run_name="tiny",
+    ml = PretrainML(
+        dataset_path=str(corpus.path),
+        token_dict_path=str(corpus.path / "token_dictionary.json"),
+        example_lengths_path=str(corpus.path / "example_lengths.pkl"),
+        mode="spot",
+        output_dir=str(out),
         max_input=64,
         num_layers=2,
-        num_embed_dim=32,
-        num_attn_heads=2,
-        intermed_size=64,
+        embed_dim=32,
+        num_heads=2,
         batch_size=8,
         warmup_steps=0,
-        training_overrides={
+        fp16=False,
+        training_args_overrides={
             "max_steps": 4,
-            "eval_fraction": 0.2,
             "eval_steps": 2,
             "logging_steps": 2,
             "save_steps": 100,
             **overrides,
         },
     )
+    ml.run_name = "tiny"
+    return ml
 
 
-def test_pretrainml_run_hyperparameter_train_accepts_optuma_with_a_warning(tiny_corpus, tmp_path):
+def test_pretrainml_run_hyperparameter_train_accepts_optuma_with_a_warning(
+    tiny_corpus, tmp_path, capsys
+):
     ml = _pretrainer(tiny_corpus, tmp_path)
     with pytest.warns(DeprecationWarning, match="optuma"):
-        result = ml.run_hyperparameter_train(
-            {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
-            {"cpu": 1},
-            n_trials=2,
-            backend="optuma",
+        assert (
+            ml.run_hyperparameter_train(
+                {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+                {"cpu": 1},
+                n_trials=2,
+                backend="optuma",
+                eval_fraction=0.2,
+            )
+            is None
         )
+    result = ml.search_result
     assert result.out_dir == tmp_path / "hyperparameter_search" / "tiny"
     assert result.backend == "optuna" and len(result.trials) == 2
     assert (result.out_dir / "study.db").is_file() and result.best_config.is_file()
-    assert ml.base_train_config().max_steps == 4
+    assert "Best trial (optuna, 2 trials)" in capsys.readouterr().out
 
 
-def test_pretrainml_rejects_overrides_that_are_not_train_config_fields(
-    tiny_corpus, tmp_path, space
-):
-    ml = _pretrainer(tiny_corpus, tmp_path, fp16_opt_level="O2")
-    with pytest.raises(ValueError, match=r"\['fp16_opt_level'\] are not TrainConfig fields"):
+def test_pretrainml_rejects_overrides_that_a_search_sets_itself(tiny_corpus, tmp_path, space):
+    ml = _pretrainer(tiny_corpus, tmp_path, report_to="none")
+    with pytest.raises(
+        ValueError, match=r"training_args_overrides\['report_to'\] is set by the search"
+    ):
         ml.run_hyperparameter_train(space, None, n_trials=1, backend="optuna")

@@ -71,7 +71,7 @@ def demo(
     from stformer_train import (
         ModelConfig,
         TrainConfig,
-        build_bert_config,
+        bert_config_from,
         build_mlm_model,
         embed_sequences,
         holdout_split,
@@ -179,7 +179,7 @@ def demo(
         desc="embed (pretrained)",
     )
     random_model = build_mlm_model(
-        build_bert_config(vocab_size=len(vocab), pad_token_id=vocab.pad_id, model=model_cfg),
+        bert_config_from(model_cfg, vocab_size=len(vocab), pad_token_id=vocab.pad_id),
         seed=seed + 1,
     )
     emb_random = embed_sequences(

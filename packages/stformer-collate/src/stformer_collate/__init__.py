@@ -13,7 +13,7 @@ from stformer_collate._layout import (
 )
 from stformer_collate._mlm import DataCollatorForMLM
 from stformer_collate._phenotype import DataCollatorForPhenotypicMLM, collate_fn_wrapper
-from stformer_collate._precollator import STFormerPreCollator
+from stformer_collate._precollator import PreCollator
 from stformer_collate._spec import SimpleTokenSpec, TokenSpec
 
 __version__ = "0.1.0"
@@ -24,10 +24,21 @@ __all__ = [
     "DataCollatorForMLM",
     "DataCollatorForPhenotypicMLM",
     "FlatBatch",
-    "STFormerPreCollator",
+    "PreCollator",
     "SimpleTokenSpec",
     "TokenSpec",
     "collate_fn_wrapper",
     "flatten_examples",
     "pad_examples",
 ]
+
+
+def __getattr__(name: str):
+    # stFormer's documented STFormerPreCollator returns transformers' BatchEncoding, which this
+    # package cannot import; it lives in stformer_train.hf (a subclass of PreCollator).
+    if name == "STFormerPreCollator":
+        raise AttributeError(
+            "stformer_collate.STFormerPreCollator is now stformer_collate.PreCollator; stFormer's "
+            "documented STFormerPreCollator (BatchEncoding results) is stformer_train.hf.STFormerPreCollator"
+        )
+    raise AttributeError(f"module 'stformer_collate' has no attribute {name!r}")

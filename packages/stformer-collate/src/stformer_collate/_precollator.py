@@ -1,4 +1,4 @@
-"""A tokenizer-like view of a token dictionary: stFormer's ``STFormerPreCollator`` API.
+"""A tokenizer-like view of a token dictionary (the base of stFormer's ``STFormerPreCollator``).
 
 stFormer and Geneformer pretrain with transformers' ``DataCollatorForLanguageModeling``, which
 expects a tokenizer. Their "pre-collator" is the smallest object that plays that role for an
@@ -24,7 +24,7 @@ EOS_TOKEN = "<eos>"
 _PADDED_FIELDS = ("token_type_ids", "special_tokens_mask")
 
 
-class STFormerPreCollator:
+class PreCollator:
     """Wrap a token dictionary (``token -> id``) so it can serve as a tokenizer for collation.
 
     Parameters
@@ -46,7 +46,7 @@ class STFormerPreCollator:
     ``model_input_names``, ``all_special_ids``, ``__len__``, ``convert_tokens_to_ids``,
     ``convert_ids_to_tokens``, ``get_special_tokens_mask`` and ``pad``.
 
-    >>> pre = STFormerPreCollator({"<pad>": 0, "<mask>": 1, "ENSG01": 2, "ENSG02": 3})
+    >>> pre = PreCollator({"<pad>": 0, "<mask>": 1, "ENSG01": 2, "ENSG02": 3})
     >>> len(pre), pre.convert_tokens_to_ids(["ENSG02", "nope"]), pre.mask_token_id
     (4, [3, None], 1)
     >>> pre.pad([{"input_ids": [2, 3]}, {"input_ids": [3]}])["input_ids"]

@@ -1,8 +1,10 @@
 """stformer-dist: distributed pretraining on existing engines, DeepSpeed and Ray Train.
 
-* DeepSpeed: :func:`choose_closest`, :func:`check_deepspeed_optimizer`,
-  :func:`check_deepspeed_scheduler`, :class:`DeepSpeedConfig`, :func:`build_deepspeed` (transformers
-  ``TrainingArguments`` with a ZeRO config) and :class:`PretrainML` (``deepspeed=True``).
+* DeepSpeed: :class:`DeepSpeedConfig`, :func:`resolve_deepspeed`, :func:`deepspeed_overrides`,
+  :func:`deepspeed_training_arguments` (transformers ``TrainingArguments`` of a ``TrainConfig`` with
+  a ZeRO config). stFormer's documented names (``choose_closest``, ``check_deepspeed_optimizer``,
+  ``check_deepspeed_scheduler``, ``build_deepspeed``, ``PretrainML``) are
+  :mod:`stformer_train.hf`'s, re-exported here with the same meaning.
 * Ray Train: :class:`RayTrainRunner` (protoplast's documented runner: a user's LightningModule and
   dataset class; all of protoplast's API is in :mod:`stformer_dist.protoplast`),
   :class:`RayPretrainRunner` (stformer's BERT on h5ad files, tokens on the fly; formerly named
@@ -20,15 +22,14 @@ from stformer_dist._deepspeed import (
     DEEPSPEED_SCHEDULERS,
     PRESETS,
     DeepSpeedConfig,
-    build_deepspeed,
     check_deepspeed_optimizer,
     check_deepspeed_scheduler,
     choose_closest,
     deepspeed_overrides,
+    deepspeed_training_arguments,
     ensure_distributed_env,
     resolve_deepspeed,
 )
-from stformer_dist._pretrain import PretrainML
 from stformer_dist._ray import (
     RayPretrainRunner,
     connect,
@@ -37,6 +38,7 @@ from stformer_dist._ray import (
     scaling_config,
 )
 from stformer_dist._ray_train import RayTrainRunner
+from stformer_train.hf import PretrainML, build_deepspeed
 
 __version__ = "0.1.0"
 
@@ -51,6 +53,7 @@ __all__ = [
     "check_deepspeed_scheduler",
     "choose_closest",
     "deepspeed_overrides",
+    "deepspeed_training_arguments",
     "ensure_distributed_env",
     "resolve_deepspeed",
     # stFormer's entry point on DeepSpeed

@@ -1,4 +1,4 @@
-"""stFormer's DeepSpeed API: name checks, ZeRO configs and DeepSpeed ``TrainingArguments``.
+"""DeepSpeed for stformer: ZeRO configs, the CPU process state, DeepSpeed ``TrainingArguments``.
 
 The config is handed to transformers' ``TrainingArguments(deepspeed=...)``; every value the
 ``Trainer`` also knows (batch size, gradient accumulation, clipping, learning rate, betas, epsilon,
@@ -9,42 +9,46 @@ arguments and the two can never disagree.
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import logging
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from stformer_train._names import (
+    DEEPSPEED_OPTIMIZERS,
+    DEEPSPEED_SCHEDULERS,
+    UNSUPPORTED_OPTIMIZERS,
+    check_deepspeed_optimizer,
+    check_deepspeed_scheduler,
+    choose_closest,
+)
+
 log = logging.getLogger(__name__)
 
-# DeepSpeed's optimizers (deepspeed.runtime.config.DEEPSPEED_OPTIMIZERS, 0.19) under their canonical
-# config names; a test checks this table against the installed DeepSpeed.
-DEEPSPEED_OPTIMIZERS: tuple[str, ...] = (
-    "Adam",
-    "AdamW",
-    "Adagrad",
-    "Lamb",
-    "Lion",
-    "MuAdam",
-    "MuAdamW",
-    "MuSGD",
-    "Muon",
-)
-# Names users know that this DeepSpeed build cannot run (1-bit optimizers were removed / need NCCL).
-UNSUPPORTED_OPTIMIZERS: tuple[str, ...] = ("OneBitAdam", "ZeroOneAdam", "OneBitLamb")
-# deepspeed.runtime.lr_schedules.VALID_LR_SCHEDULES
-DEEPSPEED_SCHEDULERS: tuple[str, ...] = (
-    "LRRangeTest",
-    "OneCycle",
-    "WarmupLR",
-    "WarmupDecayLR",
-    "WarmupCosineLR",
-)
+# The name tables and checks (choose_closest, check_deepspeed_*) are pure Python and live with
+# stFormer's API in stformer_train.hf (re-exported here); a test checks the tables against the
+# installed DeepSpeed.
+
+__all__ = [
+    "DEEPSPEED_OPTIMIZERS",
+    "DEEPSPEED_SCHEDULERS",
+    "PRESETS",
+    "UNSUPPORTED_OPTIMIZERS",
+    "DeepSpeedConfig",
+    "check_deepspeed_optimizer",
+    "check_deepspeed_scheduler",
+    "choose_closest",
+    "deepspeed_overrides",
+    "deepspeed_training_arguments",
+    "ensure_distributed_env",
+    "resolve_deepspeed",
+]
+
 # Schedulers whose parameters transformers fills from the training arguments ("auto").
 _AUTO_SCHEDULER_PARAMS: dict[str, dict[str, str]] = {
     "WarmupLR": {"warmup_min_lr": "auto", "warmup_max_lr": "auto", "warmup_num_steps": "auto"},
@@ -57,82 +61,6 @@ _AUTO_SCHEDULER_PARAMS: dict[str, dict[str, str]] = {
     "WarmupCosineLR": {"warmup_num_steps": "auto", "total_num_steps": "auto"},
 }
 PRESETS: tuple[str, ...] = ("zero0", "zero1", "zero2", "zero3", "zero2-offload", "zero3-offload")
-
-
-def choose_closest(
-    name: str,
-    supported: Iterable[str],
-    unsupported: Iterable[str] | None = None,
-    cutoff: float = 0.4,
-) -> str:
-    """The supported name ``name`` means: an exact (case-insensitive) match, else the closest one.
-
-    Parameters
-    ----------
-    name
-        What the user wrote (``"adamw"``, ``"Adam_W"``, ...).
-    supported
-        The canonical names.
-    unsupported
-        Names that are known but refused (``ValueError``).
-    cutoff
-        ``difflib`` similarity below which a name has no match (``ValueError``).
-
-    Returns
-    -------
-    The canonical spelling from ``supported``. A close but inexact match is logged as a warning.
-
-    >>> choose_closest("adam_w", ["Adam", "AdamW", "Lamb"])
-    'AdamW'
-    """
-    supported = list(supported)
-    unsupported = list(unsupported or ())
-    if not supported:
-        raise ValueError("choose_closest needs at least one supported name")
-    if not 0.0 <= cutoff <= 1.0:
-        raise ValueError(f"cutoff must be in [0, 1], got {cutoff}")
-    key = str(name).strip().lower()
-    by_lower = {s.lower(): s for s in supported}
-    if key in by_lower:
-        return by_lower[key]
-    refused = {u.lower(): u for u in unsupported}
-    if key in refused:
-        raise ValueError(f"{refused[key]!r} is not supported here; choose one of {supported}")
-    candidates = difflib.get_close_matches(key, list(by_lower) + list(refused), n=3, cutoff=cutoff)
-    if not candidates:
-        raise ValueError(f"{name!r} matches none of {supported} (no name closer than {cutoff})")
-    best = candidates[0]
-    if best in refused:
-        raise ValueError(
-            f"{name!r} is closest to {refused[best]!r}, which is not supported here; "
-            f"choose one of {supported}"
-        )
-    names = [by_lower.get(c, refused.get(c)) for c in candidates]
-    log.warning(
-        "%r is not a known name; using the closest, %r (candidates: %s)",
-        name,
-        by_lower[best],
-        names,
-    )
-    return by_lower[best]
-
-
-def check_deepspeed_optimizer(name: str) -> str:
-    """The canonical DeepSpeed optimizer name for ``name`` (``"adamw"`` → ``"AdamW"``).
-
-    >>> check_deepspeed_optimizer("adamw")
-    'AdamW'
-    """
-    return choose_closest(name, DEEPSPEED_OPTIMIZERS, UNSUPPORTED_OPTIMIZERS)
-
-
-def check_deepspeed_scheduler(name: str) -> str:
-    """The canonical DeepSpeed scheduler name for ``name`` (``"warmup_decay_lr"`` → ``"WarmupDecayLR"``).
-
-    >>> check_deepspeed_scheduler("warmupdecaylr")
-    'WarmupDecayLR'
-    """
-    return choose_closest(name, DEEPSPEED_SCHEDULERS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -397,14 +325,17 @@ def deepspeed_overrides(spec: DeepSpeedSpec) -> dict[str, Any]:
     return overrides
 
 
-def build_deepspeed(
+def deepspeed_training_arguments(
     output_dir: str | PathLike[str],
     *,
     deepspeed: DeepSpeedSpec = True,
     train: Any = None,
     **argument_overrides: Any,
 ):
-    """``TrainingArguments`` for :class:`~stformer_train.hf.STFormerPretrainer` with a DeepSpeed config.
+    """``TrainingArguments`` of a :class:`stformer_train.TrainConfig` with a DeepSpeed config.
+
+    stformer's own builder (stFormer's documented ``build_deepspeed`` with its 17 parameters is
+    :func:`stformer_train.hf.build_deepspeed`).
 
     Parameters
     ----------

@@ -20,7 +20,7 @@ from stformer_train.config import (
 from stformer_train.early_stopping import PatienceStopping
 from stformer_train.embed import embed_sequences
 from stformer_train.evaluate import KnnScore, holdout_split, knn_score, pca_of_counts
-from stformer_train.models import build_bert_config, build_mlm_model
+from stformer_train.models import bert_config_from, build_bert_config, build_mlm_model
 from stformer_train.precision import Precision, resolve_precision
 from stformer_train.run_dir import RunDir
 from stformer_train.step import EarlyStopping
@@ -39,6 +39,7 @@ __all__ = [
     "Precision",
     "TrainingParts",
     "assemble",
+    "bert_config_from",
     "build_bert_config",
     "build_mlm_model",
     "resolve_precision",

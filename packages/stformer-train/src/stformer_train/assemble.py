@@ -84,7 +84,7 @@ def build_model(
     Rank-value tokens give a BERT; binned tokens (``scheme.name == "binned"``) a GeneBert with
     ``scheme.type_vocab_size`` gene/phenotype token types and no positional embeddings.
     """
-    from stformer_train.models import build_bert_config, build_genebert_config, build_mlm_model
+    from stformer_train.models import bert_config_from, build_genebert_config, build_mlm_model
 
     if model.init_from is not None:
         from stformer_train.geneformer import load_init_model
@@ -98,7 +98,7 @@ def build_model(
             model=model,
         )
     else:
-        config = build_bert_config(vocab_size=len(vocab), pad_token_id=vocab.pad_id, model=model)
+        config = bert_config_from(model, vocab_size=len(vocab), pad_token_id=vocab.pad_id)
     return build_mlm_model(
         config, seed=train.seed, gradient_checkpointing=train.gradient_checkpointing
     )

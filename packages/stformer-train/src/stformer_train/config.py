@@ -190,7 +190,7 @@ TRAIN_DEFAULTS = TrainConfig()
 :func:`stformer_train.lightning.pretrain_lightning`, ``MLMTrainingPlan``, the ``stformer`` CLI and
 ``stformer_dist.ray_pretrain_mlm`` all start from it (e.g. a warm-up over the first 10% of the
 steps). stFormer's documented API (``get_training_arguments``, ``PretrainML``) keeps its own
-documented defaults at its surface (``stformer_train.hf.STFORMER_TRAIN_DEFAULTS``: 10,000 warm-up
+documented defaults in its own signatures (``PretrainML``: 10,000 warm-up
 steps, batch 12, 3 epochs)."""
 
 

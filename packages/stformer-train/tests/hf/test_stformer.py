@@ -7,15 +7,13 @@ from transformers import TrainerCallback
 from stformer_collate import DataCollatorForMLM
 from stformer_train import TrainConfig
 from stformer_train.hf import (
-    PretrainML,
     STFormerPretrainer,
     get_training_arguments,
     load_example_lengths,
-    make_output_dirs,
     pretrain_mlm,
     setup_environment,
 )
-from stformer_train.models import build_bert_config, build_mlm_model
+from stformer_train.models import bert_config_from, build_mlm_model
 from stformer_train.training import EpochLengthGroupedSampler
 
 
@@ -24,16 +22,6 @@ def test_setup_environment_seeds_torch():
     a = torch.rand(3)
     setup_environment(7)
     assert torch.equal(a, torch.rand(3))
-
-
-def test_make_output_dirs_layout(tmp_path):
-    dirs = make_output_dirs(tmp_path, "run1")
-    assert dirs.training_output_dir == tmp_path / "models" / "run1"
-    assert dirs.logging_dir == tmp_path / "runs" / "run1"
-    assert dirs.model_output_dir.is_dir()
-    (dirs.model_output_dir / "config.json").write_text("{}")
-    with pytest.raises(FileExistsError):
-        make_output_dirs(tmp_path, "run1")
 
 
 def test_load_example_lengths_pickle_json_and_errors(tmp_path):
@@ -48,24 +36,26 @@ def test_load_example_lengths_pickle_json_and_errors(tmp_path):
         load_example_lengths(tmp_path / "missing.pkl")
 
 
-def test_get_training_arguments_defaults_and_overrides(tmp_path):
-    args = get_training_arguments(tmp_path)
-    assert (
-        args.learning_rate,
-        args.warmup_steps,
-        args.weight_decay,
-        args.per_device_train_batch_size,
-    ) == (1e-3, 10_000, 0.001, 12)
-    assert args.train_sampling_strategy == "group_by_length"
-    args = get_training_arguments(
-        tmp_path, overrides={"group_by_length": False, "learning_rate": 5e-4}
+def _args(tmp_path, **overrides):
+    return get_training_arguments(
+        tmp_path,
+        tmp_path / "logs",
+        96,
+        8,
+        1e-3,
+        1,
+        0.0,
+        0,
+        "linear",
+        "adamw_torch",
+        True,
+        False,
+        "length",
+        True,
+        False,
+        True,
+        overrides,
     )
-    assert args.train_sampling_strategy == "random" and args.learning_rate == 5e-4
-
-
-def test_pretrainer_requires_model(tmp_path):
-    with pytest.raises(ValueError, match="model or a model_init"):
-        STFormerPretrainer(args=get_training_arguments(tmp_path))
 
 
 def test_train_sampler_uses_example_lengths_file(tiny_corpus, tiny, tmp_path, monkeypatch):
@@ -81,15 +71,16 @@ def test_train_sampler_uses_example_lengths_file(tiny_corpus, tiny, tmp_path, mo
         original(self, batch_size, lengths, seed=seed)
 
     monkeypatch.setattr(EpochLengthGroupedSampler, "__init__", spy)
-    net = build_mlm_model(build_bert_config(vocab_size=len(tiny_corpus.vocab), model=tiny), seed=0)
+    net = build_mlm_model(bert_config_from(tiny, vocab_size=len(tiny_corpus.vocab)), seed=0)
     trainer = STFormerPretrainer(
+        _args(tmp_path),
+        ds,
+        dict(tiny_corpus.vocab),
+        tmp_path / "lengths.pkl",
         model=net,
-        args=get_training_arguments(tmp_path, per_device_train_batch_size=8),
-        train_dataset=ds,
-        example_lengths_file=tmp_path / "lengths.pkl",
         data_collator=DataCollatorForMLM(spec=tiny_corpus.vocab, seed=0),
     )
-    sampler = trainer._get_train_sampler()
+    sampler = trainer.get_train_sampler()
     assert calls == [fake]
     order = list(iter(sampler))
     assert sorted(order) == list(range(len(ds)))
@@ -107,64 +98,17 @@ def test_train_sampler_uses_example_lengths_file(tiny_corpus, tiny, tmp_path, mo
 
 
 def test_lengths_must_match_dataset(tiny_corpus, tiny, tmp_path):
-    net = build_mlm_model(build_bert_config(vocab_size=len(tiny_corpus.vocab), model=tiny), seed=0)
+    net = build_mlm_model(bert_config_from(tiny, vocab_size=len(tiny_corpus.vocab)), seed=0)
     trainer = STFormerPretrainer(
+        _args(tmp_path),
+        tiny_corpus.dataset.select_columns(["input_ids"]),
+        dict(tiny_corpus.vocab),
+        None,
         model=net,
-        args=get_training_arguments(tmp_path),
         example_lengths=[3, 4],
-        train_dataset=tiny_corpus.dataset.select_columns(["input_ids"]),
     )
     with pytest.raises(ValueError, match="example lengths"):
-        trainer._get_train_sampler()
-
-
-def test_pretrain_ml_neighborhood_doubles_and_trains(tiny_corpus, tmp_path):
-    assert (
-        PretrainML(
-            dataset_path="d", example_lengths_file="l", token_dictionary_file="t", output_dir="o"
-        ).max_input
-        == 2048
-    )
-    with pytest.raises(ValueError, match="mode"):
-        PretrainML(
-            dataset_path="d",
-            example_lengths_file="l",
-            token_dictionary_file="t",
-            output_dir="o",
-            mode="cells",
-        )
-    p = PretrainML(
-        dataset_path=tiny_corpus.path,
-        example_lengths_file=tiny_corpus.path / "example_lengths.pkl",
-        token_dictionary_file=tiny_corpus.path / "token_dictionary.json",
-        output_dir=tmp_path,
-        run_name="t",
-        mode="neighborhood",
-        max_input=32,
-        num_layers=1,
-        num_embed_dim=32,
-        num_attn_heads=2,
-        intermed_size=64,
-        batch_size=8,
-        warmup_steps=0,
-        training_overrides={"max_steps": 3, "save_steps": 3, "disable_tqdm": True},
-    )
-    assert p.max_input == 64
-    trainer = p.run_pretraining()
-    assert trainer.state.global_step == 3
-    assert trainer.model.config.max_position_embeddings == 64
-    assert (tmp_path / "models" / "t" / "models" / "model.safetensors").is_file()
-
-
-def test_pretrain_ml_takes_a_ready_deepspeed_config_only():
-    kw = dict(dataset_path="d", example_lengths_file="l", token_dictionary_file="t", output_dir="o")
-    config = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto"}
-    assert PretrainML(**kw, deepspeed=config).training_overrides["deepspeed"] == config
-    assert PretrainML(**kw, deepspeed="ds.json").training_overrides["deepspeed"] == "ds.json"
-    assert "deepspeed" not in PretrainML(**kw).training_overrides
-    for bad in (True, 2):
-        with pytest.raises(ValueError, match="stformer_dist.PretrainML"):
-            PretrainML(**kw, deepspeed=bad)
+        trainer.get_train_sampler()
 
 
 class _KillAt(TrainerCallback):

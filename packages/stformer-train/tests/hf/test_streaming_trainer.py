@@ -17,7 +17,7 @@ from transformers import Trainer, TrainingArguments
 import stformer_data as sd
 from stformer_collate import DataCollatorForMLM
 from stformer_data.torch import CorpusStreamDataset, H5adCellDataset
-from stformer_train.models import build_bert_config, build_mlm_model
+from stformer_train.models import bert_config_from, build_mlm_model
 
 BATCH = 8
 
@@ -36,7 +36,7 @@ class _RecordingTrainer(Trainer):
 
 def _train(dataset, vocab, tiny, out, max_steps, workers=0):
     model = build_mlm_model(
-        build_bert_config(vocab_size=len(vocab), pad_token_id=vocab.pad_id, model=tiny), seed=0
+        bert_config_from(tiny, vocab_size=len(vocab), pad_token_id=vocab.pad_id), seed=0
     )
     args = TrainingArguments(
         output_dir=str(out),

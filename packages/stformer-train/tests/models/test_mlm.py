@@ -5,7 +5,7 @@ from stformer_collate import BatchForm, DataCollatorForMLM, SimpleTokenSpec
 from stformer_train.models import (
     PACKED_ATTENTION,
     SparseBertForMaskedLM,
-    build_bert_config,
+    bert_config_from,
     build_mlm_model,
     dense_mlm_loss,
     mlm_loss,
@@ -17,7 +17,7 @@ EXAMPLES = [{"input_ids": list(range(2, 2 + n))} for n in (12, 5, 9, 30)]
 
 
 def _model(tiny):
-    return build_mlm_model(build_bert_config(vocab_size=60, model=tiny), seed=0).eval()
+    return build_mlm_model(bert_config_from(tiny, vocab_size=60), seed=0).eval()
 
 
 def test_masked_only_logits_give_the_dense_loss(tiny):
@@ -52,9 +52,7 @@ def test_packed_batches_match_padded_batches(tiny):
 
 
 def test_gradient_checkpointing_option(tiny):
-    model = build_mlm_model(
-        build_bert_config(vocab_size=60, model=tiny), gradient_checkpointing=True
-    )
+    model = build_mlm_model(bert_config_from(tiny, vocab_size=60), gradient_checkpointing=True)
     assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
     model.train()
     loss, _ = mlm_loss(

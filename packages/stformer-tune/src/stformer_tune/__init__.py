@@ -1,11 +1,13 @@
 """stformer-tune: hyperparameter search over stformer pretraining with Optuna and Ray Tune.
 
-``run_search(corpus, out, space, backend="optuna"|"ray")`` and stFormer's
-``PretrainML(...).run_hyperparameter_train(search_space, resources_per_trial, n_trials, backend)``.
+``run_search(corpus, out, space, backend="optuna"|"ray")``; stFormer's
+``PretrainML(...).run_hyperparameter_train(search_space, resources_per_trial, n_trials, backend)``
+(:mod:`stformer_train.hf`, re-exported here with the same meaning) runs it.
 The objective is the evaluation loss on a held-out split (``TrainConfig.eval_fraction`` > 0).
 It does not import stformer-dist.
 """
 
+from stformer_train.hf import PretrainML
 from stformer_tune._optuna import default_pruner
 from stformer_tune._ray import SearchInterrupted, ensure_ray, validate_resources
 from stformer_tune._results import (
@@ -16,7 +18,7 @@ from stformer_tune._results import (
     plot_trials,
     write_results,
 )
-from stformer_tune._search import BACKENDS, PretrainML, resolve_backend, run_search
+from stformer_tune._search import BACKENDS, resolve_backend, run_search
 from stformer_tune._space import SEARCHABLE, SPACE_TYPES, ParamSpec, SearchSpace, load_search_space
 from stformer_tune._trial import METRIC, EvalLossReporter, apply_params
 

@@ -133,6 +133,7 @@ def run_optuna(
     seed: int = 0,
     pruner: Any = None,
     threads: int | None = None,
+    arguments: dict[str, Any] | None = None,
 ) -> list[TrialRecord]:
     """Run (or continue) the Optuna study until ``n_trials`` trials have finished; return all trials."""
     optuna = _import_optuna()
@@ -159,7 +160,13 @@ def run_optuna(
 
         try:
             outcome = run_trial(
-                corpus, trial_dir(out_dir, trial.number), model_t, train_t, report, threads=threads
+                corpus,
+                trial_dir(out_dir, trial.number),
+                model_t,
+                train_t,
+                report,
+                threads=threads,
+                arguments=arguments,
             )
         except KeyboardInterrupt:
             trial.set_user_attr(_INTERRUPTED, True)

@@ -77,11 +77,12 @@ def validate_resources(resources: Mapping[str, Any] | float | None) -> dict[str,
 def _ray_trainable(
     config: dict[str, Any],
     *,
-    corpus_path: str,
+    corpus: Any,
     model: ModelConfig,
     train: TrainConfig,
     out_dir: str,
     threads: int,
+    arguments: dict[str, Any] | None = None,
 ) -> None:
     """The function trainable: one trial of ``pretrain_mlm`` in the Ray worker."""
     from ray import tune
@@ -93,12 +94,13 @@ def _ray_trainable(
         tune.report({METRIC: loss, "step": step, "final": final})
 
     run_trial(
-        corpus_path,
+        corpus,
         Path(out_dir) / "trials" / f"trial_{trial_id}",
         model_t,
         train_t,
         report,
         threads=threads,
+        arguments=arguments,
     )
 
 
@@ -179,7 +181,7 @@ def _records(results, *, interrupted: bool = False) -> list[TrialRecord]:
 
 
 def run_ray(
-    corpus_path: Path,
+    corpus: Any,
     out_dir: Path,
     space: SearchSpace,
     model: ModelConfig,
@@ -193,9 +195,12 @@ def run_ray(
     num_cpus: int = 2,
     grace_period: int = 1,
     reduction_factor: int = 2,
+    arguments: dict[str, Any] | None = None,
 ) -> list[TrialRecord]:
     """Run ``n_trials`` trials with Ray Tune (OptunaSearch + ASHAScheduler); return them all.
 
+    ``corpus`` is a corpus folder or a loaded ``stformer_data.Corpus`` (sent to the trials
+    through Ray's object store; its Arrow data stays memory-mapped by path).
     With ``resume`` an interrupted experiment in ``out_dir / "ray_results"`` is restored
     (unfinished and errored trials run again).
     """
@@ -216,11 +221,14 @@ def run_ray(
         trainable = tune.with_resources(
             tune.with_parameters(
                 _ray_trainable,
-                corpus_path=str(Path(corpus_path).resolve()),
+                corpus=corpus
+                if not isinstance(corpus, str | os.PathLike)
+                else str(Path(corpus).resolve()),
                 model=model,  # the configs travel whole (frozen dataclasses pickle)
                 train=train,
                 out_dir=str(out_dir.resolve()),
                 threads=max(1, int(resources["cpu"])),
+                arguments=dict(arguments or {}),
             ),
             resources,
         )

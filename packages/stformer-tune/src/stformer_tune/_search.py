@@ -1,4 +1,4 @@
-"""``run_search`` (corpus in, search folder out) and ``PretrainML.run_hyperparameter_train``.
+"""``run_search``: corpus in, search folder out (``stformer_train.hf.PretrainML.run_hyperparameter_train`` calls it).
 
 A search folder holds::
 
@@ -20,15 +20,16 @@ import warnings
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stformer_data.atomic import atomic_write_text
 from stformer_train import ModelConfig, TrainConfig
-from stformer_train.config import merge_config
-from stformer_train.hf import PretrainML as _BasePretrainML
 from stformer_tune._results import SearchResult, write_results, write_trials_csv
 from stformer_tune._space import SearchSpace
 from stformer_tune._trial import require_eval_split
+
+if TYPE_CHECKING:
+    from stformer_data import Corpus
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _check_search_file(out_dir: Path, record: dict[str, Any], resume: bool) -> N
 
 
 def run_search(
-    corpus: str | PathLike[str],
+    corpus: Corpus | str | PathLike[str],
     out_dir: str | PathLike[str],
     search_space: Mapping[str, Any] | SearchSpace,
     *,
@@ -85,13 +86,15 @@ def run_search(
     address: str | None = None,
     num_cpus: int = 2,
     pruner: Any = None,
+    arguments: Mapping[str, Any] | None = None,
 ) -> SearchResult:
     """Search hyperparameters of ``pretrain_mlm`` on ``corpus``; write the results into ``out_dir``.
 
     Parameters
     ----------
     corpus
-        A stformer corpus folder (``stformer_data.tokenize_files`` output).
+        A stformer corpus folder (``stformer_data.tokenize_files`` output) or a loaded
+        :class:`~stformer_data.Corpus` (``PretrainML`` passes its Hugging Face dataset as one).
     search_space
         stFormer's dict form (see :class:`SearchSpace`); names are TrainConfig/ModelConfig fields.
     model, train
@@ -110,8 +113,10 @@ def run_search(
         Ray cluster address; ``None`` starts a local Ray with ``num_cpus`` CPUs.
     pruner
         An ``optuna.pruners`` object (Optuna back-end); default median pruning.
+    arguments
+        Extra ``TrainingArguments`` fields of every trial (e.g. ``{"optim": "adafactor"}``).
     """
-    from stformer_data import load_corpus
+    from stformer_data import Corpus, load_corpus
 
     backend = resolve_backend(backend)
     space = SearchSpace.from_dict(search_space)
@@ -123,7 +128,8 @@ def run_search(
     from stformer_tune._ray import validate_resources
 
     resources = validate_resources(resources_per_trial)
-    corpus_obj = load_corpus(corpus)
+    corpus_obj = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
+    arguments = dict(arguments or {})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -134,6 +140,7 @@ def run_search(
         "corpus": str(corpus_obj.path),
         "n_trials": n_trials,
         "resources_per_trial": resources,
+        "arguments": arguments,
     }
     _check_search_file(out, record, resume)
     if backend == "optuna":
@@ -150,13 +157,14 @@ def run_search(
             seed=seed,
             pruner=pruner,
             threads=max(1, int(resources["cpu"])),
+            arguments=arguments,
         )
     else:
         from stformer_tune._ray import SearchInterrupted, run_ray
 
         try:
             trials = run_ray(
-                corpus_obj.path,
+                corpus_obj,
                 out,
                 space,
                 model,
@@ -167,69 +175,9 @@ def run_search(
                 seed=seed,
                 address=address,
                 num_cpus=num_cpus,
+                arguments=arguments,
             )
         except SearchInterrupted as exc:  # leave the table of what ran, then stop
             write_trials_csv(exc.trials, space, out / "trials.csv")
             raise
     return write_results(trials, space, model, train, out, backend=backend)
-
-
-class PretrainML(_BasePretrainML):
-    """stFormer's ``PretrainML`` with its hyperparameter search, ``run_hyperparameter_train``.
-
-    The constructor is :class:`stformer_train.hf.PretrainML`'s; ``dataset_path`` must be a
-    stformer corpus folder. ``training_overrides`` may set TrainConfig fields, e.g.
-    ``{"eval_fraction": 0.1, "eval_steps": 50, "max_steps": 200}`` (a trial's length).
-
-    >>> PretrainML(dataset_path="c", example_lengths_file="c/example_lengths.pkl",
-    ...            token_dictionary_file="c/vocab.json", output_dir="o").search_dir
-    PosixPath('o/hyperparameter_search/stformer')
-    """
-
-    @property
-    def search_dir(self) -> Path:
-        return self.output_dir / "hyperparameter_search" / self.run_name
-
-    def base_train_config(self) -> TrainConfig:
-        """The TrainConfig every trial starts from (stFormer's settings plus ``training_overrides``)."""
-        allowed = set(TrainConfig.__dataclass_fields__)
-        unknown = sorted(set(self.training_overrides) - allowed)
-        if unknown:
-            raise ValueError(
-                f"PretrainML.training_overrides: {unknown} are not TrainConfig fields, which a "
-                f"search needs; allowed: {sorted(allowed)}"
-            )
-        # a search needs a validation split: 10% unless the overrides choose
-        return merge_config(self.train_config, {"eval_fraction": 0.1, **self.training_overrides})
-
-    def run_hyperparameter_train(
-        self,
-        search_space: Mapping[str, Any],
-        resources_per_trial: Mapping[str, Any] | float | None = None,
-        n_trials: int = 8,
-        backend: str = "ray",
-        *,
-        resume: bool = False,
-        address: str | None = None,
-        seed: int | None = None,
-        **kwargs: Any,
-    ) -> SearchResult:
-        """Search ``search_space`` with ``n_trials`` trials on ``backend`` (``"ray"`` or ``"optuna"``).
-
-        Results go to :attr:`search_dir` (see :func:`run_search`); ``best.yaml`` there is a
-        config for ``stformer pretrain --config``.
-        """
-        return run_search(
-            self.dataset_path,
-            self.search_dir,
-            search_space,
-            model=self.model_config,
-            train=self.base_train_config(),
-            backend=resolve_backend(backend),
-            n_trials=n_trials,
-            resources_per_trial=resources_per_trial,
-            resume=resume,
-            address=address,
-            seed=self.seed if seed is None else seed,
-            **kwargs,
-        )

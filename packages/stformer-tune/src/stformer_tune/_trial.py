@@ -94,10 +94,12 @@ def run_trial(
     report: Callable[[int, float, bool], None],
     *,
     threads: int | None = None,
+    arguments: Mapping[str, Any] | None = None,
 ) -> TrialOutcome:
     """Pretrain one trial into ``trial_dir`` and return its last evaluation loss.
 
-    ``corpus`` is a stformer corpus (or its folder). ``threads`` sets torch's intra-op threads.
+    ``corpus`` is a stformer corpus (or its folder). ``threads`` sets torch's intra-op threads;
+    ``arguments`` are extra ``TrainingArguments`` fields.
     """
     import torch
 
@@ -108,7 +110,13 @@ def run_trial(
         torch.set_num_threads(max(1, int(threads)))
     reporter = EvalLossReporter(report)
     result = pretrain_mlm(
-        corpus, Path(trial_dir), model=model, train=train, progress=False, callbacks=[reporter]
+        corpus,
+        Path(trial_dir),
+        model=model,
+        train=train,
+        progress=False,
+        callbacks=[reporter],
+        **dict(arguments or {}),
     )
     if not reporter.losses:
         raise RuntimeError(

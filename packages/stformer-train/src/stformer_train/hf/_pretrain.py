@@ -14,7 +14,12 @@ from transformers import TrainingArguments
 from stformer_data import Corpus, load_corpus
 from stformer_train.assemble import TokenScheme, assemble
 from stformer_train.config import ModelConfig, TrainConfig
-from stformer_train.hf._trainer import HFEarlyStopping, STFormerPretrainer, last_checkpoint
+from stformer_train.hf._trainer import (
+    HFEarlyStopping,
+    STFormerPretrainer,
+    last_checkpoint,
+    tensorboard_callback,
+)
 from stformer_train.precision import Precision, resolve_precision
 from stformer_train.run_dir import RunDir, save_model, split_corpus
 from stformer_train.training import plot_loss_curve, write_csv_log
@@ -92,17 +97,6 @@ def training_arguments(
     return TrainingArguments(**kwargs)
 
 
-def _tensorboard_callback(folder: Path):
-    from transformers.integrations import TensorBoardCallback
-
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:  # pragma: no cover - tensorboardX is a declared dependency
-        log.warning("tensorboardX is not installed: no TensorBoard logs (pip install tensorboardX)")
-        return None
-    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(folder)))
-
-
 def pretrain_mlm(
     corpus: Corpus | str | PathLike[str],
     run_dir: str | PathLike[str],
@@ -159,17 +153,19 @@ def pretrain_mlm(
     )
     # one TensorBoard writer, on rank 0: every rank creating one raced on making the folder
     # (tensorboardX: exists-check then makedirs -> FileExistsError on the slower rank)
-    tensorboard = _tensorboard_callback(run.logs / "tensorboard") if main_process else None
+    tensorboard = tensorboard_callback(run.logs / "tensorboard") if main_process else None
     callbacks = [cb for cb in (tensorboard, *(callbacks or ())) if cb is not None]
     if parts.early_stopping is not None:
         callbacks.append(HFEarlyStopping(parts.early_stopping))
     trainer = STFormerPretrainer(
+        args,
+        train_set,
+        corpus.vocab,
+        None,  # the lengths are the corpus's own, in memory
         model=parts.model,
-        args=args,
         data_collator=parts.collator,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
         example_lengths=train_set["length"],
+        eval_dataset=eval_set,
         callbacks=callbacks,
     )
     last = last_checkpoint(run.checkpoints)

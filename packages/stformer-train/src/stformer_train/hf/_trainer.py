@@ -9,18 +9,21 @@ Both :mod:`stformer_train.hf._pretrain` and :mod:`stformer_train.hf._stformer` b
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
+import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from stformer_train._names import unknown_name_error
 from stformer_train.early_stopping import PatienceStopping
 from stformer_train.models import mlm_loss
 from stformer_train.training import EpochLengthGroupedSampler, StepSeededCollator
@@ -28,9 +31,9 @@ from stformer_train.training import EpochLengthGroupedSampler, StepSeededCollato
 log = logging.getLogger(__name__)
 
 
-def load_example_lengths(path: str | PathLike[str]) -> list[int]:
-    """Read an example-lengths file: a pickle (Geneformer/stFormer) or JSON list of ints."""
-    path = Path(path)
+def load_example_lengths(file_path: str | PathLike[str]) -> list[int]:
+    """Read an example-lengths file: a pickle (Geneformer/stFormer) or JSON list of positive ints."""
+    path = Path(file_path)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: example-lengths file not found (stformer tokenize writes "
@@ -59,24 +62,39 @@ class _ResumeMasking(TrainerCallback):
 
 
 class STFormerPretrainer(Trainer):
-    """The Hugging Face ``Trainer`` of stFormer pretraining.
+    """stFormer's Hugging Face ``Trainer`` for masked pretraining on single-cell tokens.
 
     Parameters
     ----------
+    args
+        The ``TrainingArguments`` (:func:`~stformer_train.hf.get_training_arguments`).
+    train_dataset
+        A dataset with ``input_ids``.
+    token_dictionary
+        Token -> id (with ``<pad>`` and ``<mask>``): the MLM collator masks with it.
     example_lengths_file
-        Pickle/JSON list with the length of every training example (``example_lengths.pkl``).
-    example_lengths
-        The same, in memory (wins over the file).
-    *args, **kwargs
-        ``Trainer``'s; ``model`` or ``model_init`` is required.
+        Pickle/JSON list with the length of every training example, for length-grouped sampling
+        (``None``: no file; transformers then reads ``args.length_column_name``).
+    model, model_init
+        The model, or a function that builds it (hyperparameter search); one is required.
+    mlm_probability
+        The fraction of gene tokens to mask (80% ``<mask>``, 10% random, 10% kept).
+    data_collator, example_lengths
+        stformer's extensions (keyword only): a ready collator (then ``mlm_probability`` must be
+        left at its default), and the lengths in memory instead of a file.
+    trainer_kwargs
+        Other ``Trainer`` arguments (``eval_dataset``, ``callbacks``, ...); an unknown one is a
+        ``TypeError`` naming the closest.
 
-    With ``train_sampling_strategy="group_by_length"`` the train sampler groups examples by these
-    lengths (transformers' ``LengthGroupedSampler``, re-seeded per epoch). A stformer-collate
-    collator is wrapped in :class:`~stformer_train.training.StepSeededCollator` so that a resumed
-    run masks its batches as the uninterrupted run would. Batches with ``masked_positions`` get
-    logits only there.
+    The collator is stformer's :class:`stformer_collate.DataCollatorForMLM` for the token
+    dictionary, step-seeded (:class:`~stformer_train.training.StepSeededCollator`) so that a
+    resumed run masks its batches as the uninterrupted run would, with the MLM logits computed
+    only at the masked positions. With ``train_sampling_strategy="group_by_length"`` (stFormer's
+    ``group_by_length=True``) :meth:`get_train_sampler` groups examples by the file's lengths.
+    With ``args.logging_dir`` (:class:`~stformer_train.hf.STFormerTrainingArguments`) rank 0
+    writes TensorBoard events there.
 
-    >>> STFormerPretrainer(model=None)
+    >>> STFormerPretrainer(None, None, {"<pad>": 0, "<mask>": 1}, None)
     Traceback (most recent call last):
     ...
     ValueError: STFormerPretrainer needs a model or a model_init
@@ -84,25 +102,54 @@ class STFormerPretrainer(Trainer):
 
     def __init__(
         self,
-        *args: Any,
-        example_lengths_file: str | PathLike[str] | None = None,
+        args: TrainingArguments,
+        train_dataset: Any,
+        token_dictionary: Mapping[str, int],
+        example_lengths_file: str | PathLike[str] | None,
+        model: torch.nn.Module | None = None,
+        model_init: Callable[[], torch.nn.Module] | None = None,
+        mlm_probability: float = 0.15,
+        *,
+        data_collator: Any = None,
         example_lengths: Sequence[int] | None = None,
-        **kwargs: Any,
+        **trainer_kwargs: Any,
     ):
-        if (args[0] if args else kwargs.get("model")) is None and kwargs.get("model_init") is None:
+        if model is None and model_init is None:
             raise ValueError("STFormerPretrainer needs a model or a model_init")
-        collator = kwargs.get("data_collator")
-        if (
-            collator is not None
-            and dataclasses.is_dataclass(collator)
-            and hasattr(collator, "seed")
-        ):
-            train_args = kwargs.get("args") or (args[1] if len(args) > 1 else None)
-            seed = getattr(train_args, "data_seed", None) or getattr(train_args, "seed", 42)
-            kwargs["data_collator"] = StepSeededCollator(
-                collator, seed=collator.seed if collator.seed is not None else seed
+        known = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+        for key in trainer_kwargs:
+            if key not in known or key in ("tokenizer",):
+                raise unknown_name_error("STFormerPretrainer()", "keyword argument", key, known)
+        if args is None:
+            raise ValueError("STFormerPretrainer needs args (TrainingArguments)")
+        if not 0.0 < mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        if data_collator is None:
+            data_collator = _default_collator(token_dictionary, mlm_probability, seed)
+        elif mlm_probability != 0.15:
+            raise ValueError(
+                "STFormerPretrainer: pass mlm_probability to your data_collator, not to the trainer"
             )
-        super().__init__(*args, **kwargs)
+        self.token_dictionary = token_dictionary
+        self.mlm_probability = mlm_probability
+        if dataclasses.is_dataclass(data_collator) and hasattr(data_collator, "seed"):
+            data_collator = StepSeededCollator(
+                data_collator, seed=data_collator.seed if data_collator.seed is not None else seed
+            )
+        logging_dir = getattr(args, "logging_dir", None)
+        if logging_dir and int(os.environ.get("RANK", "0")) == 0:
+            board = tensorboard_callback(Path(logging_dir))
+            if board is not None:
+                trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or ()), board]
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            model_init=model_init,
+            **trainer_kwargs,
+        )
         if example_lengths is None and example_lengths_file is not None:
             example_lengths = load_example_lengths(example_lengths_file)
         self.example_lengths = (
@@ -110,6 +157,14 @@ class STFormerPretrainer(Trainer):
         )
         if isinstance(self.data_collator, StepSeededCollator):
             self.add_callback(_ResumeMasking(self.data_collator))
+
+    def get_train_sampler(self) -> torch.utils.data.Sampler | None:
+        """The training sampler: length-grouped by the example lengths when
+        ``args.train_sampling_strategy == "group_by_length"``, else transformers' (random);
+        ``None`` when the training dataset has no length (an iterable dataset)."""
+        if self.train_dataset is None or not hasattr(self.train_dataset, "__len__"):
+            return None
+        return self._get_train_sampler()
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -180,6 +235,32 @@ class HFEarlyStopping(TrainerCallback):
             )
             control.should_training_stop = True
         return control
+
+
+def _default_collator(token_dictionary: Mapping[str, int], mlm_probability: float, seed: int):
+    """stformer's MLM collator for a token dictionary (the assembly's, with its defaults)."""
+    from stformer_train.assemble import build_collator
+    from stformer_train.config import TrainConfig
+    from stformer_train.hf._precollator import STFormerPreCollator
+
+    spec = (
+        token_dictionary
+        if hasattr(token_dictionary, "pad_id") and hasattr(token_dictionary, "mask_id")
+        else STFormerPreCollator(token_dictionary)
+    )
+    return build_collator(spec, TrainConfig(mlm_probability=mlm_probability, seed=seed))
+
+
+def tensorboard_callback(folder: Path):
+    """A TensorBoard callback writing into ``folder`` (tensorboardX), or ``None`` without it."""
+    from transformers.integrations import TensorBoardCallback
+
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboardX is a declared dependency
+        log.warning("tensorboardX is not installed: no TensorBoard logs (pip install tensorboardX)")
+        return None
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(folder)))
 
 
 def last_checkpoint(folder: str | PathLike[str]) -> Path | None:

@@ -26,9 +26,9 @@ class MLMTrainingPlan(pl.LightningModule):
     :meth:`from_config` takes them from a run's ``TrainConfig``.
 
     >>> from stformer_train import ModelConfig
-    >>> from stformer_train.models import build_bert_config, build_mlm_model
-    >>> cfg = build_bert_config(vocab_size=40, model=ModelConfig(num_layers=1, hidden_size=32, num_heads=2,
-    ...                                                          intermediate_size=64))
+    >>> from stformer_train.models import bert_config_from, build_mlm_model
+    >>> cfg = bert_config_from(ModelConfig(num_layers=1, hidden_size=32, num_heads=2,
+    ...                                    intermediate_size=64), vocab_size=40)
     >>> MLMTrainingPlan(build_mlm_model(cfg), max_steps=10).hparams.learning_rate
     0.001
     """

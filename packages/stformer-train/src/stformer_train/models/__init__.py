@@ -1,7 +1,8 @@
 """Models shared by the Hugging Face and Lightning paths.
 
 * rank-value tokens (Geneformer / stFormer): ``SparseBertForMaskedLM`` (transformers' ``BertForMaskedLM`` + logits at masked positions only) built by
-  :func:`build_mlm_model` from :func:`build_bert_config`;
+  :func:`build_mlm_model` from :func:`bert_config_from` (a :class:`ModelConfig`) or stFormer's
+  :func:`build_bert_config` (its documented arguments);
 * binned tokens with gene ``token_type_ids``: :class:`GeneBertForPhenotypicMLM` and
   :class:`GeneBertForClassification` (registered with ``AutoConfig``, ``AutoModel``,
   ``AutoModelForMaskedLM`` and ``AutoModelForSequenceClassification`` on import);
@@ -18,6 +19,7 @@ from stformer_train.models._attention import (
 )
 from stformer_train.models._bert import (
     SparseBertForMaskedLM,
+    bert_config_from,
     build_bert_config,
     build_genebert_config,
     build_mlm_model,
@@ -36,6 +38,7 @@ from stformer_train.models._mlm import dense_mlm_loss, mlm_loss, unpack_to_padde
 __all__ = [
     # rank-value tokens: BERT masked-LM
     "SparseBertForMaskedLM",
+    "bert_config_from",
     "build_bert_config",
     "build_mlm_model",
     # attention over packed batches (several cells per row)

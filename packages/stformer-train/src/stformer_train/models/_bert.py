@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import BertConfig, BertForMaskedLM
 from transformers.modeling_outputs import MaskedLMOutput
 
+from stformer_train._names import checked_signature
 from stformer_train.config import ModelConfig
 from stformer_train.models._attention import PACKED_ATTENTION
 
@@ -18,8 +19,8 @@ class SparseBertForMaskedLM(BertForMaskedLM):
     them it is exactly ``BertForMaskedLM``. The weights are BERT's, so a saved model loads with
     ``AutoModelForMaskedLM`` / ``BertForMaskedLM`` too.
 
-    >>> cfg = build_bert_config(vocab_size=40, model=ModelConfig(num_layers=1, hidden_size=32, num_heads=2,
-    ...                                                          intermediate_size=64))
+    >>> cfg = bert_config_from(ModelConfig(num_layers=1, hidden_size=32, num_heads=2,
+    ...                                    intermediate_size=64), vocab_size=40)
     >>> m = SparseBertForMaskedLM(cfg)
     >>> import torch
     >>> m(input_ids=torch.tensor([[5, 6, 7]]), masked_positions=torch.tensor([1]), masked_labels=torch.tensor([6])).logits.shape
@@ -84,19 +85,20 @@ def _encoder_kwargs(m: ModelConfig) -> dict:
     )
 
 
-def build_bert_config(
+def bert_config_from(
+    model: ModelConfig | None = None,
     *,
     vocab_size: int,
     pad_token_id: int = 0,
-    model: ModelConfig | None = None,
     **overrides,
 ) -> BertConfig:
-    """A ``BertConfig`` with stFormer's defaults (relu, initializer 0.02, layer-norm eps 1e-12, dropouts 0.02).
+    """The ``BertConfig`` a :class:`ModelConfig` describes, for ``vocab_size`` tokens (stformer's own builder).
 
-    ``overrides`` are passed to ``BertConfig`` and win over ``model``.
+    ``overrides`` are passed to ``BertConfig`` and win over ``model``. stFormer's documented
+    ``build_bert_config(model_type, num_layers, ...)`` is an adapter over this function.
 
-    >>> cfg = build_bert_config(vocab_size=100, model=ModelConfig(num_layers=2, hidden_size=64, num_heads=2,
-    ...                                                           intermediate_size=128))
+    >>> cfg = bert_config_from(ModelConfig(num_layers=2, hidden_size=64, num_heads=2,
+    ...                                    intermediate_size=128), vocab_size=100)
     >>> cfg.hidden_act, cfg.num_hidden_layers, cfg.vocab_size
     ('relu', 2, 100)
     """
@@ -112,6 +114,100 @@ def build_bert_config(
     )
     kwargs.update(overrides)
     return BertConfig(**kwargs)
+
+
+def stformer_model_config(
+    *,
+    num_layers: int,
+    num_heads: int,
+    embed_dim: int,
+    max_input: int,
+    activ_fn: str,
+    initializer_range: float,
+    layer_norm_eps: float,
+    attention_dropout: float,
+    hidden_dropout: float,
+) -> ModelConfig:
+    """The :class:`ModelConfig` of stFormer's model arguments (intermediate size ``2 * embed_dim``,
+    as Geneformer's 256 -> 512 and stformer's default)."""
+    return ModelConfig(
+        num_layers=num_layers,
+        hidden_size=embed_dim,
+        num_heads=num_heads,
+        intermediate_size=2 * embed_dim,
+        max_position_embeddings=max_input,
+        hidden_act=activ_fn,
+        initializer_range=initializer_range,
+        layer_norm_eps=layer_norm_eps,
+        hidden_dropout_prob=hidden_dropout,
+        attention_probs_dropout_prob=attention_dropout,
+    )
+
+
+@checked_signature
+def build_bert_config(
+    model_type: str,
+    num_layers: int,
+    num_heads: int,
+    embed_dim: int,
+    max_input: int,
+    pad_id: int,
+    vocab_size: int,
+    activ_fn: str = "relu",
+    initializer_range: float = 0.02,
+    layer_norm_eps: float = 1e-12,
+    attention_dropout: float = 0.02,
+    hidden_dropout: float = 0.02,
+) -> BertConfig:
+    """stFormer's ``BertConfig`` builder: every argument is used.
+
+    Parameters
+    ----------
+    model_type
+        ``"bert"`` (any case): the one model type this builder makes (a ``BertConfig``).
+    num_layers, num_heads, embed_dim
+        Hidden layers, attention heads, hidden (= embedding) size; the intermediate (feed-forward)
+        size is ``2 * embed_dim``.
+    max_input
+        ``max_position_embeddings``: the longest input.
+    pad_id, vocab_size
+        The pad token's id and the number of tokens.
+    activ_fn
+        The hidden activation (``relu``, ``gelu``, ``gelu_new`` or ``silu``).
+    initializer_range, layer_norm_eps
+        The weight initializer's standard deviation and the layer-norm epsilon.
+    attention_dropout, hidden_dropout
+        ``attention_probs_dropout_prob`` and ``hidden_dropout_prob``.
+
+    Invalid values raise ``ValueError`` naming the argument (the shape is validated by
+    :class:`ModelConfig`). This is an adapter over :func:`bert_config_from`.
+
+    >>> cfg = build_bert_config("bert", 2, 2, 32, 64, 0, 100)
+    >>> cfg.num_hidden_layers, cfg.hidden_size, cfg.max_position_embeddings, cfg.hidden_act
+    (2, 32, 64, 'relu')
+    """
+    if str(model_type).strip().lower() != "bert":
+        raise ValueError(
+            f"build_bert_config: model_type must be 'bert' (it builds a BertConfig), got {model_type!r}"
+        )
+    if vocab_size <= 0:
+        raise ValueError(f"build_bert_config: vocab_size must be > 0, got {vocab_size}")
+    if not 0 <= pad_id < vocab_size:
+        raise ValueError(
+            f"build_bert_config: pad_id must be a token id in [0, {vocab_size}), got {pad_id}"
+        )
+    model = stformer_model_config(
+        num_layers=num_layers,
+        num_heads=num_heads,
+        embed_dim=embed_dim,
+        max_input=max_input,
+        activ_fn=activ_fn,
+        initializer_range=initializer_range,
+        layer_norm_eps=layer_norm_eps,
+        attention_dropout=attention_dropout,
+        hidden_dropout=hidden_dropout,
+    )
+    return bert_config_from(model, vocab_size=vocab_size, pad_token_id=pad_id)
 
 
 def build_mlm_model(
