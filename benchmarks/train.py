@@ -480,7 +480,7 @@ def parity_check(device, *, bf16: bool, vocab: int, seed: int) -> dict:
     from stformer_collate import BatchForm, DataCollatorForMLM, SimpleTokenSpec
     from stformer_train import ModelConfig
     from stformer_train.models import (
-        build_bert_config,
+        bert_config_from,
         build_mlm_model,
         mlm_loss,
         use_packed_backend,
@@ -490,7 +490,7 @@ def parity_check(device, *, bf16: bool, vocab: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     cells = [{"input_ids": rng.integers(2, vocab, size=n)} for n in (300, 1, 57, 128, 9, 211)]
     shape = ModelConfig(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=256)
-    model = build_mlm_model(build_bert_config(vocab_size=vocab, model=shape), seed=seed)
+    model = build_mlm_model(bert_config_from(shape, vocab_size=vocab), seed=seed)
     model = model.to(device).eval()
 
     def loss_and_grads(form):
@@ -531,7 +531,7 @@ def _setup_plan(args, name: str):
 def run_device(args) -> dict:
     from stformer_collate import BatchForm, DataCollatorForMLM, SimpleTokenSpec
     from stformer_train import ModelConfig
-    from stformer_train.models import build_bert_config, build_mlm_model
+    from stformer_train.models import bert_config_from, build_mlm_model
 
     device = torch.device(args.device)
     bf16 = device.type == "cuda" or args.bf16
@@ -580,7 +580,7 @@ def run_device(args) -> dict:
             intermediate_size=ffn,
             max_position_embeddings=length,
         )
-        config = build_bert_config(vocab_size=args.vocab, pad_token_id=0, model=shape)
+        config = bert_config_from(shape, vocab_size=args.vocab, pad_token_id=0)
         entry: dict = {
             "model": f"bert {layers}x{hidden}, {heads} heads, ffn {ffn}, input {length}",
             "cells_per_step": per_step,
@@ -618,9 +618,7 @@ def run_device(args) -> dict:
             )
         for setup, (batches, collate, overrides) in setups.items():
             try:
-                cfg = build_bert_config(
-                    vocab_size=args.vocab, pad_token_id=0, model=shape, **overrides
-                )
+                cfg = bert_config_from(shape, vocab_size=args.vocab, pad_token_id=0, **overrides)
                 model = build_mlm_model(cfg, seed=args.seed).to(device)
                 result = train_setup(
                     model, batches, device=device, bf16=bf16, warmup=args.warmup, collate=collate

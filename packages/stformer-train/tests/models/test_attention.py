@@ -8,7 +8,7 @@ from stformer_train import ModelConfig
 from stformer_train.models import (
     PACKED_ATTENTION,
     _attention,
-    build_bert_config,
+    bert_config_from,
     build_genebert_config,
     build_mlm_model,
     mlm_loss,
@@ -34,7 +34,7 @@ def _batches(examples, seed=3, **kw):
 
 
 def _model(tiny, **kw):
-    config = build_bert_config(vocab_size=60, model=tiny)
+    config = bert_config_from(tiny, vocab_size=60)
     return build_mlm_model(config, seed=0, **kw).eval()
 
 
@@ -167,7 +167,7 @@ def test_genebert_packed_equals_padded():
 
 def test_packed_training_step_with_dropout():
     shape = ModelConfig(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64)
-    model = build_mlm_model(build_bert_config(vocab_size=60, model=shape), seed=0).train()
+    model = build_mlm_model(bert_config_from(shape, vocab_size=60), seed=0).train()
     _, packed = _batches(_examples(), return_masked_positions=True)
     loss, _ = mlm_loss(model, packed)
     loss.backward()
