@@ -139,6 +139,7 @@ def rank_value_metadata_cb(
     model_input_size: int = 2048,
     gene_id_key: str | None = None,
     n_counts_key: str | None = "n_counts",
+    exact: bool = False,
     extra: Mapping[str, Any] | None = None,
 ) -> MetadataCallback:
     """A ``metadata_cb`` for rank-value token models (stformer's BERT): vocabulary and medians.
@@ -147,8 +148,7 @@ def rank_value_metadata_cb(
     ``metadata["vocab"]`` (a :class:`~stformer_data.GeneVocab`; the given one, else one built from
     the files' genes), ``"vocab_size"``, ``"pad_token_id"``, ``"medians"`` (the given gene
     medians, else the non-zero medians of ``counts / n_counts * 10,000`` over every file seen so
-    far, from a mergeable :class:`~stformer_data.MedianSketch` -- exact below ~200 values per
-    gene), ``"model_input_size"``, ``"gene_id_key"``, ``"n_counts_key"``, and every item of
+    far, as :func:`~stformer_data.compute_medians` computes them), ``"model_input_size"``, ``"gene_id_key"``, ``"n_counts_key"``, and every item of
     ``extra`` (e.g. the model's configs: ``{"model_config": ModelConfig(...)}``).
 
     Parameters
@@ -163,6 +163,11 @@ def rank_value_metadata_cb(
         ``var`` column with gene ids (``None``: ``var_names``).
     n_counts_key
         ``obs`` column with library sizes (``None`` or absent: row sums).
+    exact
+        Computed medians: ``False`` merges one :class:`~stformer_data.MedianSketch` per file
+        (KLL; memory independent of the cells, exact below ~200 values per gene); ``True``
+        recomputes :func:`~stformer_data.compute_medians_exact` over the files seen so far at
+        every file (holds every non-zero value: small data).
     extra
         More metadata, written as given (the names ``model_keys`` pick up).
 
@@ -170,7 +175,7 @@ def rank_value_metadata_cb(
     >>> RayTrainRunner(BertMLMModule, RankValueAnnDataset, ["vocab"], metadata_cb=cb)  # doctest: +SKIP
     """
     from stformer_data.genes.mapping import resolve_gene_ids
-    from stformer_data.genes.medians import MedianSketch, _sketch_unit
+    from stformer_data.genes.medians import MedianSketch, _sketch_unit, compute_medians_exact
     from stformer_data.genes.vocab import GeneVocab
 
     if model_input_size < 2:
@@ -183,7 +188,7 @@ def rank_value_metadata_cb(
     def metadata_cb(ad: Any, metadata: dict) -> None:
         path = getattr(ad, "filename", None)
         if "medians" not in metadata:  # the first file of a new split
-            state.update(genes={}, sketch=MedianSketch())
+            state.update(genes={}, sketch=MedianSketch(), paths=[])
         genes, sketch = state["genes"], state["sketch"]
         ids = resolve_gene_ids(ad.var, gene_id_key=gene_id_key, path=path)
         genes.update(dict.fromkeys(str(g) for g in ids))
@@ -206,8 +211,14 @@ def rank_value_metadata_cb(
                 "n_counts_key": n_counts_key,
                 "target_sum": 10_000.0,
             }
-            sketch.merge(_sketch_unit((str(path), 0, None, opts)))
-            out_medians = sketch.medians()
+            state["paths"].append(str(path))
+            if exact:
+                out_medians = compute_medians_exact(
+                    state["paths"], gene_id_key=gene_id_key, n_counts_key=n_counts_key
+                )
+            else:
+                sketch.merge(_sketch_unit((str(path), 0, None, opts)))
+                out_medians = sketch.medians()
         else:
             out_medians = given_medians
         metadata.update(
