@@ -71,6 +71,7 @@ from stformer_data.stream import (
     grouped_random_split,
     padding_fraction,
     plan_epoch,
+    rank_value_metadata_cb,
 )
 from stformer_data.tokenize import (
     BinnedTokenizer,
@@ -155,6 +156,7 @@ __all__ = [
     "SplitInfo",
     "ann_split_data",
     "cell_line_metadata_cb",
+    "rank_value_metadata_cb",
     "batch_diversity",
     "batches_per_rank",
     "bucket_batches",

@@ -61,6 +61,7 @@ __all__ = [
     "DistributedAnnDataset",
     "H5adStreamDataset",
     "H5adCellDataset",
+    "RankValueAnnDataset",
     "resolve_world",
 ]
 
@@ -637,3 +638,118 @@ class DistributedAnnDataset(IterableDataset):
                 self.X = None
                 self.ad.file.close()
                 self.ad = None
+
+
+class RankValueAnnDataset(DistributedAnnDataset):
+    """:class:`DistributedAnnDataset` whose items are rank-value tokens of the rows (stformer's BERT).
+
+    ``transform(start, end)`` tokenizes the rows with a
+    :class:`~stformer_data.RankValueTokenizer` through the tokenizer contract
+    (:meth:`~stformer_data.Tokenizer.tokenize` of :class:`~stformer_data.tokenize.contract.Cells`),
+    the same tokenizer the corpus writer and :class:`H5adStreamDataset` use, and returns the
+    batch ``{"input_ids": (n, L) int64 right-padded with the vocabulary's pad id,
+    "attention_mask": (n, L) int64, "length": (n,) int64}``, ``L`` the longest sequence of the
+    item. Cells with no gene of the vocabulary (no tokens) are left out of their item. The
+    masked-LM collator is applied by the model (:class:`stformer_train.lightning.BertMLMModule`),
+    so a resumed run masks each step as the uninterrupted run did.
+
+    What it needs comes from the metadata (:func:`stformer_data.rank_value_metadata_cb` writes
+    it): ``vocab``, ``medians``, ``model_input_size``, and optionally ``gene_id_key`` and
+    ``n_counts_key``. The other arguments are those of :class:`DistributedAnnDataset`.
+
+    >>> ds = RankValueAnnDataset.create_distributed_ds(split_info, "X", "train")  # doctest: +SKIP
+    >>> next(iter(ds))["input_ids"].shape  # doctest: +SKIP
+    torch.Size([64, 2048])
+    """
+
+    #: metadata the dataset reads (written by ``rank_value_metadata_cb``)
+    required_metadata: tuple[str, ...] = ("vocab", "medians", "model_input_size")
+
+    def __init__(
+        self,
+        file_paths: list[str],
+        indices: list[list[list[int]]],
+        metadata: dict,
+        sparse_key: str,
+        mini_batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        missing = [k for k in self.required_metadata if k not in metadata]
+        if missing:
+            raise KeyError(
+                f"{type(self).__name__} needs metadata {missing} (it has {sorted(metadata)}); "
+                "split the files with metadata_cb=stformer_data.rank_value_metadata_cb(...)"
+            )
+        super().__init__(file_paths, indices, metadata, sparse_key, mini_batch_size, **kwargs)
+        self._tokenizer: Any = None
+        self._file_cells: dict[str, Any] = {}
+
+    @property
+    def tokenizer(self) -> Any:
+        """The :class:`~stformer_data.RankValueTokenizer` of the metadata (built on first use)."""
+        if self._tokenizer is None:
+            from stformer_data.tokenize.rank import RankTokenizerConfig, RankValueTokenizer
+
+            config = RankTokenizerConfig(
+                model_input_size=int(self.metadata["model_input_size"]),
+                n_counts_key=self.metadata.get("n_counts_key", "n_counts"),
+            )
+            self._tokenizer = RankValueTokenizer(
+                self.metadata["vocab"], self.metadata["medians"], config
+            )
+        return self._tokenizer
+
+    def _file(self) -> Any:
+        """The current file (``self.ad``) as the tokenizer sees it, built once per file."""
+        from stformer_data.genes.mapping import map_genes, resolve_gene_ids
+        from stformer_data.tokenize.contract import FileCells
+
+        path = str(getattr(self.ad, "filename", id(self.ad)))
+        file = self._file_cells.get(path)
+        if file is None:
+            tok = self.tokenizer
+            ids = resolve_gene_ids(
+                self.ad.var, gene_id_key=self.metadata.get("gene_id_key"), path=path
+            )
+            mapping = map_genes(ids, tok.gene_vocab, tok.gene_vocab.special_ids, path=path)
+            key = tok.n_counts_key
+            n_counts = None
+            if key is not None and key in self.ad.obs.columns:
+                n_counts = np.asarray(self.ad.obs[key], dtype=np.float64)
+            layer = self.sparse_key.split(".", 1)[1] if self.sparse_key != "X" else None
+            file = FileCells(
+                mapping=mapping,
+                path=path,
+                obs_names=tuple(self.ad.obs.columns),
+                n_counts=n_counts,
+                layer=layer,
+            )
+            self._file_cells[path] = file
+        return file
+
+    def transform(self, start: int, end: int) -> dict[str, torch.Tensor]:
+        """The rank-value tokens of rows ``start`` to ``end - 1`` of the current file, padded."""
+        import scipy.sparse as sp
+
+        from stformer_data.tokenize.contract import Cells
+
+        if self.X is None:
+            self.X = self._get_mat_by_range(self.ad, start, end)
+        counts = sp.csr_matrix(self.X, dtype=np.float32)
+        block = self.tokenizer.tokenize(Cells(counts=counts, file=self._file(), first_row=start))
+        keep = np.flatnonzero(block.lengths > 0)
+        lengths = block.lengths[keep].astype(np.int64)
+        width = int(lengths.max()) if lengths.size else 1
+        ids = np.full((keep.size, width), int(self.tokenizer.vocab.pad_id), dtype=np.int64)
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        if keep.size:
+            starts = block.starts[keep].astype(np.int64)
+            flat = np.repeat(starts, lengths) + (
+                np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            )
+            ids[mask] = block.fields["input_ids"][flat]
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+            "length": torch.from_numpy(lengths),
+        }

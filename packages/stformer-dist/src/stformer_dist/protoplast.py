@@ -10,6 +10,10 @@ A protoplast script ports by changing its imports to ``from stformer_dist.protop
   :func:`ann_split_data` -- splitting files into row ranges;
 * :func:`cell_line_metadata_cb` -- the default metadata callback.
 
+stformer's own masked-LM BERT is one such model + dataset pair, exported here too:
+:class:`BertMLMModule` (the LightningModule), :class:`RankValueAnnDataset` (rank-value tokens of
+the rows) and :func:`rank_value_metadata_cb` (vocabulary, medians and configs in the metadata).
+
 The parts live in their layers (``stformer_data``, ``stformer_data.torch``,
 ``stformer_train.lightning``, ``stformer_dist``) and are re-exported here.
 """
@@ -21,14 +25,17 @@ from stformer_data import (
     SplitInfo,
     ann_split_data,
     cell_line_metadata_cb,
+    rank_value_metadata_cb,
 )
-from stformer_data.torch import DistributedAnnDataset
+from stformer_data.torch import DistributedAnnDataset, RankValueAnnDataset
 from stformer_dist._ray_train import RayTrainRunner
-from stformer_train.lightning import AnnDataModule
+from stformer_train.lightning import AnnDataModule, BertMLMModule
 
 __all__ = [
     "AnnDataModule",
+    "BertMLMModule",
     "DistributedAnnDataset",
+    "RankValueAnnDataset",
     "RayTrainRunner",
     "SequentialShuffleStrategy",
     "ShuffleStrategy",
@@ -36,4 +43,5 @@ __all__ = [
     "ann_split_data",
     "cell_line_metadata_cb",
     "prepare_ray_environment",
+    "rank_value_metadata_cb",
 ]

@@ -27,6 +27,7 @@ from stformer_data.stream.ranges import (
     SplitInfo,
     ann_split_data,
     cell_line_metadata_cb,
+    rank_value_metadata_cb,
 )
 from stformer_data.stream.shuffle import (
     BlockShuffleStrategy,
@@ -42,6 +43,7 @@ __all__ = [
     "SplitInfo",
     "ann_split_data",
     "cell_line_metadata_cb",
+    "rank_value_metadata_cb",
     # stformer's block strategies, cell splits, epoch plans, sources
     "BaseDataset",
     "BlockShuffleStrategy",

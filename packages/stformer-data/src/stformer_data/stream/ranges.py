@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -33,6 +33,7 @@ __all__ = [
     "SplitInfo",
     "ann_split_data",
     "cell_line_metadata_cb",
+    "rank_value_metadata_cb",
 ]
 
 
@@ -129,6 +130,109 @@ def cell_line_metadata_cb(ad: Any, metadata: dict) -> None:
             "align all files to the same genes (same var_names, same order)",
         )
     metadata["num_genes"] = ad.n_vars
+
+
+def rank_value_metadata_cb(
+    vocab: Any = None,
+    medians: Mapping[str, float] | None = None,
+    *,
+    model_input_size: int = 2048,
+    gene_id_key: str | None = None,
+    n_counts_key: str | None = "n_counts",
+    exact: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> MetadataCallback:
+    """A ``metadata_cb`` for rank-value token models (stformer's BERT): vocabulary and medians.
+
+    The callback writes, for :class:`stformer_data.torch.RankValueAnnDataset` and the model:
+    ``metadata["vocab"]`` (a :class:`~stformer_data.GeneVocab`; the given one, else one built from
+    the files' genes), ``"vocab_size"``, ``"pad_token_id"``, ``"medians"`` (the given gene
+    medians, else the non-zero medians of ``counts / n_counts * 10,000`` over every file seen so
+    far, as :func:`~stformer_data.compute_medians` computes them), ``"model_input_size"``, ``"gene_id_key"``, ``"n_counts_key"``, and every item of
+    ``extra`` (e.g. the model's configs: ``{"model_config": ModelConfig(...)}``).
+
+    Parameters
+    ----------
+    vocab
+        The gene vocabulary; ``None`` builds one from the genes of the files, in file order.
+    medians
+        Gene id -> non-zero median; ``None`` computes them while the files are split.
+    model_input_size
+        Longest token sequence (special tokens included).
+    gene_id_key
+        ``var`` column with gene ids (``None``: ``var_names``).
+    n_counts_key
+        ``obs`` column with library sizes (``None`` or absent: row sums).
+    exact
+        Computed medians: ``False`` merges one :class:`~stformer_data.MedianSketch` per file
+        (KLL; memory independent of the cells, exact below ~200 values per gene); ``True``
+        recomputes :func:`~stformer_data.compute_medians_exact` over the files seen so far at
+        every file (holds every non-zero value: small data).
+    extra
+        More metadata, written as given (the names ``model_keys`` pick up).
+
+    >>> cb = rank_value_metadata_cb(model_input_size=64)  # doctest: +SKIP
+    >>> RayTrainRunner(BertMLMModule, RankValueAnnDataset, ["vocab"], metadata_cb=cb)  # doctest: +SKIP
+    """
+    from stformer_data.genes.mapping import resolve_gene_ids
+    from stformer_data.genes.medians import MedianSketch, _sketch_unit, compute_medians_exact
+    from stformer_data.genes.vocab import GeneVocab
+
+    if model_input_size < 2:
+        raise ValueError(f"model_input_size must be >= 2, got {model_input_size}")
+    given_medians = None if medians is None else dict(medians)
+    extra = dict(extra or {})
+    # the genes and the merged median sketch of the files of the current split
+    state: dict[str, Any] = {}
+
+    def metadata_cb(ad: Any, metadata: dict) -> None:
+        path = getattr(ad, "filename", None)
+        if "medians" not in metadata:  # the first file of a new split
+            state.update(genes={}, sketch=MedianSketch(), paths=[])
+        genes, sketch = state["genes"], state["sketch"]
+        ids = resolve_gene_ids(ad.var, gene_id_key=gene_id_key, path=path)
+        genes.update(dict.fromkeys(str(g) for g in ids))
+        out_vocab = vocab if vocab is not None else GeneVocab.from_genes(genes)
+        if given_medians is None:
+            if path is None:
+                raise InputError(
+                    None,
+                    "medians",
+                    "cannot be computed from an AnnData without a file",
+                    "open the files backed (as ann_split_data does) or pass medians",
+                )
+            opts = {
+                "k": sketch.k,
+                "gene_id_key": gene_id_key,
+                "name_to_id": None,
+                "chunk_size": 2048,
+                "layer": None,
+                "allow_non_integer": False,
+                "n_counts_key": n_counts_key,
+                "target_sum": 10_000.0,
+            }
+            state["paths"].append(str(path))
+            if exact:
+                out_medians = compute_medians_exact(
+                    state["paths"], gene_id_key=gene_id_key, n_counts_key=n_counts_key
+                )
+            else:
+                sketch.merge(_sketch_unit((str(path), 0, None, opts)))
+                out_medians = sketch.medians()
+        else:
+            out_medians = given_medians
+        metadata.update(
+            vocab=out_vocab,
+            vocab_size=len(out_vocab),
+            pad_token_id=int(out_vocab.pad_id),
+            medians=out_medians,
+            model_input_size=model_input_size,
+            gene_id_key=gene_id_key,
+            n_counts_key=n_counts_key,
+            **extra,
+        )
+
+    return metadata_cb
 
 
 def _check_fraction(name: str, value: float | None) -> float:

@@ -5,6 +5,7 @@ as on the HF path; only the training loop (``pl.Trainer`` over :class:`MLMTraini
 It does not import :mod:`stformer_train.hf` (and vice versa).
 """
 
+from stformer_train.lightning._bert import BertMLMModule
 from stformer_train.lightning._datamodule import AnnDataModule, H5adStreamDataModule
 from stformer_train.lightning._module import MLMTrainingPlan
 from stformer_train.lightning._trainer import (
@@ -19,7 +20,8 @@ __all__ = [
     "AnnDataModule",
     "H5adStreamDataModule",
     "ResumableBatchSampler",
-    # the training plan and its callbacks
+    # the training plan and its callbacks; stformer's BERT as a self-contained module
+    "BertMLMModule",
     "LightningEarlyStopping",
     "MLMTrainingPlan",
     "lightning_precision",

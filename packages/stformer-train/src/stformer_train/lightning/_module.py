@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
@@ -23,7 +24,9 @@ class MLMTrainingPlan(pl.LightningModule):
     without ``masked_positions``) and logs ``train_loss`` and, on validation batches, ``val_loss``.
     The optimiser is AdamW with transformers' warm-up schedule, as on the Hugging Face path; the
     defaults are stformer's (:data:`stformer_train.config.TRAIN_DEFAULTS`), and
-    :meth:`from_config` takes them from a run's ``TrainConfig``.
+    :meth:`from_config` takes them from a run's ``TrainConfig``. ``max_steps`` is the length of
+    the schedule; ``None`` takes the ``Trainer``'s ``estimated_stepping_batches`` (its
+    ``max_epochs`` times the batches per epoch, or its ``max_steps``).
 
     >>> from stformer_train import ModelConfig
     >>> from stformer_train.models import bert_config_from, build_mlm_model
@@ -40,20 +43,20 @@ class MLMTrainingPlan(pl.LightningModule):
         learning_rate: float = TRAIN_DEFAULTS.learning_rate,
         weight_decay: float = TRAIN_DEFAULTS.weight_decay,
         warmup_steps: float = TRAIN_DEFAULTS.warmup_steps,
-        max_steps: int,
+        max_steps: int | None,
         lr_scheduler_type: str = TRAIN_DEFAULTS.lr_scheduler_type,
         adam_betas: tuple[float, float] = (0.9, 0.999),
         adam_epsilon: float = 1e-8,
     ):
         super().__init__()
-        if max_steps <= 0:
-            raise ValueError(f"MLMTrainingPlan.max_steps must be > 0, got {max_steps}")
+        if max_steps is not None and max_steps <= 0:
+            raise ValueError(f"MLMTrainingPlan.max_steps must be > 0 or None, got {max_steps}")
         self.model = model
         self.save_hyperparameters(ignore=["model"])
 
     @classmethod
     def from_config(
-        cls, model: torch.nn.Module, train: TrainConfig, *, max_steps: int
+        cls, model: torch.nn.Module, train: TrainConfig, *, max_steps: int | None
     ) -> MLMTrainingPlan:
         """The plan of a :class:`~stformer_train.TrainConfig` (its optimiser and schedule fields)."""
         return cls(
@@ -93,10 +96,17 @@ class MLMTrainingPlan(pl.LightningModule):
             betas=hp.adam_betas,
             eps=hp.adam_epsilon,
         )
-        warmup = (
-            int(hp.warmup_steps * hp.max_steps) if hp.warmup_steps < 1 else int(hp.warmup_steps)
-        )
+        total = hp.max_steps
+        if total is None:
+            estimate = self.trainer.estimated_stepping_batches
+            if not math.isfinite(estimate):
+                raise ValueError(
+                    "MLMTrainingPlan.max_steps is None and the Trainer cannot tell the number of "
+                    "steps (a DataLoader without a length and no max_steps): pass max_steps"
+                )
+            total = max(1, int(estimate))
+        warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
         sched = get_scheduler(
-            hp.lr_scheduler_type, opt, num_warmup_steps=warmup, num_training_steps=hp.max_steps
+            hp.lr_scheduler_type, opt, num_warmup_steps=warmup, num_training_steps=total
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
