@@ -1,7 +1,7 @@
 """protoplast's scRNA training API, from one import location.
 
 A protoplast script ports by changing its imports to ``from stformer_dist.protoplast import ...``
-(see ``docs/porting-protoplast.md``):
+(see ``docs/porting.md``):
 
 * :class:`RayTrainRunner` -- a user's LightningModule and dataset class on a Ray cluster;
 * :class:`DistributedAnnDataset` -- the dataset base class (override ``transform``);
