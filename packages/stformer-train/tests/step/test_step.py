@@ -20,6 +20,10 @@ from stformer_train.step import (
     train_loop_formatter,
 )
 
+# the documented default, taken before any test runs: Ray replaces builtins.print in a process
+# where it was started (its safe_print), and earlier tests in the same session start Ray
+_BUILTIN_PRINT = print
+
 PBMC = "sc/pbmc68k_reduced_700_counts.h5ad"
 
 
@@ -54,7 +58,7 @@ def test_signatures_match_the_document():
         ("verbose", False),
         ("delta", 0),
         ("path", "checkpoint.pt"),
-        ("trace_func", print),
+        ("trace_func", _BUILTIN_PRINT),
     ]
     init = inspect.signature(Trainer.init_optimizer).parameters
     assert {k: v.default for k, v in init.items() if k != "self"} == {
