@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from stformer_cli._train import HiddenLayer
+from stformer_cli._options import HiddenLayer
 from stformer_data.atomic import atomic_write_text, partial_path
 
 console = Console()

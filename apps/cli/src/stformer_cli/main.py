@@ -18,7 +18,9 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "stformer_cli._perturb",
     "stformer_cli._perturbgene",
     "stformer_cli._tokenize",
-    "stformer_cli._train",
+    "stformer_cli._pretrain",
+    "stformer_cli._embed",
+    "stformer_cli._finetune",
     "stformer_cli._tune",
 )
 

@@ -1,4 +1,4 @@
-"""``stformer pretrain | embed | evaluate | finetune``: training and using a model from a run directory."""
+"""``stformer pretrain``: train a masked-language model into a run directory."""
 
 from __future__ import annotations
 
@@ -10,21 +10,9 @@ from rich.console import Console
 
 console = Console()
 
-#: ``--hidden-layer`` of embed, evaluate and demo
-HiddenLayer = Annotated[
-    int,
-    typer.Option(
-        help="Hidden layer pooled into cell embeddings: -1 last, -2 second-to-last (Geneformer), "
-        "0 input embeddings."
-    ),
-]
-
 
 def register(app: typer.Typer) -> None:
     app.command("pretrain")(pretrain)
-    app.command("embed")(embed)
-    app.command("evaluate")(evaluate)
-    app.command("finetune")(finetune)
 
 
 def _corpus_from_inputs(inputs: list[Path], out: Path, tok: dict[str, Any], progress: bool):
@@ -218,106 +206,3 @@ def _deepspeed_overrides(spec: str, engine: str) -> dict[str, Any]:
         ) from exc
     resolve_deepspeed(spec)  # a bad spec fails before anything starts
     return deepspeed_overrides(spec)
-
-
-def embed(
-    run: Annotated[Path, typer.Argument(help="Run directory (or its model/ folder).")],
-    h5ad: Annotated[Path, typer.Argument(help="Raw-count .h5ad to embed.")],
-    out: Annotated[Path, typer.Option("--out", help="Output .h5ad with obsm['X_stformer'].")],
-    pooling: Annotated[
-        str, typer.Option(help="mean (non-pad tokens) or cls (first token).")
-    ] = "mean",
-    hidden_layer: HiddenLayer = -1,
-    batch_size: Annotated[int, typer.Option(help="Cells per forward pass.")] = 64,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-) -> None:
-    """Tokenize H5AD with the run's vocabulary and settings, and write cell embeddings."""
-    from stformer_train.downstream import embed_h5ad
-
-    path = embed_h5ad(
-        run,
-        h5ad,
-        out,
-        pooling=pooling,
-        hidden_layer=hidden_layer,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    console.print(f"obsm['X_stformer'] -> {path}")
-
-
-def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run directory (or its model/ folder).")],
-    h5ad: Annotated[Path, typer.Argument(help="Raw-count .h5ad with labels.")],
-    label_key: Annotated[str, typer.Option(help="obs column with the labels.")] = "cell_type",
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Folder for evaluation.json and the plot.")
-    ] = None,
-    test_fraction: Annotated[float, typer.Option(help="Held-out fraction.")] = 0.2,
-    k: Annotated[int, typer.Option(help="Neighbours of the kNN classifier.")] = 15,
-    seed: Annotated[int, typer.Option(help="Seed of the split and the random-init baseline.")] = 0,
-    hidden_layer: HiddenLayer = -1,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-) -> None:
-    """kNN accuracy and macro-F1 on held-out cells: the model vs random init vs PCA, plus a 2-D plot."""
-    from rich.table import Table
-
-    from stformer_train.downstream import evaluate_run
-
-    out = out or Path(run) / "evaluation"
-    result = evaluate_run(
-        run,
-        h5ad,
-        label_key=label_key,
-        out_dir=out,
-        test_fraction=test_fraction,
-        k=k,
-        seed=seed,
-        hidden_layer=hidden_layer,
-        progress=progress,
-    )
-    table = Table(
-        title=f"{k}-NN {label_key} on {next(iter(result['scores'].values()))['n_test']} held-out cells"
-    )
-    for col in ("embedding", "accuracy", "macro-F1"):
-        table.add_column(col)
-    for name, s in result["scores"].items():
-        table.add_row(name, f"{s['accuracy']:.3f}", f"{s['macro_f1']:.3f}")
-    console.print(table)
-    console.print(f"-> {out / 'evaluation.json'}, {result['plot']}")
-
-
-def finetune(
-    run: Annotated[Path, typer.Argument(help="Run directory (or its model/ folder).")],
-    h5ad: Annotated[Path, typer.Argument(help="Raw-count .h5ad with labels.")],
-    label_key: Annotated[str, typer.Option(help="obs column with the labels.")],
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Folder for the classifier and finetune.json.")
-    ] = None,
-    epochs: Annotated[float, typer.Option(help="Fine-tuning epochs.")] = 3.0,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
-    learning_rate: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
-    test_fraction: Annotated[float, typer.Option(help="Held-out fraction.")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed of the split, head and order.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-) -> None:
-    """Fine-tune a cell-type classifier from the run's model; report held-out accuracy and macro-F1."""
-    from stformer_train.downstream import finetune_classifier
-
-    out = out or Path(run) / "finetune"
-    r = finetune_classifier(
-        run,
-        h5ad,
-        label_key=label_key,
-        out_dir=out,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        test_fraction=test_fraction,
-        seed=seed,
-        progress=progress,
-    )
-    console.print(
-        f"held-out accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f} "
-        f"({r['n_test']} cells, {len(r['classes'])} classes) -> {out}"
-    )
