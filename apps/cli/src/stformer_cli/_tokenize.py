@@ -49,6 +49,13 @@ def tokenize(
             "default for rank: computed from the inputs (deterministic sketch)."
         ),
     ] = None,
+    drop_invalid_medians: Annotated[
+        bool,
+        typer.Option(
+            help="Leave out genes whose --medians value is 0, negative or NaN (reported) "
+            "instead of refusing the file."
+        ),
+    ] = False,
     name_to_id: Annotated[
         Path | None, typer.Option(help="Gene symbol -> Ensembl id dictionary (.json/.pkl).")
     ] = None,
@@ -184,9 +191,14 @@ def tokenize(
     med = None
     if scheme == "rank":
         if medians is not None:
-            med = load_medians(medians, allow_pickle=allow_pickle)
+            med = load_medians(
+                medians, allow_pickle=allow_pickle, drop_invalid=drop_invalid_medians
+            )
         else:
-            typer.echo("no --medians given: computing them from the inputs (deterministic sketch, 0.5% relative accuracy)", err=True)
+            typer.echo(
+                "no --medians given: computing them from the inputs (deterministic sketch, 0.5% relative accuracy)",
+                err=True,
+            )
             med = compute_medians(
                 inputs,
                 gene_id_key=gene_id_key,

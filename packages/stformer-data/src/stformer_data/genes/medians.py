@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_all_start_methods, get_context
@@ -188,7 +189,9 @@ class MedianSketch:
             names = sorted(other._genes, key=other._genes.__getitem__)
             remap = self._gene_index(np.asarray(names, dtype=object))
             low = other._keys & ((1 << self._SHIFT) - 1)
-            self._add((remap[other._keys >> self._SHIFT] << self._SHIFT) | low, other._counts.copy())
+            self._add(
+                (remap[other._keys >> self._SHIFT] << self._SHIFT) | low, other._counts.copy()
+            )
         return self
 
     def medians(self) -> dict[str, float]:
@@ -329,15 +332,64 @@ def save_medians(medians: Mapping[str, float], path: str | PathLike[str]) -> Pat
     return atomic_write_text(path, json.dumps(dict(medians)))  # C encoder: no indent
 
 
-def load_medians(path: str | PathLike[str], *, allow_pickle: bool = False) -> dict[str, float]:
-    """Load medians from JSON or, with ``allow_pickle=True``, Geneformer's ``gene_median_dictionary.pkl``."""
-    path = Path(path)
+def load_medians(
+    path: str | PathLike[str], *, allow_pickle: bool = False, drop_invalid: bool = False
+) -> dict[str, float]:
+    """Load medians from JSON or, with ``allow_pickle=True``, Geneformer's ``gene_median_dictionary.pkl``.
+
+    A median must be a finite number > 0 (genes are ranked by ``value / median``). Invalid ones
+    (0, negative, NaN, infinite, not a number) are an :class:`InputError` naming how many there
+    are; ``drop_invalid=True`` drops those genes instead and reports the count on stderr.
+    """
+    raw = _read_medians(Path(path), allow_pickle)
+    good: dict[str, float] = {}
+    bad: list[str] = []
+    for gene, value in raw.items():
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            v = float("nan")
+        if np.isfinite(v) and v > 0:
+            good[str(gene)] = v
+        else:
+            bad.append(str(gene))
+    if bad:
+        what = (
+            f"{len(bad)} of {len(raw)} genes with a median that is 0, negative or not a finite "
+            f"number (e.g. {', '.join(bad[:3])})"
+        )
+        if not drop_invalid:
+            raise InputError(
+                path,
+                "gene medians",
+                f"has {what}; those genes cannot be ranked",
+                "correct the medians file, omit --medians to compute them from the inputs, or "
+                "pass --drop-invalid-medians to leave those genes out",
+            )
+        print(f"{path}: dropped {what}", file=sys.stderr)
+    return good
+
+
+def _read_medians(path: Path, allow_pickle: bool) -> Mapping[Any, Any]:
     if not path.exists():
         raise InputError(
             path, "gene median dictionary", "does not exist", "pass the path of a medians file"
         )
     if path.suffix == ".json":
-        return {str(k): float(v) for k, v in json.loads(path.read_text()).items()}
+        try:
+            payload = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(
+                path, "gene median dictionary", f"is not valid JSON ({exc})", "re-export it"
+            ) from exc
+        if not isinstance(payload, dict):
+            raise InputError(
+                path,
+                "gene median dictionary",
+                f"is a JSON {type(payload).__name__}, not an object of gene id -> median",
+                'write it as {"ENSG...": median, ...}',
+            )
+        return payload
     if path.suffix in (".pkl", ".pickle"):
         if not allow_pickle:
             raise InputError(
@@ -349,7 +401,15 @@ def load_medians(path: str | PathLike[str], *, allow_pickle: bool = False) -> di
         import pickle
 
         with path.open("rb") as fh:
-            return {str(k): float(v) for k, v in pickle.load(fh).items()}
+            payload = pickle.load(fh)
+        if not isinstance(payload, Mapping):
+            raise InputError(
+                path,
+                "gene median dictionary",
+                f"holds a {type(payload).__name__}, not a dictionary of gene id -> median",
+                "pass Geneformer's gene_median_dictionary.pkl",
+            )
+        return payload
     raise InputError(
         path,
         "gene median dictionary",
