@@ -167,8 +167,10 @@ def atomic_dir(
         tmp.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
-    except InputError:  # a refused input or a full/read-only disk: nothing worth resuming
+    except InputError as exc:  # a refused input or a full/read-only disk: nothing worth resuming
         shutil.rmtree(tmp, ignore_errors=True)
+        if exc.field == "output" and exc.path and Path(exc.path).is_relative_to(tmp):
+            raise InputError(path, exc.field, exc.problem, exc.fix) from exc  # the folder asked for
         raise
     except OSError as exc:
         err = disk_error(path, exc)
