@@ -22,8 +22,6 @@ import h5py
 import numpy as np
 import pytest
 
-TOKENIZE = ("tokenize", "--no-progress", "--model-input-size", "16")
-
 
 def _tokenize(src, out, *extra):
     return (
@@ -244,6 +242,30 @@ def test_full_and_read_only_disks_on_private_tmpfs(tmp_path, write_h5ad):
     assert "Fix: free space on that file system" in err and "(--out)" in err
     listing = res.stdout.split("tokenize rc 2", 1)[1].split()
     assert [n for n in listing if not n.endswith(":")] == [".", "..", ".", ".."]  # nothing left
+
+
+def test_permission_denied_is_one_message_even_as_root(tmp_path, write_h5ad, run_cli, monkeypatch):
+    """EACCES simulated in-process (root ignores chmod, so the real case below may be skipped)."""
+    src = write_h5ad()
+    locked = tmp_path / "locked"
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(locked)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    for command in (
+        _tokenize(src, locked / "corpus"),
+        ("medians", src, "--out", locked / "m.json"),
+    ):
+        rc, msg = run_cli(*command)
+        assert rc == 2, msg
+        assert (
+            "is not writable: permission denied" in msg and "Fix: make the folder writable" in msg
+        )
+    assert not locked.exists()
 
 
 def test_read_only_output_folder_gives_one_message(tmp_path, write_h5ad, run_cli, leftovers):
