@@ -311,7 +311,7 @@ _SLOW_TOKENIZE = (
     "from stformer_cli.main import cli\n"
     "real = w._run_unit\n"
     "def slow(job, on_chunk=None):\n"
-    "    r = real(job, on_chunk); time.sleep(0.4); return r\n"
+    "    r = real(job, on_chunk); time.sleep(0.25); return r\n"
     "w._run_unit = slow\n"
     "sys.exit(cli(sys.argv[1:]))\n"
 )
