@@ -146,6 +146,20 @@ def test_evaluate_run_names_a_missing_label_column(run, tiny_h5ad, tmp_path):
         evaluate_run(run, tiny_h5ad, label_key="no_such_column", out_dir=tmp_path, progress=False)
 
 
+def test_evaluate_run_refuses_a_file_with_one_labelled_cell(run, tiny_h5ad, tmp_path):
+    one = sd.open_h5ad(tiny_h5ad, backed=False)[:1].copy()
+    one.write_h5ad(tmp_path / "one.h5ad")
+    with pytest.raises(sd.InputError, match=r"labels 1 cell\(s\).*Fix: pass a file with more"):
+        evaluate_run(
+            run,
+            tmp_path / "one.h5ad",
+            label_key="cell_type",
+            out_dir=tmp_path / "ev",
+            progress=False,
+        )
+    assert not (tmp_path / "ev").exists()
+
+
 def test_plot_embedding_2d_writes_a_png_atomically(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(30, 6))

@@ -46,9 +46,16 @@ def tokenize(
         Path | None,
         typer.Option(
             help="Gene medians .json (or .pkl with --allow-pickle); "
-            "default for rank: computed from the inputs (KLL sketch)."
+            "default for rank: computed from the inputs (deterministic sketch)."
         ),
     ] = None,
+    drop_invalid_medians: Annotated[
+        bool,
+        typer.Option(
+            help="Leave out genes whose --medians value is 0, negative or NaN (reported) "
+            "instead of refusing the file."
+        ),
+    ] = False,
     name_to_id: Annotated[
         Path | None, typer.Option(help="Gene symbol -> Ensembl id dictionary (.json/.pkl).")
     ] = None,
@@ -184,9 +191,14 @@ def tokenize(
     med = None
     if scheme == "rank":
         if medians is not None:
-            med = load_medians(medians, allow_pickle=allow_pickle)
+            med = load_medians(
+                medians, allow_pickle=allow_pickle, drop_invalid=drop_invalid_medians
+            )
         else:
-            typer.echo("no --medians given: computing them from the inputs (KLL sketch)", err=True)
+            typer.echo(
+                "no --medians given: computing them from the inputs (deterministic sketch, 0.5% relative accuracy)",
+                err=True,
+            )
             med = compute_medians(
                 inputs,
                 gene_id_key=gene_id_key,
@@ -230,7 +242,9 @@ def medians(
     exact: Annotated[
         bool, typer.Option(help="Exact medians (holds every non-zero value: small data only).")
     ] = False,
-    k: Annotated[int, typer.Option(help="KLL sketch size (rank error 1.33% at 200).")] = 200,
+    relative_accuracy: Annotated[
+        float, typer.Option(help="Sketch: relative accuracy of each median (0.005 = 0.5%).")
+    ] = 0.005,
     gene_id_key: Annotated[
         str | None, typer.Option(help="var column with gene ids (default: var_names).")
     ] = None,
@@ -253,7 +267,7 @@ def medians(
     result = compute_medians(
         inputs,
         exact=exact,
-        k=k,
+        relative_accuracy=relative_accuracy,
         gene_id_key=gene_id_key,
         name_to_id=_name_to_id(name_to_id, allow_pickle),
         n_counts_key=n_counts_key or None,

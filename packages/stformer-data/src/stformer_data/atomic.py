@@ -12,6 +12,12 @@ leaves something that looks finished:
   renamed to its final name (replacing an existing one only then), on an exception it is removed
   unless ``keep_on_error`` asks to keep it (resumable work such as a corpus's finished shards).
 
+A full disk, a read-only file system or a folder without write permission (``ENOSPC``,
+``EDQUOT``, ``EROFS``, ``EACCES``, ``EPERM``) while writing becomes one
+:class:`~stformer_data.InputError` naming the path and the fix, and the partial output is removed
+(also by ``atomic_dir(keep_on_error=True)``, as it is for any ``InputError`` raised in its block:
+a refused input leaves nothing to resume; an interruption still keeps the folder).
+
 ``os.replace`` is atomic on POSIX within one file system, which is why the temporary path is always
 a sibling of the final one.
 
@@ -25,6 +31,7 @@ a sibling of the final one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -33,14 +40,67 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from stformer_data._errors import InputError
+
 __all__ = [
     "atomic_dir",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "disk_error",
     "partial_path",
 ]
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _disk_errno(exc: BaseException) -> int | None:
+    """The errno of a full / read-only / not writable disk in ``exc`` or its causes, else None.
+
+    Some writers (pyarrow, h5py) raise an ``OSError`` without ``errno`` whose message carries the
+    system's text, so that is matched too."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError):
+            if exc.errno in _DISK_ERRNOS:
+                return exc.errno
+            text = str(exc)
+            for code in _DISK_ERRNOS:
+                if os.strerror(code) in text:
+                    return code
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def disk_error(path: str | PathLike[str], exc: BaseException) -> InputError | None:
+    """The :class:`InputError` for a write to ``path`` that failed because the disk is full,
+    read-only or not writable (None for any other error)."""
+    code = _disk_errno(exc)
+    if code is None:
+        return None
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        problem = "cannot be written: no space left on the device (disk full or quota reached)"
+        fix = "free space on that file system, or write the output elsewhere (--out)"
+    elif code == errno.EROFS:
+        problem = "is not writable: the file system is read-only"
+        fix = "write the output to a writable folder (--out)"
+    else:
+        problem = "is not writable: permission denied"
+        fix = "make the folder writable for you (chmod / chown), or write elsewhere (--out)"
+    return InputError(path, "output", problem, fix)
+
+
+@contextlib.contextmanager
+def _disk_errors(path: Path) -> Iterator[None]:
+    """Turn a full / read-only / not writable disk while writing ``path`` into an InputError."""
+    try:
+        yield
+    except OSError as exc:
+        err = disk_error(path, exc)
+        if err is None:
+            raise
+        raise err from exc
 
 
 def partial_path(path: str | PathLike[str]) -> Path:
@@ -52,18 +112,19 @@ def partial_path(path: str | PathLike[str]) -> Path:
 def atomic_write_bytes(path: str | PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically (parents are created); return ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                if fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -100,24 +161,43 @@ def atomic_dir(
     """
     path = Path(path)
     tmp = partial_path(path)
-    if tmp.exists() and not reuse:
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True, exist_ok=True)
+    with _disk_errors(path):
+        if tmp.exists() and not reuse:
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
+    except InputError as exc:  # a refused input or a full/read-only disk: nothing worth resuming
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.field == "output" and exc.path and Path(exc.path).is_relative_to(tmp):
+            raise InputError(path, exc.field, exc.problem, exc.fix) from exc  # the folder asked for
+        raise
+    except OSError as exc:
+        err = disk_error(path, exc)
+        if err is None and not keep_on_error:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if err is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise err from exc
     except BaseException:
         if not keep_on_error:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
+    try:
+        with _disk_errors(path):
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, path)
+    except InputError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager
@@ -125,11 +205,12 @@ def atomic_path(path: str | PathLike[str]) -> Iterator[Path]:
     """Yield a hidden temporary sibling of ``path`` to write (by any writer, e.g. a stream); on
     success it is renamed to ``path``, on an exception removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

@@ -119,6 +119,15 @@ def evaluate_run(
             "does not exist",
             f"pass --label-key with one of {list(adata.obs.columns)}",
         )
+    n_labelled = int((~adata.obs[label_key].astype(str).isin(_MISSING_LABELS)).sum())
+    if n_labelled < 2:  # kNN transfer needs a cell to learn from and one held out
+        raise sd.InputError(
+            h5ad,
+            f"obs[{label_key!r}]",
+            f"labels {n_labelled} cell(s); kNN label transfer needs at least 2 (one to train on, "
+            "one held out), so no score would mean anything",
+            "pass a file with more labelled cells",
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -122,6 +122,11 @@ def tokenize_files(
         if not plan_file.is_file():
             atomic_write_json(plan_file, {"fingerprint": job_fingerprint, "units": len(units)})
         done = _done_units(shard_dir, units)
+        if done:
+            print(
+                f"resuming: reusing {len(done)} of {len(units)} finished shards in {tmp}",
+                file=sys.stderr,
+            )
         jobs = _jobs(
             [u for u in units if u.index not in done],
             plans,

@@ -1,7 +1,7 @@
 """Stage 2, genes: vocabularies (token dictionaries), per-gene medians, and how a file's columns
 map to tokens.
 
-``vocab`` (:class:`GeneVocab`, special tokens, Geneformer dictionaries), ``medians`` (KLL sketches
+``vocab`` (:class:`GeneVocab`, special tokens, Geneformer dictionaries), ``medians`` (deterministic sketches
 or exact), ``mapping`` (gene ids of a file, symbol->id dictionaries, :class:`GeneMapping`).
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_all_start_methods, get_context
@@ -12,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from datasketches import kll_doubles_sketch
 
 from stformer_data._errors import InputError
 from stformer_data.atomic import atomic_write_text
@@ -85,36 +85,74 @@ def compute_medians_exact(
 
 
 class MedianSketch:
-    """Streaming per-gene quantile sketches of non-zero normalised expression; mergeable.
+    """Streaming per-gene medians of non-zero normalised expression: deterministic and mergeable.
 
-    One Apache DataSketches KLL sketch (``kll_doubles_sketch``) per gene. Memory is bounded by the
-    number of genes times the sketch size (a few KB each at the default ``k=200``), whatever the
-    number of cells; sketches of different files or processes merge exactly as if built in one pass.
+    Each gene's values are counted in logarithmic buckets (the DDSketch mapping: bucket ``i`` holds
+    the values in ``(gamma**(i-1), gamma**i]``, ``gamma = (1 + a) / (1 - a)`` for the relative
+    accuracy ``a``). Bucket counts are integers, so updating and merging are exact and commutative:
+    the result depends only on the values, never on how the rows were chunked, how many processes
+    built partial sketches or in which order these were merged; the same input gives the same
+    medians bit for bit.
 
-    Error: the value returned as a gene's median has a true **normalised rank** within
-    ``rank_error`` of 0.5 (KLL single-query bound, 99% confidence; 1.33% at ``k=200``). Genes with
-    fewer than about ``k`` values are held exactly; the median reported is always the lower middle
-    retained value (the smallest value whose inclusive rank reaches 0.5).
+    Error: the median returned for a gene is within a relative ``relative_accuracy`` of its lower
+    middle value (the smallest value whose inclusive rank reaches 0.5): a bound on the value,
+    always, not a probabilistic bound on the rank. Memory is bounded by the number of genes times
+    the number of occupied buckets (at most ``log(max/min) / log(gamma)`` per gene, about 230 per
+    factor 10 of range at the default 0.005), whatever the number of cells.
 
     >>> import numpy as np, scipy.sparse as sp
-    >>> s = MedianSketch(k=200)
+    >>> s = MedianSketch()
     >>> s.update_block(sp.csr_matrix([[1., 0.], [3., 2.]]), np.array([1., 5.]), np.array(["a", "b"]), 10.0)
-    >>> s.medians()
+    >>> {g: round(m, 1) for g, m in s.medians().items()}
     {'a': 6.0, 'b': 4.0}
     """
 
-    def __init__(self, k: int = 200):
-        if not 8 <= k <= 65535:
-            raise ValueError(f"k must be in [8, 65535], got {k}")
-        self.k = k
-        self._sketches: dict[str, Any] = {}
+    _SHIFT = 32  # key = gene << 32 | (bucket + 2**31)
+    _OFFSET = 1 << 31
+    _COMPACT_AT = 1 << 22  # pending (key, count) pairs folded into the sorted table at once
 
-    @property
-    def rank_error(self) -> float:
-        return float(kll_doubles_sketch(self.k).normalized_rank_error(False))
+    def __init__(self, relative_accuracy: float = 0.005):
+        if not 1e-4 <= relative_accuracy <= 0.5:
+            raise ValueError(f"relative_accuracy must be in [1e-4, 0.5], got {relative_accuracy}")
+        self.relative_accuracy = float(relative_accuracy)
+        a = self.relative_accuracy
+        self._gamma = (1 + a) / (1 - a)
+        self._log_gamma = float(np.log(self._gamma))
+        self._genes: dict[str, int] = {}
+        self._keys = np.zeros(0, np.int64)
+        self._counts = np.zeros(0, np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._n_pending = 0
 
     def __len__(self) -> int:
-        return len(self._sketches)
+        self._compact()
+        return int(np.unique(self._keys >> self._SHIFT).size)
+
+    def _gene_index(self, gene_ids: np.ndarray) -> np.ndarray:
+        return np.fromiter(
+            (self._genes.setdefault(str(g), len(self._genes)) for g in gene_ids),
+            dtype=np.int64,
+            count=len(gene_ids),
+        )
+
+    def _add(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        if keys.size:
+            self._pending.append((keys, counts))
+            self._n_pending += keys.size
+            if self._n_pending >= self._COMPACT_AT:
+                self._compact()
+
+    def _compact(self) -> None:
+        if not self._pending:
+            return
+        keys = np.concatenate([self._keys] + [k for k, _ in self._pending])
+        counts = np.concatenate([self._counts] + [c for _, c in self._pending])
+        self._pending, self._n_pending = [], 0
+        order = np.argsort(keys, kind="stable")
+        keys, counts = keys[order], counts[order]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        self._keys = keys[starts]
+        self._counts = np.add.reduceat(counts, starts) if starts.size else counts[:0]
 
     def update_block(
         self,
@@ -124,53 +162,73 @@ class MedianSketch:
         target_sum: float = 10_000.0,
     ) -> None:
         """Add the non-zero values of ``block / n_counts * target_sum`` (columns named by ``gene_ids``)."""
+        block = sp.csr_matrix(block)
+        n_counts = np.asarray(n_counts, dtype=np.float64)
         with np.errstate(divide="ignore"):
             scale = np.where(n_counts > 0, target_sum / np.where(n_counts > 0, n_counts, 1.0), 0.0)
-        csc = (sp.diags(scale) @ block.astype(np.float64)).tocsc()
-        csc.eliminate_zeros()
-        indptr, data = csc.indptr, csc.data
-        for j in np.flatnonzero(np.diff(indptr)):
-            gene = str(gene_ids[j])
-            sketch = self._sketches.get(gene)
-            if sketch is None:
-                sketch = self._sketches[gene] = kll_doubles_sketch(self.k)
-            sketch.update(data[indptr[j] : indptr[j + 1]])
+        rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+        values = block.data.astype(np.float64) * scale[rows]
+        keep = (values > 0) & np.isfinite(values)
+        if not keep.any():
+            return
+        genes = self._gene_index(np.asarray(gene_ids))[block.indices[keep]]
+        bucket = np.ceil(np.log(values[keep]) / self._log_gamma).astype(np.int64)
+        keys = (genes << self._SHIFT) | (bucket + self._OFFSET)
+        uniq, counts = np.unique(keys, return_counts=True)
+        self._add(uniq, counts.astype(np.int64))
 
     def merge(self, other: MedianSketch) -> MedianSketch:
         """Fold ``other`` into this sketch (in place) and return ``self``."""
-        if other.k != self.k:
-            raise ValueError(f"cannot merge sketches with k={other.k} into k={self.k}")
-        for gene, sk in other._sketches.items():
-            mine = self._sketches.get(gene)
-            if mine is None:
-                self._sketches[gene] = kll_doubles_sketch.deserialize(sk.serialize())
-            else:
-                mine.merge(sk)
+        if other.relative_accuracy != self.relative_accuracy:
+            raise ValueError(
+                f"cannot merge a sketch with relative_accuracy={other.relative_accuracy} into "
+                f"one with relative_accuracy={self.relative_accuracy}"
+            )
+        other._compact()
+        if other._keys.size:
+            names = sorted(other._genes, key=other._genes.__getitem__)
+            remap = self._gene_index(np.asarray(names, dtype=object))
+            low = other._keys & ((1 << self._SHIFT) - 1)
+            self._add(
+                (remap[other._keys >> self._SHIFT] << self._SHIFT) | low, other._counts.copy()
+            )
         return self
 
     def medians(self) -> dict[str, float]:
-        return {
-            str(g): float(sk.get_quantile(0.5, inclusive=True))
-            for g, sk in self._sketches.items()
-            if not sk.is_empty()
-        }
+        """Gene id -> median (sorted by gene id, so equal sketches give equal dictionaries)."""
+        self._compact()
+        if not self._keys.size:
+            return {}
+        genes = self._keys >> self._SHIFT
+        bucket = (self._keys & ((1 << self._SHIFT) - 1)) - self._OFFSET
+        starts = np.flatnonzero(np.r_[True, genes[1:] != genes[:-1]])
+        cum = np.cumsum(self._counts)
+        before = np.r_[0, cum[starts[1:] - 1]]
+        totals = np.add.reduceat(self._counts, starts)
+        at = np.searchsorted(cum, before + (totals + 1) // 2, side="left")
+        value = 2.0 * np.exp(bucket[at] * self._log_gamma) / (1.0 + self._gamma)
+        names = sorted(self._genes, key=self._genes.__getitem__)
+        out = {names[g]: float(v) for g, v in zip(genes[starts], value, strict=True)}
+        return dict(sorted(out.items()))
 
     def __getstate__(self) -> dict[str, Any]:
+        self._compact()
         return {
-            "k": self.k,
-            "sketches": {g: bytes(sk.serialize()) for g, sk in self._sketches.items()},
+            "relative_accuracy": self.relative_accuracy,
+            "genes": sorted(self._genes, key=self._genes.__getitem__),
+            "keys": self._keys,
+            "counts": self._counts,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.k = state["k"]
-        self._sketches = {
-            g: kll_doubles_sketch.deserialize(b) for g, b in state["sketches"].items()
-        }
+        self.__init__(state["relative_accuracy"])
+        self._genes = {g: i for i, g in enumerate(state["genes"])}
+        self._keys, self._counts = state["keys"], state["counts"]
 
 
 def _sketch_unit(args) -> MedianSketch:
     path, start, stop, opts = args
-    sketch = MedianSketch(opts["k"])
+    sketch = MedianSketch(opts["relative_accuracy"])
     adata = open_h5ad(path, lazy=True)
     try:
         ids = resolve_gene_ids(
@@ -205,7 +263,7 @@ def compute_medians(
     files: Sequence[str | PathLike[str]],
     *,
     exact: bool = False,
-    k: int = 200,
+    relative_accuracy: float = 0.005,
     num_proc: int = 1,
     rows_per_unit: int = 65536,
     gene_id_key: str | None = None,
@@ -218,9 +276,10 @@ def compute_medians(
 ) -> dict[str, float]:
     """Per-gene medians of non-zero ``counts / n_counts * target_sum`` over many files, in one pass.
 
-    ``exact=False`` (default): :class:`MedianSketch` (KLL; rank error ``MedianSketch(k).rank_error``),
-    memory independent of the number of cells, over ``num_proc`` processes (files x row ranges)
-    merged. ``exact=True``: :func:`compute_medians_exact` (holds every non-zero value).
+    ``exact=False`` (default): :class:`MedianSketch` (each median within a relative
+    ``relative_accuracy`` of the gene's lower middle value), memory independent of the number of
+    cells, over ``num_proc`` processes (files x row ranges) merged. The result is deterministic:
+    the same files give the same medians bit for bit, whatever ``num_proc`` and ``rows_per_unit``. ``exact=True``: :func:`compute_medians_exact` (holds every non-zero value).
     Duplicate gene ids within a file are summed first, as in tokenization.
     """
     if exact:
@@ -237,7 +296,7 @@ def compute_medians(
     if num_proc <= 0 or rows_per_unit <= 0:
         raise ValueError("num_proc and rows_per_unit must be > 0")
     opts = {
-        "k": k,
+        "relative_accuracy": relative_accuracy,
         "gene_id_key": gene_id_key,
         "name_to_id": name_to_id,
         "n_counts_key": n_counts_key,
@@ -254,7 +313,7 @@ def compute_medians(
         finally:
             adata.file.close()
         units += [(str(f), a, min(a + rows_per_unit, n), opts) for a in range(0, n, rows_per_unit)]
-    total = MedianSketch(k)
+    total = MedianSketch(relative_accuracy)
     if num_proc == 1 or len(units) <= 1:
         for u in units:
             total.merge(_sketch_unit(u))
@@ -273,15 +332,64 @@ def save_medians(medians: Mapping[str, float], path: str | PathLike[str]) -> Pat
     return atomic_write_text(path, json.dumps(dict(medians)))  # C encoder: no indent
 
 
-def load_medians(path: str | PathLike[str], *, allow_pickle: bool = False) -> dict[str, float]:
-    """Load medians from JSON or, with ``allow_pickle=True``, Geneformer's ``gene_median_dictionary.pkl``."""
-    path = Path(path)
+def load_medians(
+    path: str | PathLike[str], *, allow_pickle: bool = False, drop_invalid: bool = False
+) -> dict[str, float]:
+    """Load medians from JSON or, with ``allow_pickle=True``, Geneformer's ``gene_median_dictionary.pkl``.
+
+    A median must be a finite number > 0 (genes are ranked by ``value / median``). Invalid ones
+    (0, negative, NaN, infinite, not a number) are an :class:`InputError` naming how many there
+    are; ``drop_invalid=True`` drops those genes instead and reports the count on stderr.
+    """
+    raw = _read_medians(Path(path), allow_pickle)
+    good: dict[str, float] = {}
+    bad: list[str] = []
+    for gene, value in raw.items():
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            v = float("nan")
+        if np.isfinite(v) and v > 0:
+            good[str(gene)] = v
+        else:
+            bad.append(str(gene))
+    if bad:
+        what = (
+            f"{len(bad)} of {len(raw)} genes with a median that is 0, negative or not a finite "
+            f"number (e.g. {', '.join(bad[:3])})"
+        )
+        if not drop_invalid:
+            raise InputError(
+                path,
+                "gene medians",
+                f"has {what}; those genes cannot be ranked",
+                "correct the medians file, omit --medians to compute them from the inputs, or "
+                "pass --drop-invalid-medians to leave those genes out",
+            )
+        print(f"{path}: dropped {what}", file=sys.stderr)
+    return good
+
+
+def _read_medians(path: Path, allow_pickle: bool) -> Mapping[Any, Any]:
     if not path.exists():
         raise InputError(
             path, "gene median dictionary", "does not exist", "pass the path of a medians file"
         )
     if path.suffix == ".json":
-        return {str(k): float(v) for k, v in json.loads(path.read_text()).items()}
+        try:
+            payload = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(
+                path, "gene median dictionary", f"is not valid JSON ({exc})", "re-export it"
+            ) from exc
+        if not isinstance(payload, dict):
+            raise InputError(
+                path,
+                "gene median dictionary",
+                f"is a JSON {type(payload).__name__}, not an object of gene id -> median",
+                'write it as {"ENSG...": median, ...}',
+            )
+        return payload
     if path.suffix in (".pkl", ".pickle"):
         if not allow_pickle:
             raise InputError(
@@ -293,7 +401,15 @@ def load_medians(path: str | PathLike[str], *, allow_pickle: bool = False) -> di
         import pickle
 
         with path.open("rb") as fh:
-            return {str(k): float(v) for k, v in pickle.load(fh).items()}
+            payload = pickle.load(fh)
+        if not isinstance(payload, Mapping):
+            raise InputError(
+                path,
+                "gene median dictionary",
+                f"holds a {type(payload).__name__}, not a dictionary of gene id -> median",
+                "pass Geneformer's gene_median_dictionary.pkl",
+            )
+        return payload
     raise InputError(
         path,
         "gene median dictionary",

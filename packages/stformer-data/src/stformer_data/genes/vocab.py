@@ -9,6 +9,7 @@ import pickle
 from collections.abc import Iterable, Mapping
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -143,10 +144,16 @@ class GeneVocab(Mapping[str, int]):
                 "pass the path of a .json or .pkl vocabulary",
             )
         if path.suffix == ".json":
-            payload = json.loads(path.read_text())
+            try:
+                payload = json.loads(path.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise InputError(
+                    path, "token dictionary", f"is not valid JSON ({exc})", "re-export it"
+                ) from exc
+            specials = None
             if isinstance(payload, dict) and "token_to_id" in payload:
-                return cls(payload["token_to_id"], payload.get("special_tokens"))
-            return cls(payload)
+                payload, specials = payload["token_to_id"], payload.get("special_tokens")
+            return cls._checked(path, payload, specials)
         if path.suffix in (".pkl", ".pickle"):
             if not allow_pickle:
                 raise InputError(
@@ -156,10 +163,49 @@ class GeneVocab(Mapping[str, int]):
                     "convert it to JSON, or pass allow_pickle=True (--allow-pickle) if you trust it",
                 )
             with path.open("rb") as fh:
-                return cls(pickle.load(fh))
+                return cls._checked(path, pickle.load(fh), None)
         raise InputError(
             path, "token dictionary", f"has an unknown suffix {path.suffix!r}", "use .json or .pkl"
         )
+
+    @classmethod
+    def _checked(cls, path: Path, payload: Any, specials: Any) -> GeneVocab:
+        """``cls(payload, specials)`` after checking ``payload`` is a token -> integer id object;
+        every problem is an InputError naming ``path``."""
+        fix = 'write it as {"<pad>": 0, "<mask>": 1, "ENSG...": 2, ...} (ids 0..N-1, each once)'
+        if not isinstance(payload, Mapping):
+            kind = "JSON list" if isinstance(payload, list) else type(payload).__name__
+            raise InputError(
+                path, "token dictionary", f"is a {kind}, not an object of token -> id", fix
+            )
+        if specials is not None and not (
+            isinstance(specials, list) and all(isinstance(t, str) for t in specials)
+        ):
+            raise InputError(
+                path, "token dictionary special_tokens", "is not a list of token strings", fix
+            )
+        owner: dict[int, str] = {}
+        for token, tid in payload.items():
+            if isinstance(tid, bool) or not isinstance(tid, (int, np.integer)):
+                raise InputError(
+                    path, "token dictionary", f"entry {token!r} has id {tid!r}, not an integer", fix
+                )
+            if tid < 0:
+                raise InputError(
+                    path, "token dictionary", f"entry {token!r} has id {tid}, a negative id", fix
+                )
+            if int(tid) in owner:
+                raise InputError(
+                    path,
+                    "token dictionary",
+                    f"id {tid} is used by {owner[int(tid)]!r} and {token!r}",
+                    fix,
+                )
+            owner[int(tid)] = str(token)
+        try:
+            return cls(payload, specials)
+        except InputError as exc:
+            raise InputError(path, exc.field, exc.problem, exc.fix) from exc
 
     # --- persistence ----------------------------------------------------------------------------
     def save_json(self, path: str | PathLike[str]) -> Path:

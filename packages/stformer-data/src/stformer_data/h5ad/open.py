@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anndata as ad
 import h5py
+import numpy as np
 import pandas as pd
 
 from stformer_data._errors import InputError
@@ -25,10 +26,18 @@ def open_h5ad(
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file", "does not exist", "check the path")
+    if path.is_dir():
+        _refuse_folder(path)
     try:
         if lazy:
             return H5adReader(path)
+        with h5py.File(path, "r") as f:
+            for name in ("X", *(f"layers/{k}" for k in f.get("layers", {}))):
+                if name in f:
+                    check_sparse_structure(f[name], path, name)
         return ad.io.read_h5ad(path, backed="r" if backed else None)
+    except InputError:
+        raise
     except Exception as exc:  # h5py/anndata raise many types for truncated or corrupt files
         raise InputError(
             path,
@@ -36,6 +45,51 @@ def open_h5ad(
             f"cannot be read as h5ad ({type(exc).__name__}: {exc})",
             "re-export or re-download the file; it may be truncated or corrupt",
         ) from exc
+
+
+def _refuse_folder(path: Path) -> None:
+    """A folder passed as an h5ad file: say what it is (a zarr store, most often) and what to do."""
+    if any((path / marker).exists() for marker in (".zgroup", "zarr.json", ".zattrs")):
+        raise InputError(
+            path,
+            "file",
+            "is a zarr store (a folder), not an h5ad file, although it is named like one",
+            f"read it with anndata.read_zarr({str(path)!r}) and write it with "
+            ".write_h5ad('cells.h5ad'), then pass that file; rename the store to .zarr so it is "
+            "not taken for h5ad",
+        )
+    raise InputError(path, "file", "is a folder, not an h5ad file", "pass the .h5ad file itself")
+
+
+def check_sparse_structure(elem, path: str | PathLike[str] | None, name: str) -> None:
+    """Refuse a CSR/CSC group whose ``indptr`` does not start at 0, decreases, or points past
+    ``indices`` (reading it would crash or return garbage). Reads only ``indptr``."""
+    if not isinstance(elem, h5py.Group) or "indptr" not in elem or "indices" not in elem:
+        return
+    indptr = np.asarray(elem["indptr"][:], dtype=np.int64)
+    axis = "row" if elem.attrs.get("encoding-type", "csr_matrix") == "csr_matrix" else "column"
+    fix = (
+        "re-export the matrix from its source (a CSR/CSC indptr starts at 0 and never decreases); "
+        "the file is corrupt"
+    )
+    field = f"{name}/indptr"
+    if indptr.size and indptr[0] != 0:
+        raise InputError(path, field, f"starts at {indptr[0]}, not 0", fix)
+    step = np.diff(indptr)
+    if (step < 0).any():
+        i = int(np.flatnonzero(step < 0)[0])
+        raise InputError(
+            path,
+            field,
+            f"decreases at {axis} {i} ({indptr[i]} -> {indptr[i + 1]}); the sparse structure is "
+            "corrupt",
+            fix,
+        )
+    n = elem["indices"].shape[0]
+    if indptr.size and indptr[-1] > n:
+        raise InputError(
+            path, field, f"ends at {indptr[-1]}, past the {n} stored entries (truncated?)", fix
+        )
 
 
 def _on_disk(elem):
@@ -56,6 +110,7 @@ class _LazyGroup(Mapping):
         if self._group is None or key not in self._group:
             raise KeyError(key)
         elem = self._group[key]
+        check_sparse_structure(elem, self._group.file.filename, f"{self._group.name[1:]}/{key}")
         return _on_disk(elem) if self._on_disk else ad.io.read_elem(elem)
 
     def __contains__(self, key: object) -> bool:
@@ -94,6 +149,8 @@ class H5adReader:
         try:
             self.obs: pd.DataFrame = ad.io.read_elem(self.file["obs"])
             self.var: pd.DataFrame = ad.io.read_elem(self.file["var"])
+            if "X" in self.file:
+                check_sparse_structure(self.file["X"], path, "X")
             self.X = _on_disk(self.file["X"]) if "X" in self.file else None
         except Exception:
             self.file.close()

@@ -161,16 +161,48 @@ def library_sizes(
     *,
     n_counts_key: str | None,
     path: str | PathLike[str] | None,
+    layer: str | None = None,
 ) -> np.ndarray:
-    """``obs[n_counts_key]`` for rows ``start:stop`` when given and present, else the row sums."""
+    """``obs[n_counts_key]`` for rows ``start:stop`` when given and present, else the row sums.
+
+    Library sizes from ``obs`` must be finite and non-negative, and > 0 for every cell with counts
+    (``block``, or the rows of ``layer`` / ``X`` when no block is given, tell which have counts):
+    otherwise an :class:`InputError` names the column and the first bad cell.
+    """
     if n_counts_key is not None and n_counts_key in adata.obs.columns:
-        n = np.asarray(adata.obs[n_counts_key].iloc[start:stop], dtype=np.float64)
-        if not np.all(np.isfinite(n)) or np.any(n < 0):
+        field = f"obs[{n_counts_key!r}]"
+        fix = f"fix the column, or pass --n-counts-key '' to compute library sizes from {layer or 'X'}"
+        try:
+            n = np.asarray(adata.obs[n_counts_key].iloc[start:stop], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(path, field, f"is not numeric ({exc})", fix) from exc
+        bad = ~np.isfinite(n) | (n < 0)
+        problem = "NaN, infinite or negative"
+        if not bad.any() and (n == 0).any():
+            zero = np.flatnonzero(n == 0)
+            bad[zero] = _rows_with_counts(adata, block, zero + start, start, layer, path)
+            problem = "0 for a cell that has counts (a library size must be > 0)"
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            cell = adata.obs_names[start + first]
             raise InputError(
                 path,
-                f"obs[{n_counts_key!r}]",
-                "has NaN, infinite or negative values",
-                "fix the column, or pass --n-counts-key '' to compute library sizes from X",
+                field,
+                f"is {problem} for {int(bad.sum())} cells (first: {cell!r}, row {start + first}, "
+                f"value {n[first]})",
+                fix,
             )
         return n
     return np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+
+
+def _rows_with_counts(adata, block, rows: np.ndarray, start: int, layer, path) -> np.ndarray:
+    """Whether each of ``rows`` (absolute, sorted) has a non-zero count."""
+    if block is not None:
+        part = block[rows - start]
+    else:
+        try:
+            part = read_rows(adata, rows, layer=layer, path=path)
+        except InputError:  # no X to look at: the tokenizer's own check on its chunks decides
+            return np.zeros(rows.size, dtype=bool)
+    return np.diff(part.indptr) > 0 if part.nnz else np.zeros(rows.size, dtype=bool)

@@ -165,7 +165,7 @@ def rank_value_metadata_cb(
         ``obs`` column with library sizes (``None`` or absent: row sums).
     exact
         Computed medians: ``False`` merges one :class:`~stformer_data.MedianSketch` per file
-        (KLL; memory independent of the cells, exact below ~200 values per gene); ``True``
+        (deterministic log-bucket sketch; memory independent of the cells); ``True``
         recomputes :func:`~stformer_data.compute_medians_exact` over the files seen so far at
         every file (holds every non-zero value: small data).
     extra
@@ -202,7 +202,7 @@ def rank_value_metadata_cb(
                     "open the files backed (as ann_split_data does) or pass medians",
                 )
             opts = {
-                "k": sketch.k,
+                "relative_accuracy": sketch.relative_accuracy,
                 "gene_id_key": gene_id_key,
                 "name_to_id": None,
                 "chunk_size": 2048,

@@ -93,15 +93,43 @@ def _coordinates(
             "spot coordinates (or obsp[...] connectivities)",
             "add the coordinates, name their key with --spatial-key, or use --mode spot",
         )
-    coords = np.asarray(adata.obsm[config.spatial_key], dtype=np.float64)
-    if coords.ndim != 2 or coords.shape[1] < 2 or not np.all(np.isfinite(coords[:, :2])):
+    field = f"obsm[{config.spatial_key!r}]"
+    try:
+        coords = np.asarray(adata.obsm[config.spatial_key], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(path, field, f"is not numeric ({exc})", "fix the coordinates") from exc
+    if coords.ndim != 2 or coords.shape[1] < 2:
+        raise InputError(
+            path,
+            field,
+            f"has shape {coords.shape}, not (n_obs, 2+)",
+            "store one row of x, y per spot, or name the right key with --spatial-key",
+        )
+    coords = coords[:, :2]
+    bad = ~np.all(np.isfinite(coords), axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            path,
+            field,
+            f"has NaN or infinite coordinates for {int(bad.sum())} spots (first: "
+            f"{adata.obs_names[first]!r}, row {first})",
+            "drop or fix those spots, or use --mode spot",
+        )
+    return coords
+
+
+def _check_spread(pts: np.ndarray, path, config: NeighborhoodConfig, section) -> None:
+    """Refuse a section whose spots all lie at one point (no neighbourhood means anything)."""
+    if pts.shape[0] >= 2 and not np.ptp(pts, axis=0).any():
+        where = "" if section is None else f" of section {section!r} (obs[{config.section_key!r}])"
         raise InputError(
             path,
             f"obsm[{config.spatial_key!r}]",
-            "must be a finite (n_obs, 2+) array",
-            "fix the coordinates",
+            f"puts all {pts.shape[0]} spots{where} at one point {tuple(pts[0].tolist())}, so no "
+            "neighbourhood can be built",
+            "store the real spot coordinates (name their key with --spatial-key), or use --mode spot",
         )
-    return coords[:, :2]
 
 
 def _section_edges(pts: np.ndarray, config: NeighborhoodConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -166,12 +194,15 @@ def build_neighbor_graph(
                 f"choose a section column among {list(adata.obs.columns)} or omit --section-key",
             )
         else:
-            sections = np.unique(
+            labels, sections = np.unique(
                 adata.obs[config.section_key].astype(str).to_numpy(), return_inverse=True
-            )[1]
+            )
         parts_src, parts_dst = [], []
         for s in np.unique(sections):
             members = np.flatnonzero(sections == s)
+            _check_spread(
+                coords[members], path, config, None if config.section_key is None else labels[s]
+            )
             a, b = _section_edges(coords[members], config)
             parts_src.append(members[a])
             parts_dst.append(members[b])
@@ -249,7 +280,9 @@ class NeighborhoodTokenizer(Tokenizer):
         adata = file.adata
         key = self.n_counts_key
         if key is not None and key in adata.obs.columns:
-            return library_sizes(adata, None, 0, adata.n_obs, n_counts_key=key, path=file.path)
+            return library_sizes(
+                adata, None, 0, adata.n_obs, n_counts_key=key, path=file.path, layer=file.layer
+            )
         parts = [
             np.asarray(b.sum(axis=1), dtype=np.float64).ravel()
             for _, _, b in iter_row_chunks(adata, _LIBRARY_CHUNK, layer=file.layer, path=file.path)
