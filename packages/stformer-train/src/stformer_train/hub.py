@@ -55,6 +55,9 @@ _SPECIAL_SPELLINGS = {
     "unk_token": ("<unk>", "[UNK]"),
 }
 
+#: a special token's spelling: ``<pad>``, ``[CLS]``
+_SPECIAL_RE = re.compile(r"<[^<>\s]+>|\[[A-Z]+\]")
+
 #: WordLevel needs an unknown-token name; absent from the vocabulary it makes an unknown gene an error
 _NO_UNK = "<unk>"
 
@@ -116,7 +119,9 @@ def gene_tokenizer_fast(
     }
     for role in ("pad_token", "mask_token"):
         if roles[role] is None:
-            raise ValueError(f"the vocabulary has no {role} (looked for {_SPECIAL_SPELLINGS[role]})")
+            raise ValueError(
+                f"the vocabulary has no {role} (looked for {_SPECIAL_SPELLINGS[role]})"
+            )
     for wanted, role in ((add_cls, "cls_token"), (add_eos, "eos_token")):
         if wanted and roles[role] is None:
             raise ValueError(f"add_{role[:3]}=True but the vocabulary has no {role}")
@@ -126,7 +131,7 @@ def gene_tokenizer_fast(
     backend = Tokenizer(models.WordLevel(mapping, unk_token=roles["unk_token"] or _NO_UNK))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     specials = {t for t in roles.values() if t is not None}
-    specials |= {t for t in mapping if re.fullmatch(r"<[^<>\s]+>|\[[A-Z]+\]", t)}
+    specials |= {t for t in mapping if _SPECIAL_RE.fullmatch(t)}
     backend.add_special_tokens([AddedToken(t, normalized=False) for t in sorted(specials)])
     spaced = [t for t in mapping if re.search(r"\s", t) and t not in specials]
     if spaced:
@@ -278,14 +283,16 @@ def _table(rows: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _loading_code(binned: bool) -> str:
-    imports = "import stformer_train  # registers GeneBert with the Auto classes\n" if binned else ""
+def _loading_code(binned: bool, example: Sequence[str]) -> str:
+    imports = (
+        "import stformer_train  # registers GeneBert with the Auto classes\n" if binned else ""
+    )
     strings = (
         '# the fast tokenizer maps bin / phenotype token strings to ids ("bin_3 bin_1 ...");\n'
         "# the genes are token_type_ids, which only stformer's binned tokenizer produces\n"
         if binned
-        else '# the fast tokenizer maps gene ids, already in rank order, to ids:\n'
-        'ids = tokenizer("ENSG00000163736 ENSG00000168497")["input_ids"]\n'
+        else "# the fast tokenizer maps gene ids, already in rank order, to ids:\n"
+        f'ids = tokenizer("{" ".join(example)}")["input_ids"]\n'
     )
     return (
         "```python\n"
@@ -344,7 +351,7 @@ def write_model_card(
     model_config = dict(model_config or {})
     scheme = settings.get("scheme") or "rank"
     binned = scheme == "binned"
-    n_special = sum(1 for t in vocab if re.fullmatch(r"<[^<>\s]+>|\[[A-Z]+\]", t))
+    n_special = sum(1 for t in vocab if _SPECIAL_RE.fullmatch(t))
     arch = ", ".join(model_config.get("architectures") or []) or model_config.get("model_type", "")
     data = ModelCardData(
         library_name="transformers",
@@ -393,7 +400,9 @@ def write_model_card(
     specials = {r: t for r in _SPECIAL_SPELLINGS for t in _SPECIAL_SPELLINGS[r] if t in vocab}
     tok_rows.update({f"{r} (id)": f"{t} ({vocab[t]})" for r, t in specials.items()})
     if not any(t in vocab for t in _SPECIAL_SPELLINGS["unk_token"]):
-        tok_rows["unk_token"] = "none: genes outside the vocabulary are dropped by stformer's tokenizer"
+        tok_rows["unk_token"] = (
+            "none: genes outside the vocabulary are dropped by stformer's tokenizer"
+        )
     sections = [
         "\n".join(head),
         "## Data\n\n" + _table(data_rows),
@@ -442,7 +451,8 @@ def write_model_card(
     if results:
         results["chance level (ln vocabulary size)"] = f"{math.log(len(vocab)):.4f}"
         sections.append("## Results\n\n" + _table(results))
-    sections.append("## How to use\n\n" + _loading_code(binned))
+    genes = [t for t in vocab if not _SPECIAL_RE.fullmatch(t)][:2]
+    sections.append("## How to use\n\n" + _loading_code(binned, genes))
     template = "---\n{{ card_data }}\n---\n\n" + "\n\n".join(sections) + "\n"
     card = ModelCard.from_template(data, template_str=template)
     return atomic_write_text(model_dir / CARD_FILE, str(card))
@@ -505,6 +515,11 @@ def save_hub_files(
     model_dir = Path(model_dir)
     tok = gene_tokenizer_fast(vocab, **_build_args(settings), **dict(tokens or {}))
     tok.save_pretrained(model_dir)
+    # transformers 5 names the class TokenizersBackend; PreTrainedTokenizerFast loads in 4.x and 5.x
+    tok_config = model_dir / "tokenizer_config.json"
+    saved = json.loads(tok_config.read_text())
+    saved["tokenizer_class"] = "PreTrainedTokenizerFast"
+    atomic_write_text(tok_config, json.dumps(saved, indent=2))
     config_path = model_dir / "config.json"
     model_config = json.loads(config_path.read_text()) if config_path.is_file() else None
     write_model_card(
