@@ -203,3 +203,16 @@ def test_genebert_run_loads_with_the_auto_classes(pbmc40, tmp_path_factory):
     assert torch.allclose(auto[real], own[real], atol=1e-5)
     card = ModelCard.load(run / "model" / "README.md")
     assert "genebert" in card.data.tags and "import stformer_train" in card.text
+
+
+def test_evaluate_writes_its_scores_into_the_model_card(rank_run, pbmc40, tmp_path):
+    from stformer_train.downstream import evaluate_run
+
+    _, run = rank_run
+    _, path = pbmc40
+    result = evaluate_run(run, path, label_key="bulk_labels", out_dir=tmp_path, k=5, progress=False)
+    card = ModelCard.load(run / "model" / "README.md")
+    assert "## Evaluation" in card.text and "`bulk_labels`" in card.text
+    accuracy = result["scores"]["stformer"]["accuracy"]
+    assert f"| stformer | {accuracy:.3f} |" in card.text
+    assert card.data.library_name == "transformers"  # the front matter survives

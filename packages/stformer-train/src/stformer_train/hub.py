@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CARD_FILE",
     "encode_cells",
+    "evaluation_markdown",
     "gene_tokenizer_fast",
     "save_hub_files",
     "tokenizer_for",
@@ -494,6 +495,33 @@ def update_model_card(model_dir: str | PathLike[str], section_title: str, markdo
         body = body.rstrip() + "\n\n" + section
     card.text = body
     return atomic_write_text(path, str(card))
+
+
+def evaluation_markdown(result: Mapping[str, Any], h5ad: str | PathLike[str] | None = None) -> str:
+    """The model-card section of an evaluation (:func:`~stformer_train.downstream.evaluate_run`'s result).
+
+    >>> print(evaluation_markdown({"label_key": "cell_type", "k": 15, "n_cells": 100,
+    ...     "scores": {"stformer": {"accuracy": 0.9, "macro_f1": 0.8, "n_train": 80, "n_test": 20}}}))
+    kNN label transfer (k = 15) of `cell_type` to held-out cells, 100 cells.
+    <BLANKLINE>
+    | embedding | accuracy | macro-F1 | train / test cells |
+    |---|---|---|---|
+    | stformer | 0.900 | 0.800 | 80 / 20 |
+    """
+    where = f" of {h5ad}" if h5ad is not None else ""
+    lines = [
+        f"kNN label transfer (k = {result.get('k')}) of `{result.get('label_key')}` to held-out "
+        f"cells{where}, {result.get('n_cells')} cells.",
+        "",
+        "| embedding | accuracy | macro-F1 | train / test cells |",
+        "|---|---|---|---|",
+    ]
+    for name, score in dict(result.get("scores") or {}).items():
+        lines.append(
+            f"| {name} | {score['accuracy']:.3f} | {score['macro_f1']:.3f} | "
+            f"{score.get('n_train', '?')} / {score.get('n_test', '?')} |"
+        )
+    return "\n".join(lines)
 
 
 def save_hub_files(
