@@ -176,7 +176,7 @@ def evaluate_run(
     }
     atomic_write_text(out_dir / "evaluation.json", json.dumps(result, indent=1))
     if rm.kind == "stformer":  # a run's model card shows its scores; a Geneformer folder is not ours
-        from stformer_train.hub import evaluation_markdown, update_model_card
+        from stformer_train._hub import evaluation_markdown, update_model_card
 
         update_model_card(rm.model_dir, "Evaluation", evaluation_markdown(result, h5ad))
     return result

@@ -94,7 +94,7 @@ def save_model(
     the tokenizer settings, ``run_config`` (default: the run's ``config.json`` next to
     ``model_dir``) and the final losses of ``log_history``.
     """
-    from stformer_train.hub import save_hub_files, tokenizer_settings
+    from stformer_train._hub import save_hub_files, tokenizer_settings
 
     if run_config is None:
         run_file = Path(model_dir).parent / "config.json"

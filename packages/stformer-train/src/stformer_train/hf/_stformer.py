@@ -392,7 +392,7 @@ class PretrainML:
 
     def _save_hub_files(self, model_dir: Path, token_dict, dataset, history) -> None:
         """The fast tokenizer and model card of the saved model (:mod:`stformer_train.hub`)."""
-        from stformer_train.hub import save_hub_files, tokenizer_settings
+        from stformer_train._hub import save_hub_files, tokenizer_settings
 
         manifest_path = self.dataset_path / "manifest.json"  # a stformer corpus folder has one
         manifest = (

@@ -220,7 +220,7 @@ def train(cfg: MLMConfig | ClassificationConfig) -> dict[str, Any]:
 
 def _save_hub_files(model_dir: Path, tokenizer, cfg, history) -> None:
     """A fast tokenizer over the bin/phenotype tokens and a model card (:mod:`stformer_train.hub`)."""
-    from stformer_train.hub import save_hub_files
+    from stformer_train._hub import save_hub_files
 
     save_hub_files(
         model_dir,
