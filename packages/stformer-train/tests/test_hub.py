@@ -216,3 +216,33 @@ def test_evaluate_writes_its_scores_into_the_model_card(rank_run, pbmc40, tmp_pa
     accuracy = result["scores"]["stformer"]["accuracy"]
     assert f"| stformer | {accuracy:.3f} |" in card.text
     assert card.data.library_name == "transformers"  # the front matter survives
+
+
+def test_a_geneformer_folder_gets_a_tokenizer_from_its_dictionaries(tmp_path):
+    """A Geneformer checkpoint has no tokenizer.json: one is built from its V2 dictionary."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from stformer_train.hub import tokenizer_for
+
+    genes = [f"ENSG{i:011d}" for i in range(20)]
+    vocab = sd.GeneVocab.from_genes(genes, cls_token=True, eos_token=True)  # V2: <cls>, <eos>
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=4096,
+    )
+    BertForMaskedLM(config).save_pretrained(tmp_path)
+    vocab.save_json(tmp_path / "token_dictionary.json")
+    (tmp_path / "gene_medians.json").write_text(json.dumps(dict.fromkeys(genes, 1.0)))
+    tok = tokenizer_for(tmp_path)
+    assert tok.get_vocab() == dict(vocab) and tok.model_max_length == 4096
+    assert tok(f"{genes[3]} {genes[0]}")["input_ids"] == [
+        vocab.cls_id,
+        vocab[genes[3]],
+        vocab[genes[0]],
+        vocab.eos_id,
+    ]
+    assert not (tmp_path / "tokenizer.json").exists()  # nothing written into a foreign folder
