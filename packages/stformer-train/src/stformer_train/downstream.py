@@ -184,6 +184,10 @@ def evaluate_run(
         "plot": str(plot),
     }
     atomic_write_text(out_dir / "evaluation.json", json.dumps(result, indent=1))
+    if rm.kind == "stformer":  # the run's model card shows the scores; not a Geneformer folder
+        from stformer_train._hub import evaluation_markdown, update_model_card
+
+        update_model_card(rm.model_dir, "Evaluation", evaluation_markdown(result, h5ad))
     return result
 
 

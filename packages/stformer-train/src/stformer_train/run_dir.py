@@ -76,12 +76,30 @@ TOKENIZER_SETTINGS = "stformer_tokenizer.json"
 
 
 def save_model(
-    net: Any, model_dir: Path, corpus: Corpus, *, state_dict: dict[str, Any] | None = None
+    net: Any,
+    model_dir: Path,
+    corpus: Corpus,
+    *,
+    state_dict: dict[str, Any] | None = None,
+    log_history: list[dict[str, Any]] | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> None:
-    """Save model weights, vocabulary, gene medians and tokenizer settings atomically into ``model_dir``.
+    """Save model weights, vocabulary, gene medians, tokenizers and model card atomically into ``model_dir``.
 
     ``state_dict`` replaces ``net``'s own weights (e.g. parameters gathered from ZeRO-3 shards).
+    Besides the weights the folder gets ``token_dictionary.json`` / ``.pkl``, the gene medians
+    (or, binned, the gene dictionary), ``stformer_tokenizer.json`` (the corpus's tokenizer
+    settings), a Hugging Face fast tokenizer (``tokenizer.json``: ``AutoTokenizer`` loads it, with
+    the model's ids) and ``README.md``, a Hub model card (:mod:`stformer_train.hub`) with the data,
+    the tokenizer settings, ``run_config`` (default: the run's ``config.json`` next to
+    ``model_dir``) and the final losses of ``log_history``.
     """
+    from stformer_train._hub import save_hub_files, tokenizer_settings
+
+    if run_config is None:
+        run_file = Path(model_dir).parent / "config.json"
+        run_config = json.loads(run_file.read_text()) if run_file.is_file() else None
+    manifest = dict(corpus.manifest or {})
     with atomic_dir(model_dir) as tmp:
         net.save_pretrained(tmp, state_dict=state_dict)
         corpus.vocab.save_json(tmp / "token_dictionary.json")
@@ -89,10 +107,41 @@ def save_model(
         for name in ("gene_medians.json", "gene_dictionary.json"):  # the genes of a binned corpus
             if (corpus.path / name).exists():
                 shutil.copy2(corpus.path / name, tmp / name)
-        settings = {
-            k: corpus.manifest.get(k) for k in ("format_version", "settings", "vocab_sha256")
-        }
+        settings = {k: manifest.get(k) for k in ("format_version", "settings", "vocab_sha256")}
         (tmp / TOKENIZER_SETTINGS).write_text(json.dumps(settings, indent=1))
+        sources = manifest.get("sources") or ()
+        save_hub_files(
+            tmp,
+            corpus.vocab,
+            {**tokenizer_settings(manifest), **_shown_settings(manifest)},
+            corpus={
+                "path": str(corpus.path),
+                "n_cells": len(corpus.dataset),
+                "n_genes": _n_genes(corpus),
+                "sources": [s for s in sources if isinstance(s, dict)],
+            },
+            run_config=run_config,
+            log_history=log_history,
+        )
+
+
+def _n_genes(corpus: Corpus) -> int:
+    """The genes a model reads: the vocabulary's (rank) or the gene dictionary's (binned)."""
+    from stformer_data import GeneVocab
+
+    genes = corpus.path / "gene_dictionary.json"
+    return len((GeneVocab.load(genes) if genes.is_file() else corpus.vocab).genes)
+
+
+def _shown_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The corpus settings a model card shows beside the tokenizer's (gene ids, layer, ...)."""
+    settings = dict(manifest.get("settings") or {})
+    scheme = settings.get("scheme")
+    shown = {k: settings.get(k) for k in ("mode", "gene_id_key", "layer", "obs_columns")}
+    part = settings.get(scheme) if scheme in ("rank", "binned") else None
+    for k, v in dict(part or {}).items():
+        shown.setdefault(k, v)
+    return shown
 
 
 def split_corpus(

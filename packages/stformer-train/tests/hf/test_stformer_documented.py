@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BatchEncoding, BertConfig, BertForMaskedLM, TrainingArguments
+from transformers import (
+    AutoTokenizer,
+    BatchEncoding,
+    BertConfig,
+    BertForMaskedLM,
+    TrainingArguments,
+)
 
 # stFormer: from pretrainer_refactored / stformer_pretrainer import ...
 from stformer_train.hf import (
@@ -367,6 +373,9 @@ def _saved_config(out: Path) -> BertConfig:
     (model_dir,) = out.glob("models/*/models")
     assert (model_dir / "model.safetensors").is_file()
     assert _token_dict(str(model_dir / "token_dictionary.pkl"))  # the tokenizer's vocabulary
+    tok = AutoTokenizer.from_pretrained(model_dir)  # and a fast tokenizer with the model's ids
+    assert tok.get_vocab() == _token_dict(str(model_dir / "token_dictionary.pkl"))
+    assert (model_dir / "README.md").is_file()  # a model card
     return BertConfig.from_pretrained(model_dir)
 
 

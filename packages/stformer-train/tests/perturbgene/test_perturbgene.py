@@ -279,6 +279,16 @@ def test_mlm_then_classification_from_the_command_line(shards, tmp_path, capsys)
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["global_step"] == 3 and np.isfinite(metrics["eval_loss"])
     assert (out / "model" / "config.json").is_file()
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out / "model")  # the bin / phenotype tokens, model's ids
+    assert (tok.pad_token, tok.mask_token, tok.cls_token) == ("[PAD]", "[MASK]", "[CLS]")
+    assert tok("bin_1")["input_ids"] == [
+        tok.cls_token_id,
+        tok.convert_tokens_to_ids("bin_1"),
+        tok.eos_token_id,
+    ]
+    assert type(AutoModelForMaskedLM.from_pretrained(out / "model")) is GeneBertForPhenotypicMLM
     from stformer_train.perturbgene.main import main
 
     cls_out = tmp_path / "cls"

@@ -180,7 +180,7 @@ def pretrain_mlm(
     )
     history = list(trainer.state.log_history)
     if trainer.is_world_process_zero():
-        save_model(trainer.model, run.model, corpus, state_dict=state)
+        save_model(trainer.model, run.model, corpus, state_dict=state, log_history=history)
         run.write_history(history)
         write_csv_log(history, run.logs / "metrics.csv")
         plot_loss_curve(history, run.logs / "loss_curve.png")

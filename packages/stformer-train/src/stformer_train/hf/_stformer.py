@@ -382,12 +382,36 @@ class PretrainML:
         if trainer.is_world_process_zero():
             atomic_write_bytes(dirs["model"] / "token_dictionary.pkl", pickle.dumps(token_dict))
             atomic_write_text(dirs["model"] / "token_dictionary.json", json.dumps(token_dict))
+            self._save_hub_files(dirs["model"], token_dict, dataset, trainer.state.log_history)
             atomic_write_text(
                 dirs["logging"] / "log_history.json",
                 json.dumps(trainer.state.log_history, indent=1, default=str),
             )
         trainer.accelerator.wait_for_everyone()
         log.info("model saved to %s", dirs["model"])
+
+    def _save_hub_files(self, model_dir: Path, token_dict, dataset, history) -> None:
+        """The fast tokenizer and model card of the saved model (:mod:`stformer_train.hub`)."""
+        from stformer_train._hub import save_hub_files, tokenizer_settings
+
+        manifest_path = self.dataset_path / "manifest.json"  # a stformer corpus folder has one
+        manifest = (
+            json.loads(manifest_path.read_text())
+            if manifest_path.is_file()
+            else {"max_length": self.model_config.max_position_embeddings}
+        )
+        save_hub_files(
+            model_dir,
+            token_dict,
+            tokenizer_settings(manifest, dataset[:1]["input_ids"], token_dict),
+            corpus={"path": str(self.dataset_path), "n_cells": len(dataset)},
+            run_config={
+                "engine": "PretrainML",
+                "model": self.model_config.to_dict(),
+                "train": self.train_config.to_dict(),
+            },
+            log_history=history,
+        )
 
     def search_corpus(self) -> DatasetCorpus:
         """The dataset, token dictionary and lengths as the corpus a search trains its trials on."""

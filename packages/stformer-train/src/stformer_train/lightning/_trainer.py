@@ -247,7 +247,7 @@ def pretrain_lightning(
         val_dataloaders=val_loader,
         ckpt_path=str(last) if last.exists() else None,
     )
-    save_model(plan.model, run.model, corpus)
+    save_model(plan.model, run.model, corpus, log_history=history.history)
     run.write_history(history.history)
     write_csv_log(history.history, run.logs / "metrics.csv")
     plot_loss_curve(

@@ -209,12 +209,37 @@ def train(cfg: MLMConfig | ClassificationConfig) -> dict[str, Any]:
         )
     trainer.save_model(str(output / "model"))
     tokenizer.save_vocab(output / "model" / TOKENIZER_FILE)
+    _save_hub_files(output / "model", tokenizer, cfg, trainer.state.log_history)
     atomic_write_text(
         output / "log_history.json", json.dumps(trainer.state.log_history, indent=1, default=str)
     )
     atomic_write_text(output / "config.json", json.dumps(cfg.to_dict(), indent=1))
     metrics["model_dir"] = str(output / "model")
     return metrics
+
+
+def _save_hub_files(model_dir: Path, tokenizer, cfg, history) -> None:
+    """A fast tokenizer over the bin/phenotype tokens and a model card (:mod:`stformer_train.hub`)."""
+    from stformer_train._hub import save_hub_files
+
+    save_hub_files(
+        model_dir,
+        tokenizer.vocab,
+        {
+            "scheme": "binned",
+            "model_input_size": tokenizer.max_length,
+            "add_cls": True,
+            "add_eos": True,
+            "bin_edges": tokenizer.bin_edges.tolist(),
+            "phenotypes": list(tokenizer.included_phenotypes),
+        },
+        corpus={
+            "path": ", ".join(map(str, cfg.train_data_paths)),
+            "n_genes": len(tokenizer.gene_names or ()),
+        },
+        run_config={"engine": "perturbgene", "train": cfg.to_dict()},
+        log_history=history,
+    )
 
 
 def _accuracy(eval_pred) -> dict[str, float]:
