@@ -92,7 +92,9 @@ def test_overwrite_never_deletes_a_foreign_folder(cells, tmp_path, capsys):
         assert code == 2
         assert str(mine) in msg and "not a stformer corpus" in msg
         assert "--overwrite" not in msg  # never suggested for a folder stformer did not write
-        assert (mine / "figure.png").read_bytes() == b"\x89PNG keep me" and (mine / "notes").is_dir()
+        assert (mine / "figure.png").read_bytes() == b"\x89PNG keep me" and (
+            mine / "notes"
+        ).is_dir()
         assert not partial_path(mine).exists()
     # a plain file named like the output
     target = tmp_path / "data.csv"
@@ -126,7 +128,9 @@ def test_meaningless_inputs_leave_no_corpus(tmp_path, capsys, name, n_cells, mes
     code, msg = run([*args, "--medians", tmp_path / "medians.json", "--no-progress"], capsys)
     assert code == 2 and message in msg and name in msg and "Fix:" in msg
     assert not out.exists() and not partial_path(out).exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "medians.json", "vocab.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [name, "medians.json", "vocab.json"]
+    )
 
 
 def test_pretrain_unpickles_nothing_from_a_corpus(copy, tmp_path, capsys):

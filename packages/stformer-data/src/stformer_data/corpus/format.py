@@ -142,7 +142,7 @@ def write_dataset_state(data_dir: Path, arrow_names: Sequence[str], fingerprint:
     atomic_write_json(data_dir / DATASET_STATE, state, indent=2)
 
 
-_RETOKENIZE = "tokenize the corpus again with `stformer tokenize` (or restore it from a copy)"
+RETOKENIZE_FIX = "tokenize the corpus again with `stformer tokenize` (or restore it from a copy)"
 
 
 def arrow_files(path: str | PathLike[str]) -> list[Path]:
@@ -154,7 +154,10 @@ def arrow_files(path: str | PathLike[str]) -> list[Path]:
         return [data_dir / d["filename"] for d in state["_data_files"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(
-            state_file, "dataset state", f"cannot be read ({type(exc).__name__}: {exc})", _RETOKENIZE
+            state_file,
+            "dataset state",
+            f"cannot be read ({type(exc).__name__}: {exc})",
+            RETOKENIZE_FIX,
         ) from exc
 
 
@@ -198,10 +201,10 @@ def read_manifest(path: str | PathLike[str]) -> dict[str, Any]:
         manifest = json.loads(file.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(
-            file, "manifest", f"cannot be read ({type(exc).__name__}: {exc})", _RETOKENIZE
+            file, "manifest", f"cannot be read ({type(exc).__name__}: {exc})", RETOKENIZE_FIX
         ) from exc
     if not isinstance(manifest, dict) or "format_version" not in manifest:
-        raise InputError(file, "manifest", "is not a stformer corpus manifest", _RETOKENIZE)
+        raise InputError(file, "manifest", "is not a stformer corpus manifest", RETOKENIZE_FIX)
     version = manifest["format_version"]
     if version not in READABLE_VERSIONS:
         raise InputError(
@@ -237,7 +240,10 @@ def read_lengths(path: str | PathLike[str], *, allow_pickle: bool = False) -> li
             return np.load(npy, allow_pickle=False).astype(np.int64).tolist()
         except (OSError, ValueError) as exc:
             raise InputError(
-                npy, "example lengths", f"cannot be read ({type(exc).__name__}: {exc})", _RETOKENIZE
+                npy,
+                "example lengths",
+                f"cannot be read ({type(exc).__name__}: {exc})",
+                RETOKENIZE_FIX,
             ) from exc
     if allow_pickle and (path / EXAMPLE_LENGTHS).is_file():
         with (path / EXAMPLE_LENGTHS).open("rb") as fh:
@@ -268,7 +274,9 @@ def shard_records(data_dir: Path, names: Sequence[str]) -> list[dict[str, Any]]:
     ]
 
 
-def verify_shards(path: str | PathLike[str], manifest: Mapping[str, Any], *, checksums: bool) -> None:
+def verify_shards(
+    path: str | PathLike[str], manifest: Mapping[str, Any], *, checksums: bool
+) -> None:
     """Check that every shard the manifest records exists with its size (and, with
     ``checksums=True``, its XXH3-128 checksum); a deleted, truncated or changed shard is an
     :class:`InputError` naming it and the fix. Version-2 manifests record no shards: nothing to do.
@@ -277,7 +285,7 @@ def verify_shards(path: str | PathLike[str], manifest: Mapping[str, Any], *, che
     for rec in manifest.get("shards", ()):
         shard = data_dir / rec["file"]
         if not shard.is_file():
-            raise InputError(shard, "Arrow shard", "is missing from the corpus", _RETOKENIZE)
+            raise InputError(shard, "Arrow shard", "is missing from the corpus", RETOKENIZE_FIX)
         size = shard.stat().st_size
         if size != rec["size_bytes"]:
             raise InputError(
@@ -285,18 +293,20 @@ def verify_shards(path: str | PathLike[str], manifest: Mapping[str, Any], *, che
                 "Arrow shard",
                 f"has {size} bytes where the manifest records {rec['size_bytes']} "
                 "(truncated or changed)",
-                _RETOKENIZE,
+                RETOKENIZE_FIX,
             )
         if checksums and checksum_bytes(shard) != rec["xxh3_128"]:
             raise InputError(
                 shard,
                 "Arrow shard",
                 "does not match its checksum in the manifest (the file is corrupt or was changed)",
-                _RETOKENIZE,
+                RETOKENIZE_FIX,
             )
 
 
-def check_token_ids(values: np.ndarray, vocab_size: int, where: str | PathLike[str], name: str) -> None:
+def check_token_ids(
+    values: np.ndarray, vocab_size: int, where: str | PathLike[str], name: str
+) -> None:
     """Token ids must lie in ``0 .. vocab_size - 1``: a vectorized min/max over a column's values."""
     if values.size == 0:
         return
@@ -308,7 +318,7 @@ def check_token_ids(values: np.ndarray, vocab_size: int, where: str | PathLike[s
             name,
             f"holds token id {bad}, outside the vocabulary of {vocab_size} tokens "
             "(the corpus is corrupt or was changed)",
-            _RETOKENIZE,
+            RETOKENIZE_FIX,
         )
 
 
@@ -319,7 +329,7 @@ def _open_table(arrow: Path):
         return pa.ipc.open_stream(pa.memory_map(str(arrow), "r")).read_all()
     except (OSError, pa.ArrowException) as exc:
         raise InputError(
-            arrow, "Arrow shard", f"cannot be read ({type(exc).__name__}: {exc})", _RETOKENIZE
+            arrow, "Arrow shard", f"cannot be read ({type(exc).__name__}: {exc})", RETOKENIZE_FIX
         ) from exc
 
 

@@ -8,17 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from stformer_data._errors import InputError
 from stformer_data.corpus.format import (
-    _RETOKENIZE,
     DATASET_DIR,
     INPUT_IDS,
     MANIFEST,
+    RETOKENIZE_FIX,
     TOKEN_DICTIONARY,
     arrow_files,
     check_token_ids,
@@ -85,7 +84,10 @@ def load_corpus(path: str | PathLike[str], *, verify: bool = True) -> Corpus:
         dataset = datasets.load_from_disk(str(path / DATASET_DIR))
     except Exception as exc:  # datasets raises several types for a damaged folder
         raise InputError(
-            path / DATASET_DIR, "dataset", f"cannot be opened ({type(exc).__name__}: {exc})", _RETOKENIZE
+            path / DATASET_DIR,
+            "dataset",
+            f"cannot be opened ({type(exc).__name__}: {exc})",
+            RETOKENIZE_FIX,
         ) from exc
     if len(dataset) == 0:
         raise InputError(
@@ -105,7 +107,10 @@ def _vocab(path: Path) -> GeneVocab:
         raise
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise InputError(
-            file, "token dictionary", f"cannot be read ({type(exc).__name__}: {exc})", _RETOKENIZE
+            file,
+            "token dictionary",
+            f"cannot be read ({type(exc).__name__}: {exc})",
+            RETOKENIZE_FIX,
         ) from exc
 
 
@@ -124,5 +129,8 @@ def check_shard_ids(path: str | PathLike[str], vocab_size: int) -> None:
                     check_token_ids(lo_hi, vocab_size, arrow, INPUT_IDS)
         except (OSError, pa.ArrowException) as exc:
             raise InputError(
-                arrow, "Arrow shard", f"cannot be read ({type(exc).__name__}: {exc})", _RETOKENIZE
+                arrow,
+                "Arrow shard",
+                f"cannot be read ({type(exc).__name__}: {exc})",
+                RETOKENIZE_FIX,
             ) from exc

@@ -122,9 +122,7 @@ def tokenize_files(
     job_fingerprint = fingerprint(config, vocab, token_vocab, medians, plans, obs_kinds)
     tmp = partial_path(out_dir)
     plan_file = tmp / PARTIAL_PLAN
-    if tmp.exists() and not (
-        resume and _plan_fingerprint(plan_file) == job_fingerprint
-    ):
+    if tmp.exists() and not (resume and _plan_fingerprint(plan_file) == job_fingerprint):
         shutil.rmtree(tmp)
     try:
         _write(
