@@ -313,12 +313,17 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
             "already holds a stformer corpus",
             "choose another --out, or pass --overwrite to replace it",
         )
-    what = "a file" if not out_dir.is_dir() else "a folder that is not a stformer corpus"
+    if out_dir.is_symlink():
+        what = "a symbolic link (stformer does not replace links)"
+    elif not out_dir.is_dir():
+        what = "a file, not a stformer corpus"
+    else:
+        what = "a folder that is not a stformer corpus (no readable stformer manifest.json)"
     raise InputError(
         out_dir,
         "output directory",
-        f"already exists and is {what} (no stformer manifest.json in it); stformer replaces "
-        "only corpora it wrote, so it was left untouched",
+        f"already exists and is {what}; stformer replaces only corpora it wrote, so it was "
+        "left untouched",
         "choose another --out (or move that folder away yourself)",
     )
 
