@@ -24,7 +24,7 @@ from stformer_data.atomic import partial_path
 from stformer_data.corpus.format import arrow_files, shard_records
 
 TINY = ["--layers", "2", "--hidden", "32", "--heads", "2", "--max-length", "48"]
-TINY += ["--batch-size", "8", "--max-steps", "2", "--no-progress"]
+TINY += ["--batch-size", "8", "--max-steps", "1", "--no-progress"]
 
 
 class Planted:
