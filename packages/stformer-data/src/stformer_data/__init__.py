@@ -21,6 +21,7 @@ from stformer_data.corpus import (
     Corpus,
     TokenizeConfig,
     is_complete_corpus,
+    is_stformer_corpus,
     load_corpus,
     tokenize_files,
 )
@@ -137,6 +138,7 @@ __all__ = [
     "Corpus",
     "TokenizeConfig",
     "is_complete_corpus",
+    "is_stformer_corpus",
     "load_corpus",
     "tokenize_files",
     # stream: shuffle, split, epoch plans, sources

@@ -421,7 +421,9 @@ class CorpusStreamDataset(_StreamDataset):
     The Arrow files are memory-mapped and sequences gathered straight from their buffers (no
     per-row ``datasets`` decoding). Items are as for :class:`H5adStreamDataset` with tokens;
     a binned or neighbourhood corpus also yields its ``token_type_ids`` (padded with 0).
-    ``prefetch`` buffers are gathered ahead on a background thread.
+    ``prefetch`` buffers are gathered ahead on a background thread. Token ids stored as
+    ``uint16`` (format 3) or ``int32`` (format 2) come out as int64 tensors. ``verify`` checks
+    every shard's checksum on open (sizes and token-id ranges are always checked).
 
     >>> ds = CorpusStreamDataset("corpus/", batch_size=64, length_bucketing=True)  # doctest: +SKIP
     >>> batch = next(iter(ds)); batch["input_ids"].shape  # doctest: +SKIP
@@ -442,8 +444,9 @@ class CorpusStreamDataset(_StreamDataset):
         collate_fn: Callable[[list[dict]], Any] | None = None,
         obs_keys: Sequence[str] = (),
         prefetch: int = 1,
+        verify: bool = True,
     ) -> None:
-        source = CorpusSource(corpus, obs_keys=obs_keys)
+        source = CorpusSource(corpus, obs_keys=obs_keys, verify=verify)
         super().__init__(
             source,
             batch_size=batch_size,

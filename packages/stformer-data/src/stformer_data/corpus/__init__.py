@@ -7,8 +7,15 @@ shard), ``write`` (:func:`tokenize_files`, the driver), ``read`` (:func:`load_co
 """
 
 from stformer_data.corpus.config import TokenizeConfig
-from stformer_data.corpus.format import is_complete_corpus
+from stformer_data.corpus.format import is_complete_corpus, is_stformer_corpus
 from stformer_data.corpus.read import Corpus, load_corpus
 from stformer_data.corpus.write import tokenize_files
 
-__all__ = ["Corpus", "TokenizeConfig", "is_complete_corpus", "load_corpus", "tokenize_files"]
+__all__ = [
+    "Corpus",
+    "TokenizeConfig",
+    "is_complete_corpus",
+    "is_stformer_corpus",
+    "load_corpus",
+    "tokenize_files",
+]

@@ -210,6 +210,7 @@ class Job:
     obs_kinds: Mapping[str, str]
     shard_dir: str
     factors: np.ndarray | None = None  # rank scheme: float32 target_sum / median per column
+    dtypes: Mapping[str, str] | None = None  # the columns' types (format.column_dtypes)
     threads: int = 1  # threads that rank a chunk (fast CSR path)
 
     def tokenizer(self) -> Tokenizer:

@@ -39,11 +39,17 @@ def shard_path(shard_dir: str | Path, index: int) -> Path:
     return Path(shard_dir) / f"{index:05d}.arrow"
 
 
-def _list_array(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
-    """A list<int32> array over ``values`` (no copy when they are int32 already)."""
+def _list_array(values: np.ndarray, offsets: np.ndarray, field: pa.Field) -> pa.ListArray:
+    """A list array of ``field``'s value type over ``values`` (no copy when they have it already;
+    the values were checked to fit: ids within the vocabulary)."""
+    kind = field.type.value_type.to_pandas_dtype()
     return pa.ListArray.from_arrays(
-        pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32, copy=False))
+        pa.array(offsets.astype(np.int32)), pa.array(values.astype(kind, copy=False))
     )
+
+
+def _array(values: np.ndarray, field: pa.Field) -> pa.Array:
+    return pa.array(values.astype(field.type.to_pandas_dtype(), copy=False))
 
 
 def _select_rows(
@@ -83,12 +89,16 @@ def _record_batch(
     rows = np.flatnonzero(keep)
     lengths = sizes[keep].astype(np.int32)
     sel_ids, sel_off = _select_rows(tokens.fields[INPUT_IDS], offsets, sizes, keep)
-    arrays = {INPUT_IDS: _list_array(sel_ids, sel_off), LENGTH: pa.array(lengths)}
+    f = schema.field
+    arrays = {
+        INPUT_IDS: _list_array(sel_ids, sel_off, f(INPUT_IDS)),
+        LENGTH: _array(lengths, f(LENGTH)),
+    }
     if TOKEN_TYPE_IDS in tokens.fields:
         types = _select_rows(tokens.fields[TOKEN_TYPE_IDS], offsets, sizes, keep)[0]
-        arrays[TOKEN_TYPE_IDS] = _list_array(types, sel_off)
-    arrays[FILE_INDEX] = pa.array(np.full(rows.size, job.unit.file_index, dtype=np.int32))
-    arrays[CELL_INDEX] = pa.array((start + rows).astype(np.int64))
+        arrays[TOKEN_TYPE_IDS] = _list_array(types, sel_off, f(TOKEN_TYPE_IDS))
+    arrays[FILE_INDEX] = _array(np.full(rows.size, job.unit.file_index), f(FILE_INDEX))
+    arrays[CELL_INDEX] = _array(start + rows, f(CELL_INDEX))
     for c, values in obs.items():
         arrays[c] = pa.array(values[start + rows], type=schema.field(c).type)
     batch = pa.RecordBatch.from_arrays([arrays[n] for n in schema.names], schema=schema)
@@ -99,7 +109,7 @@ def run_unit(job: Job, on_chunk: Callable[[int], None] | None = None) -> dict[st
     """Tokenize one unit into ``<shard_dir>/<index>.arrow`` and mark it done; return its counts."""
     cfg, unit = job.config, job.unit
     shard = shard_path(job.shard_dir, unit.index)
-    schema = features(cfg.token_types, job.obs_kinds).arrow_schema
+    schema = features(cfg.token_types, job.obs_kinds, job.dtypes).arrow_schema
     counts = dict.fromkeys(COUNTS, 0)
     lengths_parts: list[np.ndarray] = []
     source = open_chunks(job, job.tokenizer())

@@ -42,8 +42,10 @@ from stformer_data.corpus.format import (
     TOKEN_DICTIONARY,
     TOKEN_DICTIONARY_PICKLE,
     arrow_name,
+    column_dtypes,
     features,
-    is_complete_corpus,
+    is_stformer_corpus,
+    shard_records,
     write_dataset_state,
     write_lengths,
     write_manifest,
@@ -88,10 +90,20 @@ def tokenize_files(
     medians
         Per-gene medians (a mapping or a ``.json`` path); required by the rank scheme.
     overwrite
-        Replace a complete corpus at ``out_dir`` (only once the new one is complete).
+        Replace a stformer corpus at ``out_dir`` (only once the new one is complete). A folder
+        that is not a stformer corpus (:func:`~stformer_data.corpus.format.is_stformer_corpus`)
+        is never replaced; an empty folder is used as it is.
     resume
         Reuse the finished units of an interrupted run with identical inputs and settings;
         ``False`` always redoes the work.
+
+    Raises
+    ------
+    InputError
+        Bad input (a file with no cells, no cell left with a gene of the vocabulary, unreadable
+        rows, ...), or ``out_dir`` exists and may not be replaced. The hidden
+        ``.<name>.partial`` folder is then removed; an interrupted run (Ctrl-C, a killed process)
+        keeps it, and the same command resumes from its finished shards.
     """
     config = config or TokenizeConfig()
     out_dir = Path(out_dir)
@@ -102,6 +114,7 @@ def tokenize_files(
     medians, rank = _rank_medians(vocab, medians, config)
     started = time.time()
     plans, obs_kinds, phenotype_values = _plan(files, vocab, config, name_to_id, rank)
+    _check_cells(plans)
     token_vocab = (
         binned_vocab(config.binned.n_bins, phenotype_values) if config.scheme == "binned" else vocab
     )
@@ -109,12 +122,65 @@ def tokenize_files(
     job_fingerprint = fingerprint(config, vocab, token_vocab, medians, plans, obs_kinds)
     tmp = partial_path(out_dir)
     plan_file = tmp / PARTIAL_PLAN
-    if tmp.exists() and not (
-        resume
-        and plan_file.is_file()
-        and json.loads(plan_file.read_text()).get("fingerprint") == job_fingerprint
-    ):
+    if tmp.exists() and not (resume and _plan_fingerprint(plan_file) == job_fingerprint):
         shutil.rmtree(tmp)
+    try:
+        _write(
+            out_dir,
+            units=units,
+            plans=plans,
+            config=config,
+            rank=rank,
+            vocab=vocab,
+            token_vocab=token_vocab,
+            medians=medians,
+            obs_kinds=obs_kinds,
+            started=started,
+            job_fingerprint=job_fingerprint,
+            progress=progress,
+        )
+    except InputError:
+        shutil.rmtree(tmp, ignore_errors=True)  # bad input: nothing to resume from
+        raise
+    return load_corpus(out_dir)
+
+
+def _plan_fingerprint(plan_file: Path) -> str | None:
+    try:
+        return json.loads(plan_file.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _check_cells(plans: list[FilePlan]) -> None:
+    for p in plans:
+        if p.n_obs == 0:
+            raise InputError(
+                p.path,
+                "X",
+                "has 0 cells: there is nothing to tokenize",
+                "remove this file from the inputs (or pass the file that holds the cells)",
+            )
+
+
+def _write(
+    out_dir: Path,
+    *,
+    units,
+    plans,
+    config,
+    rank,
+    vocab,
+    token_vocab,
+    medians,
+    obs_kinds,
+    started,
+    job_fingerprint,
+    progress,
+) -> None:
+    """Run the units into the hidden partial folder and rename it to ``out_dir`` when complete."""
+    plan_file = partial_path(out_dir) / PARTIAL_PLAN
+    dtypes = _dtypes(config, plans, vocab, token_vocab)
     # kept on error: the finished shards are the resume state; renamed to out_dir when complete
     with atomic_dir(out_dir, keep_on_error=True, reuse=True) as tmp:
         shard_dir = tmp / PARTIAL_SHARDS
@@ -137,8 +203,10 @@ def tokenize_files(
             medians=medians,
             obs_kinds=obs_kinds,
             shard_dir=shard_dir,
+            dtypes=dtypes,
         )
         sha = _run_jobs(jobs, units, done, plans, config, tmp, progress)
+        _check_written(units, done, plans)
         _finalize(
             _Finished(
                 tmp=tmp,
@@ -153,9 +221,47 @@ def tokenize_files(
                 started=started,
                 fingerprint=job_fingerprint,
                 checksums=sha,
+                dtypes=dtypes,
             )
         )
-    return load_corpus(out_dir)
+
+
+def _max_length(config: TokenizeConfig) -> int:
+    if config.scheme == "binned":
+        return config.binned.model_input_size
+    return config.rank.model_input_size * (2 if config.mode == "neighborhood" else 1)
+
+
+def _type_vocab_size(config: TokenizeConfig, vocab: GeneVocab) -> int | None:
+    if config.scheme == "binned":
+        return len(vocab) + len(config.binned.phenotypes)
+    return 2 if config.mode == "neighborhood" else None
+
+
+def _dtypes(config, plans, vocab, token_vocab) -> dict[str, str]:
+    """The column types of this corpus, each as small as its values allow."""
+    return column_dtypes(
+        vocab_size=len(token_vocab),
+        type_vocab_size=_type_vocab_size(config, vocab),
+        max_length=_max_length(config),
+        n_files=len(plans),
+        max_rows=max(p.n_obs for p in plans),
+    )
+
+
+def _check_written(units: list[Unit], done: dict[int, dict[str, Any]], plans) -> None:
+    """A corpus with no sequence means nothing: refuse it, naming the files and the counts."""
+    written = sum(done[u.index]["counts"]["cells_written"] for u in units)
+    if written == 0:
+        cells = sum(done[u.index]["counts"]["cells_in"] for u in units)
+        raise InputError(
+            ", ".join(p.path for p in plans),
+            "cells",
+            f"are all empty after the vocabulary filter ({cells} cells read, 0 with a count on a "
+            "gene of the vocabulary): the corpus would hold no sequences",
+            "check that X (or --layer) holds raw counts that are not all zero, and that the gene "
+            "ids match the vocabulary (--gene-id-key, --name-to-id)",
+        )
 
 
 def _done_units(shard_dir: Path, units: list[Unit]) -> dict[int, dict[str, Any]]:
@@ -195,18 +301,36 @@ def _jobs(
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not overwrite:
-        what = (
-            "a complete corpus"
-            if is_complete_corpus(out_dir)
-            else "a directory that is not a corpus"
-        )
+    """``out_dir`` may be written: absent, an empty folder, or (``overwrite``) a stformer corpus.
+
+    Anything else is refused and never deleted: ``--overwrite`` replaces only what stformer wrote.
+    """
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir()):
+        return  # an empty folder: nothing to lose
+    if is_stformer_corpus(out_dir) and not out_dir.is_symlink():
+        if overwrite:
+            return
         raise InputError(
             out_dir,
             "output directory",
-            f"already exists and holds {what}",
-            "choose another --out or pass --overwrite",
+            "already holds a stformer corpus",
+            "choose another --out, or pass --overwrite to replace it",
         )
+    if out_dir.is_symlink():
+        what = "a symbolic link (stformer does not replace links)"
+    elif not out_dir.is_dir():
+        what = "a file, not a stformer corpus"
+    else:
+        what = "a folder that is not a stformer corpus (no readable stformer manifest.json)"
+    raise InputError(
+        out_dir,
+        "output directory",
+        f"already exists and is {what}; stformer replaces only corpora it wrote, so it was "
+        "left untouched",
+        "choose another --out (or move that folder away yourself)",
+    )
 
 
 def _rank_medians(
@@ -323,6 +447,7 @@ class _Finished:
     started: float
     fingerprint: str
     checksums: list[str]
+    dtypes: dict[str, str]
 
 
 def _finalize(run: _Finished) -> None:
@@ -341,11 +466,11 @@ def _finalize(run: _Finished) -> None:
         os.link(shard, data_dir / name)
         lengths.append(np.load(shard.with_suffix(".lengths.npy")))
         names.append(name)
-    feats = features(config.token_types, run.obs_kinds)
+    feats = features(config.token_types, run.obs_kinds, run.dtypes)
     datasets.DatasetInfo(features=feats).write_to_directory(str(data_dir))
     write_dataset_state(data_dir, names, run.fingerprint)
     all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
-    write_lengths(tmp, all_lengths.astype(int).tolist())
+    write_lengths(tmp, all_lengths)
     run.token_vocab.save_json(tmp / TOKEN_DICTIONARY)
     run.token_vocab.save_pickle(tmp / TOKEN_DICTIONARY_PICKLE)
     if config.scheme == "binned":
@@ -355,6 +480,8 @@ def _finalize(run: _Finished) -> None:
     manifest = _manifest(run)
     for source, digest in zip(manifest["sources"], run.checksums, strict=True):
         source["xxh3_128"] = digest
+    manifest["dtypes"] = run.dtypes
+    manifest["shards"] = shard_records(data_dir, names)
     write_manifest(tmp, manifest)
     shutil.rmtree(shard_dir)
     (tmp / PARTIAL_PLAN).unlink()
@@ -383,10 +510,7 @@ def _manifest(run: _Finished) -> dict[str, Any]:
             }
         )
     total = {k: sum(c[k] for c in per_file) for k in per_file[0]} if per_file else {}
-    if config.scheme == "binned":
-        max_length = config.binned.model_input_size
-    else:
-        max_length = config.rank.model_input_size * (2 if config.mode == "neighborhood" else 1)
+    max_length = _max_length(config)
     counts = {
         "cells_in": total.get("cells_in", 0),
         "cells_written": total.get("cells_written", 0),

@@ -24,7 +24,10 @@ from stformer_data.corpus.format import (
     TOKEN_DICTIONARY,
     TOKEN_TYPE_IDS,
     arrow_files,
+    check_token_ids,
     is_complete_corpus,
+    read_manifest,
+    verify_shards,
 )
 from stformer_data.genes.vocab import GeneVocab
 from stformer_data.stream.buffers import Buffer, Part, Recycler, assemble, locate
@@ -36,10 +39,19 @@ class CorpusSource:
     Every Arrow record batch of the corpus is one planning unit ("file"); sequences are gathered
     from the memory-mapped buffers, so the corpus is neither copied nor decoded row by row.
     ``input_ids`` and, where the corpus has them (binned and neighbourhood corpora),
-    ``token_type_ids`` are streamed.
+    ``token_type_ids`` are streamed, in the integer type they are stored in (``uint16`` token ids
+    in format version 3, ``int32`` in version 2; padded batches are int64).
+
+    On open every shard must exist with the size the manifest records, and (``verify=True``,
+    the default: about 0.1 s for a 100,000-cell corpus in the page cache) match its XXH3-128
+    checksum; each record batch's token ids are checked against the
+    vocabulary when a reader first maps it. Either failure is an :class:`InputError` naming the
+    shard and the fix.
     """
 
-    def __init__(self, path: str | PathLike[str], *, obs_keys: Sequence[str] = ()) -> None:
+    def __init__(
+        self, path: str | PathLike[str], *, obs_keys: Sequence[str] = (), verify: bool = True
+    ) -> None:
         self.path = Path(path)
         if not is_complete_corpus(self.path):
             raise InputError(
@@ -48,6 +60,8 @@ class CorpusSource:
                 "is missing: this is not a complete stformer corpus",
                 "tokenize again with `stformer tokenize`",
             )
+        manifest = read_manifest(self.path)
+        verify_shards(self.path, manifest, checksums=verify)
         self.vocab = GeneVocab.load(self.path / TOKEN_DICTIONARY)
         self.obs_keys = tuple(obs_keys)
         self.arrow_files = arrow_files(self.path)
@@ -56,12 +70,15 @@ class CorpusSource:
         counts = []
         self._batches: list[tuple[int, int]] = []  # (arrow file, record batch)
         for i, arrow in enumerate(self.arrow_files):
-            reader = pa.ipc.open_stream(pa.memory_map(str(arrow), "r"))
-            if i == 0 and TOKEN_TYPE_IDS in reader.schema.names:
-                self.fields = (INPUT_IDS, TOKEN_TYPE_IDS)
-            for j, batch in enumerate(reader):
-                counts.append(batch.num_rows)
-                self._batches.append((i, j))
+            try:
+                reader = pa.ipc.open_stream(pa.memory_map(str(arrow), "r"))
+                if i == 0 and TOKEN_TYPE_IDS in reader.schema.names:
+                    self.fields = (INPUT_IDS, TOKEN_TYPE_IDS)
+                for j, batch in enumerate(reader):
+                    counts.append(batch.num_rows)
+                    self._batches.append((i, j))
+            except (OSError, pa.ArrowException) as exc:
+                raise read_error(arrow, "Arrow shard", exc) from exc
             if self.obs_keys:
                 missing = [k for k in self.obs_keys if k not in reader.schema.names]
                 if missing:
@@ -74,7 +91,10 @@ class CorpusSource:
         self.counts = np.array(counts, dtype=np.int64)
         if self.counts.sum() == 0:
             raise InputError(
-                self.path, DATASET_DIR, "holds no cells", "tokenize files that contain cells"
+                self.path,
+                DATASET_DIR,
+                "holds no sequences (every cell was empty after the vocabulary filter)",
+                "tokenize files whose cells express genes of the vocabulary",
             )
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
 
@@ -130,6 +150,7 @@ class CorpusSourceReader(Recycler):
                                     f"{name} and input_ids have different lengths"
                                 )
                             entry[name] = column.values.to_numpy()
+                        check_token_ids(entry[INPUT_IDS], len(self.source.vocab), arrow, INPUT_IDS)
                         for k in self.source.obs_keys:
                             entry[k] = np.asarray(batch.column(k).to_pylist(), dtype=object)
                         cols.append(entry)

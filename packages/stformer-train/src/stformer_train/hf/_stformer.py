@@ -59,23 +59,42 @@ _SEARCH_OWNS = ("output_dir", "logging_dir", "disable_tqdm", "report_to", "deeps
 _LAST: list[PretrainML] = []  # the most recently configured PretrainML (module-level functions)
 
 
-def load_token_dictionary(path: str | PathLike[str]) -> dict[str, int]:
+def load_token_dictionary(
+    path: str | PathLike[str], *, allow_pickle: bool = True
+) -> dict[str, int]:
     """A token dictionary from a pickle (stFormer / Geneformer) or JSON file (a plain dict, or
-    stformer's ``token_dictionary.json``)."""
+    stformer's ``token_dictionary.json``).
+
+    A pickle runs code stored in it when loaded: for ``token_dictionary.pkl`` inside a stformer
+    corpus, the corpus's ``token_dictionary.json`` is read instead and nothing is unpickled; any
+    other pickle is loaded as stFormer's documented API does (the caller named it), unless
+    ``allow_pickle=False`` refuses it.
+    """
     from stformer_data import InputError
+    from stformer_data.corpus.format import TOKEN_DICTIONARY, is_stformer_corpus
 
     path = Path(path)
     if not path.is_file():
         raise InputError(
             path, "token_dict_path", "does not exist", "pass the token dictionary file"
         )
+    if path.suffix.lower() != ".json" and is_stformer_corpus(path.parent):
+        if (path.parent / TOKEN_DICTIONARY).is_file():
+            path = path.parent / TOKEN_DICTIONARY  # the same dictionary, read without unpickling
     if path.suffix.lower() == ".json":
         data = json.loads(path.read_text())
         if isinstance(data, Mapping) and "token_to_id" in data:  # stformer's vocabulary JSON
             data = data["token_to_id"]
+    elif not allow_pickle:
+        raise InputError(
+            path,
+            "token_dict_path",
+            "is a pickle, and loading a pickle runs code from the file",
+            "convert it to JSON, or pass allow_pickle=True (--allow-pickle) if you trust it",
+        )
     else:
         with path.open("rb") as fh:
-            data = pickle.load(fh)  # noqa: S301 - stFormer's own format; only load files you trust
+            data = pickle.load(fh)  # noqa: S301 - named by the caller, allow_pickle=True
     if not isinstance(data, Mapping) or not data:
         raise InputError(
             path, "token_dict_path", "is not a token -> id dictionary", "pass a dict of str -> int"

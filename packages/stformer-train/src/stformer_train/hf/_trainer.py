@@ -31,19 +31,42 @@ from stformer_train.training import EpochLengthGroupedSampler, StepSeededCollato
 log = logging.getLogger(__name__)
 
 
-def load_example_lengths(file_path: str | PathLike[str]) -> list[int]:
-    """Read an example-lengths file: a pickle (Geneformer/stFormer) or JSON list of positive ints."""
+def load_example_lengths(file_path: str | PathLike[str], *, allow_pickle: bool = True) -> list[int]:
+    """Read an example-lengths file: a pickle (Geneformer/stFormer), a JSON list or a NumPy
+    ``.npy`` of positive ints.
+
+    A pickle runs code stored in it when loaded. stformer's corpora hold the same lengths in
+    ``example_lengths.npy`` too: for a pickle inside a stformer corpus that file is read instead,
+    and nothing is unpickled. Any other pickle is loaded as this documented function always did
+    (the caller named it); ``allow_pickle=False`` refuses it.
+    """
+    from stformer_data import InputError
+    from stformer_data.corpus.format import EXAMPLE_LENGTHS_NPY, is_stformer_corpus
+
     path = Path(file_path)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: example-lengths file not found (stformer tokenize writes "
-            "example_lengths.pkl next to the dataset)"
+            "example_lengths.npy and example_lengths.pkl next to the dataset)"
         )
+    if path.suffix not in (".json", ".npy") and is_stformer_corpus(path.parent):
+        if (path.parent / EXAMPLE_LENGTHS_NPY).is_file():
+            path = path.parent / EXAMPLE_LENGTHS_NPY  # the same lengths, read without unpickling
     if path.suffix == ".json":
         values = json.loads(path.read_text())
+    elif path.suffix == ".npy":
+        values = np.load(path, allow_pickle=False).tolist()
+    elif not allow_pickle:
+        raise InputError(
+            path,
+            "example lengths",
+            "is a pickle, and loading a pickle runs code from the file",
+            "save the lengths as .json or .npy, or pass allow_pickle=True (--allow-pickle) if "
+            "you trust the file",
+        )
     else:
         with path.open("rb") as fh:
-            values = pickle.load(fh)  # noqa: S301 - Geneformer's own format; only load files you trust
+            values = pickle.load(fh)  # noqa: S301 - named by the caller, allow_pickle=True
     if not isinstance(values, Sequence) or not all(
         isinstance(v, int | np.integer) and v > 0 for v in values
     ):
