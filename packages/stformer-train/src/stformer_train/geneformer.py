@@ -167,7 +167,7 @@ class FolderModel:
         if self.medians_path.suffix == ".pkl":
             from stformer_data.genes.medians import load_medians
 
-            return load_medians(self.medians_path, allow_pickle=True)
+            return load_medians(self.medians_path, allow_pickle="plain")
         return self.medians_path
 
     def _auto(self):
@@ -291,7 +291,7 @@ def open_model(
                 "was not found (or more than one candidate)",
                 "put Geneformer's token_dictionary.pkl and gene_median_dictionary.pkl next to the model or pass dictionaries=",
             )
-    vocab = sd.GeneVocab.load(vocab_path, allow_pickle=vocab_path.suffix == ".pkl")
+    vocab = sd.GeneVocab.load(vocab_path, allow_pickle="plain")
     config = check_vocab(vocab, root, vocab_path)
     return FolderModel(
         model_dir=root,

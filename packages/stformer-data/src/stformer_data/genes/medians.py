@@ -9,7 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_all_start_methods, get_context
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -333,7 +333,10 @@ def save_medians(medians: Mapping[str, float], path: str | PathLike[str]) -> Pat
 
 
 def load_medians(
-    path: str | PathLike[str], *, allow_pickle: bool = False, drop_invalid: bool = False
+    path: str | PathLike[str],
+    *,
+    allow_pickle: bool | Literal["plain"] = False,
+    drop_invalid: bool = False,
 ) -> dict[str, float]:
     """Load medians from JSON or, with ``allow_pickle=True``, Geneformer's ``gene_median_dictionary.pkl``.
 
@@ -370,7 +373,7 @@ def load_medians(
     return good
 
 
-def _read_medians(path: Path, allow_pickle: bool) -> Mapping[Any, Any]:
+def _read_medians(path: Path, allow_pickle: bool | Literal["plain"]) -> Mapping[Any, Any]:
     if not path.exists():
         raise InputError(
             path, "gene median dictionary", "does not exist", "pass the path of a medians file"
@@ -398,10 +401,15 @@ def _read_medians(path: Path, allow_pickle: bool) -> Mapping[Any, Any]:
                 "is a pickle, and loading a pickle runs code from the file",
                 "convert it to JSON, or pass allow_pickle=True (--allow-pickle) if you trust it",
             )
-        import pickle
+        if allow_pickle == "plain":
+            from stformer_data.genes.plain_pickle import load_plain_pickle
 
-        with path.open("rb") as fh:
-            payload = pickle.load(fh)
+            payload = load_plain_pickle(path, "gene median dictionary")
+        else:
+            import pickle
+
+            with path.open("rb") as fh:
+                payload = pickle.load(fh)
         if not isinstance(payload, Mapping):
             raise InputError(
                 path,

@@ -9,7 +9,7 @@ import pickle
 from collections.abc import Iterable, Mapping
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -129,11 +129,15 @@ class GeneVocab(Mapping[str, int]):
         return GeneVocab(mapping, specials)
 
     @classmethod
-    def load(cls, path: str | PathLike[str], *, allow_pickle: bool = False) -> GeneVocab:
-        """Load a vocabulary from ``.json`` or, with ``allow_pickle=True``, Geneformer's ``.pkl``.
+    def load(
+        cls, path: str | PathLike[str], *, allow_pickle: bool | Literal["plain"] = False
+    ) -> GeneVocab:
+        """Load a vocabulary from ``.json`` or, with ``allow_pickle``, Geneformer's ``.pkl``.
 
         Unpickling runs code stored in the file: only load pickles you trust. JSON is the safe default
         (convert once with ``GeneVocab.load(pkl, allow_pickle=True).save_json(path)``).
+        ``allow_pickle="plain"`` reads a pickle of plain data only and runs nothing from it
+        (:func:`stformer_data.genes.plain_pickle.load_plain_pickle`).
         """
         path = Path(path)
         if not path.exists():
@@ -162,6 +166,10 @@ class GeneVocab(Mapping[str, int]):
                     "is a pickle, and loading a pickle runs code from the file",
                     "convert it to JSON, or pass allow_pickle=True (--allow-pickle) if you trust it",
                 )
+            if allow_pickle == "plain":
+                from stformer_data.genes.plain_pickle import load_plain_pickle
+
+                return cls._checked(path, load_plain_pickle(path, "token dictionary"), None)
             with path.open("rb") as fh:
                 return cls._checked(path, pickle.load(fh), None)
         raise InputError(

@@ -60,15 +60,16 @@ _LAST: list[PretrainML] = []  # the most recently configured PretrainML (module-
 
 
 def load_token_dictionary(
-    path: str | PathLike[str], *, allow_pickle: bool = True
+    path: str | PathLike[str], *, allow_pickle: bool | Literal["plain"] = "plain"
 ) -> dict[str, int]:
     """A token dictionary from a pickle (stFormer / Geneformer) or JSON file (a plain dict, or
     stformer's ``token_dictionary.json``).
 
     A pickle runs code stored in it when loaded: for ``token_dictionary.pkl`` inside a stformer
     corpus, the corpus's ``token_dictionary.json`` is read instead and nothing is unpickled; any
-    other pickle is loaded as stFormer's documented API does (the caller named it), unless
-    ``allow_pickle=False`` refuses it.
+    other pickle of plain data is loaded as stFormer's documented API does (the caller named it)
+    with an unpickler that resolves no code (``allow_pickle="plain"``, the default);
+    ``allow_pickle=True`` unpickles fully and ``allow_pickle=False`` refuses every pickle.
     """
     from stformer_data import InputError
     from stformer_data.corpus.format import TOKEN_DICTIONARY, is_stformer_corpus
@@ -92,6 +93,12 @@ def load_token_dictionary(
             "is a pickle, and loading a pickle runs code from the file",
             "convert it to JSON, or pass allow_pickle=True (--allow-pickle) if you trust it",
         )
+    elif allow_pickle == "plain":
+        from stformer_data.genes.plain_pickle import load_plain_pickle
+
+        data = load_plain_pickle(
+            path, "token_dict_path"
+        )  # plain data only: nothing from the file runs
     else:
         with path.open("rb") as fh:
             data = pickle.load(fh)  # noqa: S301 - named by the caller, allow_pickle=True

@@ -17,7 +17,7 @@ import pickle
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,14 +31,18 @@ from stformer_train.training import EpochLengthGroupedSampler, StepSeededCollato
 log = logging.getLogger(__name__)
 
 
-def load_example_lengths(file_path: str | PathLike[str], *, allow_pickle: bool = True) -> list[int]:
+def load_example_lengths(
+    file_path: str | PathLike[str], *, allow_pickle: bool | Literal["plain"] = "plain"
+) -> list[int]:
     """Read an example-lengths file: a pickle (Geneformer/stFormer), a JSON list or a NumPy
     ``.npy`` of positive ints.
 
     A pickle runs code stored in it when loaded. stformer's corpora hold the same lengths in
     ``example_lengths.npy`` too: for a pickle inside a stformer corpus that file is read instead,
     and nothing is unpickled. Any other pickle is loaded as this documented function always did
-    (the caller named it); ``allow_pickle=False`` refuses it.
+    (the caller named it) with an unpickler that resolves no code (``allow_pickle="plain"``,
+    the default: a pickle naming any callable is refused); ``allow_pickle=True`` unpickles fully and
+    ``allow_pickle=False`` refuses every pickle.
     """
     from stformer_data import InputError
     from stformer_data.corpus.format import EXAMPLE_LENGTHS_NPY, is_stformer_corpus
@@ -64,6 +68,12 @@ def load_example_lengths(file_path: str | PathLike[str], *, allow_pickle: bool =
             "save the lengths as .json or .npy, or pass allow_pickle=True (--allow-pickle) if "
             "you trust the file",
         )
+    elif allow_pickle == "plain":
+        from stformer_data.genes.plain_pickle import load_plain_pickle
+
+        values = load_plain_pickle(
+            path, "example lengths"
+        )  # plain data only: nothing from the file runs
     else:
         with path.open("rb") as fh:
             values = pickle.load(fh)  # noqa: S301 - named by the caller, allow_pickle=True
