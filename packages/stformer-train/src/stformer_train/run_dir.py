@@ -178,6 +178,38 @@ def plan_split(
     return CorpusSplit(train=np.setdiff1d(pool, val), validation=val, test=np.flatnonzero(test))
 
 
+def corpus_labels(corpus: Corpus, label_key: str | None) -> np.ndarray | None:
+    """``label_key`` of every corpus row, as strings: the corpus's own column, else the source
+    files' ``obs`` (rows by ``file_index`` / ``cell_index``); None when neither has it."""
+    import stformer_data as sd
+
+    if not label_key:
+        return None
+    if label_key in corpus.dataset.column_names:
+        return np.asarray(corpus.dataset[label_key]).astype(str)
+    per_file = []
+    for src in corpus.manifest.get("sources", []):
+        try:
+            adata = sd.open_h5ad(src["path"], backed=True)
+        except (OSError, ValueError):
+            return None
+        try:
+            if label_key not in adata.obs.columns:
+                return None
+            per_file.append(adata.obs[label_key].astype(str).to_numpy())
+        finally:
+            adata.file.close()
+    if not per_file:
+        return None
+    file_index = np.asarray(corpus.dataset["file_index"], dtype=np.int64)
+    cell_index = np.asarray(corpus.dataset["cell_index"], dtype=np.int64)
+    out = np.empty(len(file_index), dtype=object)
+    for i, values in enumerate(per_file):
+        sel = file_index == i
+        out[sel] = values[cell_index[sel]]
+    return out.astype(str)
+
+
 def _obs_names(path: str) -> list[str] | None:
     """The obs names of a source file, or None when it cannot be opened (moved, deleted)."""
     import stformer_data as sd
