@@ -25,6 +25,7 @@ from stformer_cli._options import (
     HiddenLayer,
     K,
     Layer,
+    NCountsKey,
     Progress,
     TestFraction,
 )
@@ -51,6 +52,7 @@ def demo(
     gene_id_key: GeneIdKey = None,
     layer: Layer = None,
     allow_non_integer: AllowNonInteger = False,
+    n_counts_key: NCountsKey = None,
     cells: Annotated[int, typer.Option(help="Simulated cells.")] = 2000,
     genes: Annotated[int, typer.Option(help="Simulated genes.")] = 500,
     max_length: Annotated[
@@ -142,6 +144,7 @@ def demo(
         obs_columns=[label_key],
         max_length=max_length,
         allow_non_integer=allow_non_integer,
+        n_counts_key="n_counts" if n_counts_key is None else n_counts_key,
         overwrite=True,
         progress=progress,
     )

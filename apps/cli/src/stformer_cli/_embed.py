@@ -17,6 +17,7 @@ from stformer_cli._options import (
     K,
     LabelKey,
     Layer,
+    NCountsKey,
     Progress,
     Seed,
 )
@@ -45,6 +46,7 @@ def embed(
     gene_id_key: GeneIdKey = None,
     layer: Layer = None,
     allow_non_integer: AllowNonInteger = False,
+    n_counts_key: NCountsKey = None,
     pooling: Pooling = "mean",
     hidden_layer: HiddenLayer = -1,
     batch_size: BatchSize = 64,
@@ -54,7 +56,7 @@ def embed(
     from stformer_train.downstream import embed_h5ad
 
     path = embed_h5ad(
-        _open(run, gene_id_key, allow_non_integer),
+        _open(run, gene_id_key, allow_non_integer, n_counts_key),
         h5ad,
         out,
         layer=layer,
@@ -76,6 +78,7 @@ def evaluate(
     gene_id_key: GeneIdKey = None,
     layer: Layer = None,
     allow_non_integer: AllowNonInteger = False,
+    n_counts_key: NCountsKey = None,
     test_fraction: Annotated[
         float,
         typer.Option(
@@ -98,7 +101,7 @@ def evaluate(
 
     out = out or Path(run) / "evaluation"
     result = evaluate_run(
-        _open(run, gene_id_key, allow_non_integer),
+        _open(run, gene_id_key, allow_non_integer, n_counts_key),
         h5ad,
         label_key=label_key,
         out_dir=out,

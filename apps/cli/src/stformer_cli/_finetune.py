@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from stformer_cli._options import LABEL_KEY, AllowNonInteger, GeneIdKey, LabelKey, Layer
+from stformer_cli._options import (
+    LABEL_KEY,
+    AllowNonInteger,
+    GeneIdKey,
+    LabelKey,
+    Layer,
+    NCountsKey,
+)
 
 console = Console()
 
@@ -33,6 +40,7 @@ def finetune(
     gene_id_key: GeneIdKey = None,
     layer: Layer = None,
     allow_non_integer: AllowNonInteger = False,
+    n_counts_key: NCountsKey = None,
 ) -> None:
     """Fine-tune a cell-type classifier from the run's model; report held-out accuracy and macro-F1."""
     from stformer_train.downstream import finetune_classifier
@@ -45,6 +53,7 @@ def finetune(
             ("gene_id_key", gene_id_key),
             ("layer", layer),
             ("allow_non_integer", allow_non_integer or None),
+            ("n_counts_key", n_counts_key),
         )
         if v is not None
     }

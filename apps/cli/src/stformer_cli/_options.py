@@ -1,8 +1,9 @@
 """Options shared by several commands: one name, one help text and one default for each idea.
 
-Every command that reads an ``.h5ad`` takes :data:`GeneIdKey` and :data:`Layer` (and
-:data:`AllowNonInteger`), so that the fixes the input errors suggest (``--gene-id-key``,
-``--layer``, ``--allow-non-integer``) exist wherever those errors can be raised. The table of
+Every command that reads an ``.h5ad`` takes :data:`GeneIdKey`, :data:`Layer`,
+:data:`AllowNonInteger` and :data:`NCountsKey`, so that the fixes the input errors suggest
+(``--gene-id-key``, ``--layer``, ``--allow-non-integer``, ``--n-counts-key``) exist wherever
+those errors can be raised (``apps/cli/tests/test_options.py`` checks it). The table of
 options is in ``docs/cli.md``.
 """
 
@@ -45,6 +46,15 @@ AllowNonInteger = Annotated[
     typer.Option(
         "--allow-non-integer",
         help="Accept non-integer (already normalised) values instead of refusing them.",
+    ),
+]
+
+#: ``--n-counts-key`` of the commands that read an h5ad with a model's settings
+NCountsKey = Annotated[
+    str | None,
+    typer.Option(
+        "--n-counts-key",
+        help="obs column with library sizes ('' = row sums; default: the model's setting).",
     ),
 ]
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from stformer_cli._options import AllowNonInteger, GeneIdKey, Layer
+from stformer_cli._options import AllowNonInteger, GeneIdKey, Layer, NCountsKey
 
 console = Console()
 
@@ -72,6 +72,7 @@ def perturb(
     gene_id_key: GeneIdKey = None,
     layer: Layer = None,
     allow_non_integer: AllowNonInteger = False,
+    n_counts_key: NCountsKey = None,
     device: Annotated[
         str | None, typer.Option(help="cuda or cpu (default: the GPU when there is one).")
     ] = None,
@@ -90,6 +91,7 @@ def perturb(
         gene_id_key=gene_id_key,
         layer=layer,
         allow_non_integer=allow_non_integer or None,
+        n_counts_key=n_counts_key,
     )
     result = perturb_h5ad(
         folder,

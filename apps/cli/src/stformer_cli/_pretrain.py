@@ -8,7 +8,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from stformer_cli._options import LABEL_KEY, AllowNonInteger, GeneIdKey, Layer, MaxLength
+from stformer_cli._options import (
+    LABEL_KEY,
+    AllowNonInteger,
+    GeneIdKey,
+    Layer,
+    MaxLength,
+    NCountsKey,
+)
 
 console = Console()
 
@@ -38,6 +45,7 @@ def _corpus_from_inputs(inputs: list[Path], out: Path, tok: dict[str, Any], prog
             )
     gene_id_key, layer = tok.get("gene_id_key"), tok.get("layer")
     allow_non_integer = bool(tok.get("allow_non_integer", False))
+    n_counts_key = tok.get("n_counts_key", "n_counts") or None
     genes: list[str] = []
     for f in files:
         adata = sd.open_h5ad(f)
@@ -47,13 +55,19 @@ def _corpus_from_inputs(inputs: list[Path], out: Path, tok: dict[str, Any], prog
             adata.file.close()
     vocab = sd.GeneVocab.from_genes(dict.fromkeys(genes))
     medians = sd.compute_medians_exact(
-        files, gene_id_key=gene_id_key, layer=layer, allow_non_integer=allow_non_integer
+        files,
+        gene_id_key=gene_id_key,
+        layer=layer,
+        allow_non_integer=allow_non_integer,
+        n_counts_key=n_counts_key,
     )
     config = sd.TokenizeConfig(
         gene_id_key=gene_id_key,
         layer=layer,
         allow_non_integer=allow_non_integer,
-        rank=sd.RankTokenizerConfig(model_input_size=int(tok.get("max_length", 2048))),
+        rank=sd.RankTokenizerConfig(
+            model_input_size=int(tok.get("max_length", 2048)), n_counts_key=n_counts_key
+        ),
     )
     return sd.tokenize_files(
         files,
@@ -71,9 +85,16 @@ def _init_from(
 ):
     """Tokenize with the checkpoint's vocabulary and settings; take its shape (``--init-from``)."""
     import stformer_data as sd
+    from stformer_train.api import open_for_input
     from stformer_train.geneformer import model_config_of, open_model
 
-    folder = open_model(path, gene_id_key=tok.get("gene_id_key"))
+    folder = open_for_input(
+        open_model(path, gene_id_key=tok.get("gene_id_key")),
+        gene_id_key=tok.get("gene_id_key"),
+        layer=tok.get("layer"),
+        allow_non_integer=tok.get("allow_non_integer"),
+        n_counts_key=tok.get("n_counts_key"),
+    )
     model_d.update(model_config_of(folder.model_dir), init_from=str(folder.model_dir))
     if len(inputs) == 1 and inputs[0].is_dir():
         corpus = sd.load_corpus(inputs[0])
@@ -149,6 +170,7 @@ def pretrain(
     gene_id_key: GeneIdKey = None,
     layer: Layer = None,
     allow_non_integer: AllowNonInteger = False,
+    n_counts_key: NCountsKey = None,
     seed: Annotated[int | None, typer.Option(help="Seed of model, masking and sampling.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     deepspeed: Annotated[
@@ -196,6 +218,7 @@ def pretrain(
         (tok, "gene_id_key", gene_id_key),
         (tok, "layer", layer),
         (tok, "allow_non_integer", allow_non_integer or None),
+        (tok, "n_counts_key", n_counts_key),
     ):
         if value is not None:
             d[key] = value

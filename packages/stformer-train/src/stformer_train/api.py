@@ -36,14 +36,16 @@ def open_for_input(
     gene_id_key: str | None = None,
     layer: str | None = None,
     allow_non_integer: bool | None = None,
+    n_counts_key: str | None = None,
 ) -> FolderModel:
     """The model of ``run`` with its tokenizer settings adapted to new input files.
 
     ``gene_id_key`` (``var`` column with the gene ids of the new files; ``None`` keeps the
     model's setting: for a Geneformer folder ``var["ensembl_id"]`` when present, else
     ``var_names``), ``layer`` (their raw counts; ``None`` is ``X``, scanpy's convention, whatever
-    layer the pretraining files had) and ``allow_non_integer`` (``None`` keeps the model's)
-    replace the pretraining files' settings. Everything that decides the tokens (vocabulary,
+    layer the pretraining files had), ``allow_non_integer`` and ``n_counts_key`` (``obs`` column
+    with library sizes, ``""`` for the row sums; ``None`` keeps the model's) replace the
+    pretraining files' settings. Everything that decides the tokens (vocabulary,
     medians, lengths, special tokens) stays the model's.
     """
     folder = run if isinstance(run, FolderModel) else open_model(run, gene_id_key=gene_id_key)
@@ -52,8 +54,11 @@ def open_for_input(
         changes["gene_id_key"] = gene_id_key
     if allow_non_integer is not None:
         changes["allow_non_integer"] = allow_non_integer
-    settings = {**folder.settings, "settings": {**folder.settings["settings"], **changes}}
-    return dataclasses.replace(folder, settings=settings)
+    inner = {**folder.settings["settings"], **changes}
+    if n_counts_key is not None:
+        for scheme in ("rank", "binned"):
+            inner[scheme] = {**(inner.get(scheme) or {}), "n_counts_key": n_counts_key or None}
+    return dataclasses.replace(folder, settings={**folder.settings, "settings": inner})
 
 
 def _with_layer(folder: FolderModel, layer: str | None) -> FolderModel:
