@@ -33,10 +33,15 @@ def register(app: typer.Typer) -> None:
 Pooling = Annotated[str, typer.Option(help="mean (non-pad tokens) or cls (first token).")]
 
 
-def _open(run: Path, gene_id_key: str | None, allow_non_integer: bool):
+def _open(run: Path, gene_id_key: str | None, allow_non_integer: bool, n_counts_key: str | None):
     from stformer_train.api import open_for_input
 
-    return open_for_input(run, gene_id_key=gene_id_key, allow_non_integer=allow_non_integer or None)
+    return open_for_input(
+        run,
+        gene_id_key=gene_id_key,
+        allow_non_integer=allow_non_integer or None,
+        n_counts_key=n_counts_key,
+    )
 
 
 def embed(

@@ -240,8 +240,10 @@ def write_split(
 ) -> Path:
     """Write ``ROOT/split.json`` (atomically): each part's cells as source file, row and obs name.
 
-    The sources are identified by path, number of cells and a hash of their obs names, so a
-    copied or renamed file is still recognised by :func:`read_split`.
+    The sources are identified by path, number of cells, a hash of their obs names and the
+    corpus's checksum of the file, so :func:`read_split` recognises the file where it was and a
+    byte-identical copy anywhere else, and nothing else (same obs names are not enough: barcodes
+    repeat across datasets).
     """
     file_index = np.asarray(corpus.dataset["file_index"], dtype=np.int64)
     cell_index = np.asarray(corpus.dataset["cell_index"], dtype=np.int64)
@@ -254,6 +256,8 @@ def write_split(
             {
                 "path": path,
                 "n_obs": src.get("n_obs"),
+                "size_bytes": src.get("size_bytes"),
+                "xxh3_128": src.get("xxh3_128"),
                 "obs_names_sha256": None if obs is None else _names_hash(obs),
             }
         )
@@ -304,25 +308,39 @@ class RunSplit:
     ) -> np.ndarray | None:
         """Which of ``rows`` (cells of ``h5ad``, whose obs names are ``obs_names``) the run held out.
 
-        ``None`` when ``h5ad`` is none of the run's pretraining files (same path and size, or the
-        same obs names in the same order).
+        ``None`` when ``h5ad`` is none of the run's pretraining files (the same path with the same
+        obs names, or a byte-identical copy).
         """
         names = [str(x) for x in obs_names]
         digest = _names_hash(names)
-        resolved = str(Path(h5ad).resolve())
+        path = Path(h5ad)
+        resolved = str(path.resolve())
+        size = path.stat().st_size if path.is_file() else None
         for i, src in enumerate(self.data["sources"]):
-            same = (
-                src.get("obs_names_sha256") == digest
-                if src.get("obs_names_sha256")
-                else src["path"] == resolved and src.get("n_obs") == len(names)
-            )
+            if src["path"] == resolved:
+                same = src.get("n_obs") == len(names) and src.get("obs_names_sha256") in (
+                    None,
+                    digest,
+                )
+            else:
+                same = (
+                    src.get("xxh3_128") is not None
+                    and src.get("size_bytes") == size
+                    and _checksum(path) == src["xxh3_128"]
+                )
             if same:
                 test = self.data["test"]
-                held = {
+                held = [
                     c for f, c in zip(test["file_index"], test["cell_index"], strict=True) if f == i
-                }
-                return np.isin(np.asarray(rows, dtype=np.int64), list(held))
+                ]
+                return np.isin(np.asarray(rows, dtype=np.int64), held)
         return None
+
+
+def _checksum(path: Path) -> str:
+    from stformer_data.corpus.plan import checksum_file  # the corpus manifest's checksum
+
+    return checksum_file(path)
 
 
 def read_split(run: str | PathLike[str]) -> RunSplit | None:
