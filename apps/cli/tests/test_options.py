@@ -80,6 +80,9 @@ def test_one_name_and_one_default_per_idea():
         assert _options(name)["--label-key"].default == "cell_type", name
     for name in ("evaluate", "demo"):
         assert _options(name)["--k"].default == 15, name
+    for name in cmds:  # --k is the kNN's k wherever it is shown
+        shown = _options(name, hidden=False)
+        assert "--k" not in shown or shown["--k"].default == 15, name
     for name in ("embed", "evaluate", "finetune", "pretrain", "demo", "perturb", "tokenize"):
         opts = _options(name)
         assert "--progress" in opts and "--no-progress" in opts, name

@@ -250,7 +250,12 @@ def medians(
     exact: Annotated[
         bool, typer.Option(help="Exact medians (holds every non-zero value: small data only).")
     ] = False,
-    k: Annotated[int, typer.Option(help="KLL sketch size (rank error 1.33% at 200).")] = 200,
+    sketch_size: Annotated[
+        int, typer.Option("--sketch-size", help="KLL sketch size (rank error 1.33% at 200).")
+    ] = 200,
+    k: Annotated[
+        int | None, typer.Option("--k", hidden=True, help="Deprecated name of --sketch-size.")
+    ] = None,
     gene_id_key: GeneIdKey = None,
     name_to_id: Annotated[
         Path | None, typer.Option(help="Gene symbol -> Ensembl id dictionary.")
@@ -271,7 +276,7 @@ def medians(
     result = compute_medians(
         inputs,
         exact=exact,
-        k=k,
+        k=sketch_size if k is None else k,
         gene_id_key=gene_id_key,
         name_to_id=_name_to_id(name_to_id, allow_pickle),
         n_counts_key=n_counts_key or None,
