@@ -81,7 +81,7 @@ def embed_h5ad(
     return _write_h5ad(adata, Path(out))
 
 
-def _test_mask(
+def held_out_mask(
     run: str | PathLike[str],
     h5ad: str | PathLike[str],
     obs_names: Any,
@@ -91,8 +91,14 @@ def _test_mask(
     test_fraction: float,
     seed: int,
 ) -> tuple[np.ndarray, str, str]:
-    """Held-out cells among labelled ``rows``: the run's own split when ``h5ad`` is a pretraining
-    file, else a fresh stratified split; with ``"run"`` / ``"new"`` and a sentence saying which."""
+    """Which of ``rows`` (labelled cells of ``h5ad``, one label each) to score on: the run's own
+    held-out cells when ``h5ad`` is a pretraining file of the run (``RUN/split.json``), else a
+    new stratified ``test_fraction`` split seeded by ``seed``.
+
+    Returns the mask, ``"run"`` or ``"new"``, and a sentence for the user saying which (a new
+    split says that its cells may have been seen in pretraining). :func:`evaluate_run` scores on
+    it; a fine-tuning run should too.
+    """
     split = read_split(run)
     mask = None if split is None else split.test_mask(h5ad, obs_names, rows)
     if mask is not None and mask.any() and not mask.all():
@@ -189,7 +195,7 @@ def evaluate_run(
     counts = adata.X if layer is None else adata.layers[layer]
     pca = pca_of_counts(counts[rows], seed=seed)
     valid = ~np.isin(labels, MISSING_LABELS)
-    test, split_kind, note = _test_mask(
+    test, split_kind, note = held_out_mask(
         rm.model_dir,
         h5ad,
         adata.obs_names,
