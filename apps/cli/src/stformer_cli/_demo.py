@@ -101,9 +101,10 @@ def demo(
     from stformer_train.downstream import evaluate_run
 
     t0 = time.time()
-    user_adata = None
+    shape = None
     if h5ad is not None:  # validate the input before touching the output folder
         user_adata = sd.open_h5ad(h5ad, backed=True)
+        shape = user_adata.shape
         try:
             if label_key not in user_adata.obs.columns:
                 raise sd.InputError(
@@ -133,7 +134,7 @@ def demo(
             f"({adata.obs['cell_type'].nunique()} cell types) -> {h5ad}"
         )
     else:
-        console.print(f"  read {h5ad}")
+        console.print(f"  read {shape[0]} cells x {shape[1]} genes from {h5ad}")
 
     console.print(f"[bold cyan][2/{steps}] Tokenize[/] (rank-value, max {max_length} tokens)")
     corpus = tokenize(
