@@ -55,9 +55,7 @@ def test_embed_a_path_returns_the_anndata(run, tiny_h5ad, reference):
     np.testing.assert_allclose(got.obsm["X_stformer"], reference, atol=1e-6)
 
 
-def test_embed_reads_gene_ids_from_a_var_column_and_counts_from_a_layer(
-    run, tiny_h5ad, reference
-):
+def test_embed_reads_gene_ids_from_a_var_column_and_counts_from_a_layer(run, tiny_h5ad, reference):
     """A new AnnData with gene symbols as var_names and normalised X: the friction of 18.2."""
     adata = ad.io.read_h5ad(tiny_h5ad)
     counts = sp.csr_matrix(adata.X, dtype=np.float32)
