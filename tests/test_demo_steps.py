@@ -25,10 +25,10 @@ def runs(tmp_path_factory):
     )
     data = demo / "data.h5ad"
     steps = root / "steps"
-    assert (
-        cli(["tokenize", str(data), "--out", str(steps / "corpus"), "--max-length", "32", *QUIET])
-        == 0
-    )
+    medians = steps / "medians.json"
+    assert cli(["medians", str(data), "--exact", "--out", str(medians)]) == 0
+    tokenize = ["tokenize", str(data), "--out", str(steps / "corpus"), "--medians", str(medians)]
+    assert cli([*tokenize, "--max-length", "32", *QUIET]) == 0
     pretrain = ["pretrain", str(steps / "corpus"), "--out", str(steps / "run"), *RECIPE]
     pretrain += ["--mlm-probability", "0.15", "--no-tie-embeddings", "--test-fraction", "0.2"]
     assert cli([*pretrain, *QUIET]) == 0

@@ -97,7 +97,7 @@ def demo(
     """
     import stformer_data as sd
     from stformer_cli._pretrain import pretrain
-    from stformer_cli._tokenize import tokenize
+    from stformer_cli._tokenize import medians, tokenize
     from stformer_train.downstream import evaluate_run
 
     t0 = time.time()
@@ -137,15 +137,29 @@ def demo(
         console.print(f"  read {shape[0]} cells x {shape[1]} genes from {h5ad}")
 
     console.print(f"[bold cyan][2/{steps}] Tokenize[/] (rank-value, max {max_length} tokens)")
+    n_key = "n_counts" if n_counts_key is None else n_counts_key
+    # exact medians (`stformer medians --exact`): a demo-sized file fits in memory, and the
+    # tokens are then the same on every run (the default KLL sketch is randomised)
+    medians_path = out / "gene_medians.json"
+    medians(
+        [h5ad],
+        medians_path,
+        exact=True,
+        gene_id_key=gene_id_key,
+        layer=layer,
+        n_counts_key=n_key,
+        allow_non_integer=allow_non_integer,
+    )
     corpus = tokenize(
         [h5ad],
         out / "corpus",
+        medians=medians_path,
         gene_id_key=gene_id_key,
         layer=layer,
         obs_columns=[label_key],
         max_length=max_length,
         allow_non_integer=allow_non_integer,
-        n_counts_key="n_counts" if n_counts_key is None else n_counts_key,
+        n_counts_key=n_key,
         overwrite=True,
         progress=progress,
     )
