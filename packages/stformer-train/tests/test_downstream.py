@@ -72,7 +72,7 @@ def test_embed_h5ad_embeds_every_cell_and_marks_empty_ones(run, tiny_h5ad, tmp_p
     assert not got.obs["stformer_embedded"].iloc[2] and np.isnan(emb[2]).all()
     assert got.obs["stformer_embedded"].sum() == adata.n_obs - 1
     assert np.isfinite(np.delete(emb, 2, axis=0)).all()
-    assert got.uns["stformer"]["pooling"] == "mean"
+    assert got.uns["X_stformer"]["params"]["pooling"] == "mean"
     assert not list(out.parent.glob(".*tmp*"))
     # the same numbers as tokenizing with the run's settings and embedding directly
     corpus = rm.tokenize(tiny_h5ad, tmp_path / "corpus", progress=False)
@@ -89,7 +89,7 @@ def test_embed_h5ad_cls_pooling_differs_from_mean(run, tiny_h5ad, tmp_path):
     cls = ad.io.read_h5ad(
         embed_h5ad(run, tiny_h5ad, tmp_path / "c.h5ad", pooling="cls", progress=False)
     )
-    assert cls.uns["stformer"]["pooling"] == "cls"
+    assert cls.uns["X_stformer"]["params"]["pooling"] == "cls"
     assert cls.obsm["X_stformer"].shape == mean.obsm["X_stformer"].shape
     assert not np.allclose(cls.obsm["X_stformer"], mean.obsm["X_stformer"])
 

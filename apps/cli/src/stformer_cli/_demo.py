@@ -1,4 +1,9 @@
-"""``stformer demo``: the whole pipeline once, end to end, on simulated data or a user's h5ad."""
+"""``stformer demo``: the whole pipeline once, end to end, on simulated data or a user's h5ad.
+
+It runs the commands' own code (``tokenize``, ``pretrain``, ``evaluate``) with the demo's small
+CPU recipe, so the step-by-step commands with the same options give the same held-out figures:
+the same corpus, the same held-out split (``RUN/split.json``), the same model and scores.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from stformer_cli._options import HiddenLayer
+from stformer_cli._options import (
+    LABEL_KEY,
+    AllowNonInteger,
+    GeneIdKey,
+    HiddenLayer,
+    K,
+    Layer,
+    NCountsKey,
+    Progress,
+    TestFraction,
+)
 from stformer_data.atomic import atomic_write_text, partial_path
 
 console = Console()
@@ -30,18 +45,22 @@ def demo(
     ] = None,
     label_key: Annotated[
         str, typer.Option(help="obs column with the cell labels used for evaluation.")
-    ] = "cell_type",
+    ] = LABEL_KEY,
     out: Annotated[
         Path, typer.Option(help="Run directory; a previous demo there is replaced.")
     ] = Path("runs/demo"),
-    gene_id_key: Annotated[
-        str | None, typer.Option(help="var column with gene ids (default: var_names).")
-    ] = None,
-    layer: Annotated[str | None, typer.Option(help="Layer with raw counts (default: X).")] = None,
+    gene_id_key: GeneIdKey = None,
+    layer: Layer = None,
+    allow_non_integer: AllowNonInteger = False,
+    n_counts_key: NCountsKey = None,
     cells: Annotated[int, typer.Option(help="Simulated cells.")] = 2000,
     genes: Annotated[int, typer.Option(help="Simulated genes.")] = 500,
     max_length: Annotated[
-        int, typer.Option(help="Longest token sequence (model_input_size).")
+        int,
+        typer.Option(
+            "--max-length",
+            help="Longest token sequence, special tokens included (Geneformer's model_input_size).",
+        ),
     ] = 64,
     layers: Annotated[int, typer.Option(help="Transformer layers.")] = 2,
     hidden: Annotated[int, typer.Option(help="Hidden size.")] = 128,
@@ -55,48 +74,53 @@ def demo(
             help="Fraction of tokens masked per cell (0.3 learns faster on short runs of real data)."
         ),
     ] = 0.15,
+    tie_embeddings: Annotated[
+        bool,
+        typer.Option(
+            "--tie-embeddings/--no-tie-embeddings",
+            help="Share input and output gene embeddings (untied: better embeddings in a few "
+            "hundred CPU steps, measured on the simulated default data).",
+        ),
+    ] = False,
     hidden_layer: HiddenLayer = -1,
-    test_fraction: Annotated[
-        float, typer.Option(help="Fraction of cells held out for evaluation.")
-    ] = 0.2,
+    test_fraction: TestFraction = 0.2,
+    k: K = 15,
     seed: Annotated[
         int, typer.Option(help="Seed of the simulation, split, model and masking.")
     ] = 0,
+    progress: Progress = True,
 ) -> None:
-    """Simulate (or read) cells, tokenize, pretrain a small BERT, embed, and evaluate the embeddings."""
-    import anndata as ad
-    import numpy as np
+    """Simulate (or read) cells, tokenize, pretrain a small BERT, embed, and evaluate the embeddings.
 
+    The steps are the commands' own (tokenize, pretrain, evaluate); `stformer demo --help` lists
+    the equivalent options, and docs/cli.md the commands that reproduce a demo step by step.
+    """
     import stformer_data as sd
-    from stformer_train import (
-        ModelConfig,
-        TrainConfig,
-        bert_config_from,
-        build_mlm_model,
-        embed_sequences,
-        holdout_split,
-        knn_score,
-        pca_of_counts,
-    )
-    from stformer_train.hf import pretrain_mlm
+    from stformer_cli._pretrain import pretrain
+    from stformer_cli._tokenize import medians, tokenize
+    from stformer_train.downstream import evaluate_run
 
     t0 = time.time()
-    user_adata = None
+    shape = None
     if h5ad is not None:  # validate the input before touching the output folder
-        user_adata = sd.open_h5ad(h5ad, backed=False)
-        if label_key not in user_adata.obs.columns:
-            raise sd.InputError(
-                h5ad,
-                f"obs[{label_key!r}]",
-                "does not exist",
-                f"pass --label-key with one of {list(user_adata.obs.columns)}",
-            )
+        user_adata = sd.open_h5ad(h5ad, backed=True)
+        shape = user_adata.shape
+        try:
+            if label_key not in user_adata.obs.columns:
+                raise sd.InputError(
+                    h5ad,
+                    f"obs[{label_key!r}]",
+                    "does not exist",
+                    f"pass --label-key with one of {list(user_adata.obs.columns)}",
+                )
+        finally:
+            user_adata.file.close()
     _prepare_out(out)
     atomic_write_text(
         out / MARKER,
         json.dumps({"source": str(h5ad) if h5ad else "simulated", "finished": False}),
     )
-    steps = 5
+    steps = 4
 
     console.rule("[bold]stformer demo")
     console.print(f"[bold cyan][1/{steps}] Data[/]")
@@ -110,118 +134,92 @@ def demo(
             f"({adata.obs['cell_type'].nunique()} cell types) -> {h5ad}"
         )
     else:
-        adata = user_adata
-        console.print(f"  read {adata.n_obs} cells x {adata.n_vars} genes from {h5ad}")
+        console.print(f"  read {shape[0]} cells x {shape[1]} genes from {h5ad}")
 
     console.print(f"[bold cyan][2/{steps}] Tokenize[/] (rank-value, max {max_length} tokens)")
-    gene_ids = sd.resolve_gene_ids(adata.var, gene_id_key=gene_id_key, path=h5ad)
-    vocab = sd.GeneVocab.from_genes(gene_ids)
-    medians = sd.compute_medians_exact([h5ad], gene_id_key=gene_id_key, layer=layer)
-    config = sd.TokenizeConfig(
+    n_key = "n_counts" if n_counts_key is None else n_counts_key
+    # exact medians (`stformer medians --exact`): a demo-sized file fits in memory (the default
+    # sketch is deterministic too, within 0.5% of each median)
+    medians_path = out / "gene_medians.json"
+    medians(
+        [h5ad],
+        medians_path,
+        exact=True,
         gene_id_key=gene_id_key,
         layer=layer,
-        obs_columns=(label_key,),
-        rank=sd.RankTokenizerConfig(model_input_size=max_length),
+        n_counts_key=n_key,
+        allow_non_integer=allow_non_integer,
     )
-    corpus = sd.tokenize_files(
-        [h5ad], out / "corpus", vocab=vocab, medians=medians, config=config, overwrite=True
-    )
-    counts = corpus.manifest["counts"]
-    console.print(
-        f"  {counts['cells_written']} cells written, {sum(counts['cells_skipped'].values())} skipped "
-        f"(empty); vocabulary {len(vocab)} tokens -> {corpus.path}"
+    corpus = tokenize(
+        [h5ad],
+        out / "corpus",
+        medians=medians_path,
+        gene_id_key=gene_id_key,
+        layer=layer,
+        obs_columns=[label_key],
+        max_length=max_length,
+        allow_non_integer=allow_non_integer,
+        n_counts_key=n_key,
+        overwrite=True,
+        progress=progress,
     )
 
-    labels = np.asarray(corpus.dataset[label_key])
-    valid = ~np.isin(labels, ["nan", "NA", "None", ""])
-    test_mask = np.zeros(len(labels), dtype=bool)
-    test_mask[
-        np.flatnonzero(valid)[holdout_split(labels[valid], test_fraction=test_fraction, seed=seed)]
-    ] = True
-    train_idx = np.flatnonzero(~test_mask).tolist()
-
-    console.print(
-        f"[bold cyan][3/{steps}] Pretrain[/] (masked-language model on {len(train_idx)} training cells)"
-    )
-    # Untied input/output gene embeddings: with tied ones, a few hundred CPU steps leave the
-    # mean-pooled embeddings below a random-init model (measured on the simulated default data).
-    model_cfg = ModelConfig(
-        num_layers=layers,
-        hidden_size=hidden,
-        num_heads=heads,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=max(max_length, 8),
-        tie_word_embeddings=False,
-    )
-    train_cfg = TrainConfig(
-        num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size,
+    console.print(f"[bold cyan][3/{steps}] Pretrain[/] (masked-language model)")
+    pretrain(
+        [corpus.path],
+        out,
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        epochs=epochs,
+        batch_size=batch_size,
         learning_rate=learning_rate,
         mlm_probability=mlm_probability,
+        tie_embeddings=tie_embeddings,
+        test_fraction=test_fraction,
+        label_key=label_key,
         seed=seed,
-        logging_steps=10,
+        progress=progress,
     )
-    result = pretrain_mlm(corpus, out, model=model_cfg, train=train_cfg, train_indices=train_idx)
+
     console.print(
-        f"  {result.global_step} steps, mean training loss {result.train_loss:.3f} -> {result.model_dir}"
+        f"[bold cyan][4/{steps}] Embed and evaluate[/] ({k}-NN {label_key} on the held-out cells)"
     )
-
-    console.print(f"[bold cyan][4/{steps}] Embed[/]")
-    from transformers import AutoModelForMaskedLM
-
-    sequences = corpus.dataset["input_ids"]
-    trained = AutoModelForMaskedLM.from_pretrained(result.model_dir)
-    emb = embed_sequences(
-        trained,
-        sequences,
-        pad_id=vocab.pad_id,
-        hidden_layer=hidden_layer,
-        desc="embed (pretrained)",
-    )
-    random_model = build_mlm_model(
-        bert_config_from(model_cfg, vocab_size=len(vocab), pad_token_id=vocab.pad_id),
-        seed=seed + 1,
-    )
-    emb_random = embed_sequences(
-        random_model,
-        sequences,
-        pad_id=vocab.pad_id,
-        hidden_layer=hidden_layer,
-        desc="embed (random init)",
-    )
-    cell_index = np.asarray(corpus.dataset["cell_index"])
-    counts_matrix = adata.X if layer is None else adata.layers[layer]
-    pca = pca_of_counts(counts_matrix[cell_index], seed=seed)
     emb_path = out / "embeddings.h5ad"
-    emb_adata = ad.AnnData(obs=adata.obs.iloc[cell_index].copy())
-    emb_adata.obs["stformer_split"] = np.where(test_mask, "test", "train")
-    emb_adata.obsm["X_stformer"] = emb
-    emb_adata.obsm["X_pca"] = pca
-    _write_h5ad(emb_adata, emb_path)
-    console.print(f"  obsm['X_stformer'] {emb.shape} -> {emb_path}")
-
-    console.print(
-        f"[bold cyan][5/{steps}] Evaluate[/] (15-NN {label_key} accuracy on {int(test_mask.sum())} held-out cells)"
+    result = evaluate_run(
+        out,
+        h5ad,
+        label_key=label_key,
+        out_dir=out / "evaluation",
+        layer=layer,
+        gene_id_key=gene_id_key,
+        test_fraction=test_fraction,
+        seed=seed,
+        k=k,
+        hidden_layer=hidden_layer,
+        embeddings_path=emb_path,
+        progress=progress,
     )
-    ev = valid
-    scores = {
-        "stformer (pretrained)": knn_score(emb[ev], labels[ev], test_mask[ev]),
-        "random-init model (same shape)": knn_score(emb_random[ev], labels[ev], test_mask[ev]),
-        "PCA of log-normalised counts": knn_score(pca[ev], labels[ev], test_mask[ev]),
-    }
+    console.print(f"  {result['split_note']}")
+    scores = {DISPLAY[name]: s for name, s in result["scores"].items()}
     table = Table(title="kNN cell-type accuracy on held-out cells")
     table.add_column("embedding")
     table.add_column("accuracy", justify="right")
     table.add_column("macro-F1", justify="right")
     for name, s in scores.items():
-        table.add_row(name, f"{s.accuracy:.3f}", f"{s.macro_f1:.3f}")
+        table.add_row(name, f"{s['accuracy']:.3f}", f"{s['macro_f1']:.3f}")
     console.print(table)
-    metrics = {name: s.__dict__ for name, s in scores.items()}
     metrics_path = out / "metrics.json"
     atomic_write_text(
         metrics_path,
         json.dumps(
-            {"label_key": label_key, "scores": metrics, "seconds": round(time.time() - t0, 1)},
+            {
+                "label_key": label_key,
+                "k": k,
+                "split": result["split"],
+                "scores": scores,
+                "seconds": round(time.time() - t0, 1),
+            },
             indent=1,
         ),
     )
@@ -229,12 +227,21 @@ def demo(
     console.print(f"Done in {time.time() - t0:.0f} s. Run directory: [bold]{out}[/]")
     for what, path in [
         ("corpus", corpus.path),
-        ("model (AutoModelForMaskedLM.from_pretrained)", result.model_dir),
+        ("model (AutoModelForMaskedLM.from_pretrained)", out / "model"),
+        ("held-out split", out / "split.json"),
         ("embeddings", emb_path),
         ("metrics", metrics_path),
-        ("logs", result.run.logs),
+        ("logs", out / "logs"),
     ]:
         console.print(f"  {what}: {path}")
+
+
+#: the demo's names of evaluate_run's embeddings
+DISPLAY = {
+    "stformer": "stformer (pretrained)",
+    "random_init": "random-init model (same shape)",
+    "pca": "PCA of log-normalised counts",
+}
 
 
 def _prepare_out(out: Path) -> None:

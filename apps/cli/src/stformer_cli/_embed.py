@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from stformer_cli._options import HiddenLayer
+from stformer_cli._options import (
+    LABEL_KEY,
+    AllowNonInteger,
+    BatchSize,
+    GeneIdKey,
+    HiddenLayer,
+    K,
+    LabelKey,
+    Layer,
+    NCountsKey,
+    Progress,
+    Seed,
+)
 
 console = Console()
 
@@ -18,24 +30,41 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
 
 
+Pooling = Annotated[str, typer.Option(help="mean (non-pad tokens) or cls (first token).")]
+
+
+def _open(run: Path, gene_id_key: str | None, allow_non_integer: bool, n_counts_key: str | None):
+    from stformer_train.api import open_for_input
+
+    return open_for_input(
+        run,
+        gene_id_key=gene_id_key,
+        allow_non_integer=allow_non_integer or None,
+        n_counts_key=n_counts_key,
+    )
+
+
 def embed(
     run: Annotated[Path, typer.Argument(help="Run directory (or its model/ folder).")],
     h5ad: Annotated[Path, typer.Argument(help="Raw-count .h5ad to embed.")],
     out: Annotated[Path, typer.Option("--out", help="Output .h5ad with obsm['X_stformer'].")],
-    pooling: Annotated[
-        str, typer.Option(help="mean (non-pad tokens) or cls (first token).")
-    ] = "mean",
+    gene_id_key: GeneIdKey = None,
+    layer: Layer = None,
+    allow_non_integer: AllowNonInteger = False,
+    n_counts_key: NCountsKey = None,
+    pooling: Pooling = "mean",
     hidden_layer: HiddenLayer = -1,
-    batch_size: Annotated[int, typer.Option(help="Cells per forward pass.")] = 64,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    batch_size: BatchSize = 64,
+    progress: Progress = True,
 ) -> None:
     """Tokenize H5AD with the run's vocabulary and settings, and write cell embeddings."""
     from stformer_train.downstream import embed_h5ad
 
     path = embed_h5ad(
-        run,
+        _open(run, gene_id_key, allow_non_integer, n_counts_key),
         h5ad,
         out,
+        layer=layer,
         pooling=pooling,
         hidden_layer=hidden_layer,
         batch_size=batch_size,
@@ -47,15 +76,28 @@ def embed(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run directory (or its model/ folder).")],
     h5ad: Annotated[Path, typer.Argument(help="Raw-count .h5ad with labels.")],
-    label_key: Annotated[str, typer.Option(help="obs column with the labels.")] = "cell_type",
+    label_key: LabelKey = LABEL_KEY,
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for evaluation.json and the plot.")
     ] = None,
-    test_fraction: Annotated[float, typer.Option(help="Held-out fraction.")] = 0.2,
-    k: Annotated[int, typer.Option(help="Neighbours of the kNN classifier.")] = 15,
-    seed: Annotated[int, typer.Option(help="Seed of the split and the random-init baseline.")] = 0,
+    gene_id_key: GeneIdKey = None,
+    layer: Layer = None,
+    allow_non_integer: AllowNonInteger = False,
+    n_counts_key: NCountsKey = None,
+    test_fraction: Annotated[
+        float,
+        typer.Option(
+            "--test-fraction",
+            help="Held-out fraction when H5AD is not a pretraining file of the run "
+            "(otherwise the run's own held-out cells, split.json, are used).",
+        ),
+    ] = 0.2,
+    k: K = 15,
+    seed: Seed = 0,
+    pooling: Pooling = "mean",
     hidden_layer: HiddenLayer = -1,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    batch_size: BatchSize = 64,
+    progress: Progress = True,
 ) -> None:
     """kNN accuracy and macro-F1 on held-out cells: the model vs random init vs PCA, plus a 2-D plot."""
     from rich.table import Table
@@ -64,16 +106,20 @@ def evaluate(
 
     out = out or Path(run) / "evaluation"
     result = evaluate_run(
-        run,
+        _open(run, gene_id_key, allow_non_integer, n_counts_key),
         h5ad,
         label_key=label_key,
         out_dir=out,
+        layer=layer,
         test_fraction=test_fraction,
         k=k,
         seed=seed,
+        pooling=pooling,
         hidden_layer=hidden_layer,
+        batch_size=batch_size,
         progress=progress,
     )
+    console.print(result["split_note"])
     table = Table(
         title=f"{k}-NN {label_key} on {next(iter(result['scores'].values()))['n_test']} held-out cells"
     )

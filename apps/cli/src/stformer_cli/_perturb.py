@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from stformer_cli._options import AllowNonInteger, GeneIdKey, Layer, NCountsKey
+
 console = Console()
 
 
@@ -67,23 +69,30 @@ def perturb(
             help="Folder of Geneformer's token/median dictionaries, if not beside the model."
         ),
     ] = None,
-    gene_id_key: Annotated[
-        str | None,
-        typer.Option(help="var column with Ensembl ids (Geneformer models; default var_names)."),
-    ] = None,
+    gene_id_key: GeneIdKey = None,
+    layer: Layer = None,
+    allow_non_integer: AllowNonInteger = False,
+    n_counts_key: NCountsKey = None,
     device: Annotated[
         str | None, typer.Option(help="cuda or cpu (default: the GPU when there is one).")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Perturb genes in silico and write per (cell, gene) the cosine similarity of the cell embedding."""
+    from stformer_train.api import open_for_input
     from stformer_train.geneformer import open_model
     from stformer_train.perturb import perturb_h5ad
 
     def split(v: str | None) -> list[str] | None:
         return None if v is None else [s.strip() for s in v.split(",") if s.strip()]
 
-    folder = open_model(model, dictionaries=dictionaries, gene_id_key=gene_id_key)
+    folder = open_for_input(
+        open_model(model, dictionaries=dictionaries, gene_id_key=gene_id_key),
+        gene_id_key=gene_id_key,
+        layer=layer,
+        allow_non_integer=allow_non_integer or None,
+        n_counts_key=n_counts_key,
+    )
     result = perturb_h5ad(
         folder,
         h5ad,

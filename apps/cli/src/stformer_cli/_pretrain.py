@@ -8,6 +8,15 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from stformer_cli._options import (
+    LABEL_KEY,
+    AllowNonInteger,
+    GeneIdKey,
+    Layer,
+    MaxLength,
+    NCountsKey,
+)
+
 console = Console()
 
 
@@ -35,6 +44,8 @@ def _corpus_from_inputs(inputs: list[Path], out: Path, tok: dict[str, Any], prog
                 f, "INPUTS", "does not exist", "pass existing .h5ad files or a corpus folder"
             )
     gene_id_key, layer = tok.get("gene_id_key"), tok.get("layer")
+    allow_non_integer = bool(tok.get("allow_non_integer", False))
+    n_counts_key = tok.get("n_counts_key", "n_counts") or None
     genes: list[str] = []
     for f in files:
         adata = sd.open_h5ad(f)
@@ -43,11 +54,20 @@ def _corpus_from_inputs(inputs: list[Path], out: Path, tok: dict[str, Any], prog
         finally:
             adata.file.close()
     vocab = sd.GeneVocab.from_genes(dict.fromkeys(genes))
-    medians = sd.compute_medians_exact(files, gene_id_key=gene_id_key, layer=layer)
+    medians = sd.compute_medians_exact(
+        files,
+        gene_id_key=gene_id_key,
+        layer=layer,
+        allow_non_integer=allow_non_integer,
+        n_counts_key=n_counts_key,
+    )
     config = sd.TokenizeConfig(
         gene_id_key=gene_id_key,
         layer=layer,
-        rank=sd.RankTokenizerConfig(model_input_size=int(tok.get("max_length", 2048))),
+        allow_non_integer=allow_non_integer,
+        rank=sd.RankTokenizerConfig(
+            model_input_size=int(tok.get("max_length", 2048)), n_counts_key=n_counts_key
+        ),
     )
     return sd.tokenize_files(
         files,
@@ -65,9 +85,16 @@ def _init_from(
 ):
     """Tokenize with the checkpoint's vocabulary and settings; take its shape (``--init-from``)."""
     import stformer_data as sd
+    from stformer_train.api import open_for_input
     from stformer_train.geneformer import model_config_of, open_model
 
-    folder = open_model(path, gene_id_key=tok.get("gene_id_key"))
+    folder = open_for_input(
+        open_model(path, gene_id_key=tok.get("gene_id_key")),
+        gene_id_key=tok.get("gene_id_key"),
+        layer=tok.get("layer"),
+        allow_non_integer=tok.get("allow_non_integer"),
+        n_counts_key=tok.get("n_counts_key"),
+    )
     model_d.update(model_config_of(folder.model_dir), init_from=str(folder.model_dir))
     if len(inputs) == 1 and inputs[0].is_dir():
         corpus = sd.load_corpus(inputs[0])
@@ -107,18 +134,43 @@ def pretrain(
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Per-device batch size.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    eval_fraction: Annotated[
-        float | None, typer.Option(help="Held-out fraction for validation loss.")
+    mlm_probability: Annotated[
+        float | None,
+        typer.Option(help="Fraction of tokens masked per cell (TrainConfig default 0.15)."),
     ] = None,
+    eval_fraction: Annotated[
+        float | None,
+        typer.Option(help="Fraction of the training cells kept for the validation loss."),
+    ] = None,
+    test_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Fraction of cells held out and never trained on; RUN/split.json names them, "
+            "and evaluate/finetune score on them (0: train on every cell)."
+        ),
+    ] = 0.1,
+    label_key: Annotated[
+        str,
+        typer.Option(
+            help="obs column the held-out split is stratified by, when the cells have it."
+        ),
+    ] = LABEL_KEY,
     layers: Annotated[int | None, typer.Option(help="Transformer layers.")] = None,
     hidden: Annotated[int | None, typer.Option(help="Hidden size.")] = None,
     heads: Annotated[int | None, typer.Option(help="Attention heads.")] = None,
-    max_length: Annotated[
-        int | None, typer.Option(help="Longest sequence when tokenizing .h5ad inputs.")
+    tie_embeddings: Annotated[
+        bool | None,
+        typer.Option(
+            "--tie-embeddings/--no-tie-embeddings",
+            help="Share the gene embeddings between input and MLM output (BERT's and "
+            "Geneformer's choice, the default); untied learn faster on short CPU runs (the demo).",
+        ),
     ] = None,
-    gene_id_key: Annotated[
-        str | None, typer.Option(help="var column with gene ids (h5ad inputs).")
-    ] = None,
+    max_length: MaxLength = None,
+    gene_id_key: GeneIdKey = None,
+    layer: Layer = None,
+    allow_non_integer: AllowNonInteger = False,
+    n_counts_key: NCountsKey = None,
     seed: Annotated[int | None, typer.Option(help="Seed of model, masking and sampling.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     deepspeed: Annotated[
@@ -155,13 +207,18 @@ def pretrain(
         (train_d, "num_train_epochs", epochs),
         (train_d, "per_device_train_batch_size", batch_size),
         (train_d, "learning_rate", learning_rate),
+        (train_d, "mlm_probability", mlm_probability),
         (train_d, "eval_fraction", eval_fraction),
         (train_d, "seed", seed),
         (model_d, "num_layers", layers),
         (model_d, "hidden_size", hidden),
         (model_d, "num_heads", heads),
+        (model_d, "tie_word_embeddings", tie_embeddings),
         (tok, "max_length", max_length),
         (tok, "gene_id_key", gene_id_key),
+        (tok, "layer", layer),
+        (tok, "allow_non_integer", allow_non_integer or None),
+        (tok, "n_counts_key", n_counts_key),
     ):
         if value is not None:
             d[key] = value
@@ -176,22 +233,70 @@ def pretrain(
     longest = max(corpus.lengths) if corpus.lengths else 1
     model_d.setdefault("max_position_embeddings", max(longest, 8))
     model_cfg = ModelConfig.from_dict(model_d)
-    console.print(
-        f"pretraining ({engine}) on {len(corpus.dataset)} cells from {corpus.path} -> {out}"
-    )
+    train_indices = held_out_split(corpus, out, train_cfg, test_fraction, label_key)
+    n_train = len(corpus.dataset) if train_indices is None else len(train_indices)
+    console.print(f"pretraining ({engine}) on {n_train} cells from {corpus.path} -> {out}")
     if engine == "hf":
         from stformer_train.hf import pretrain_mlm
 
         result = pretrain_mlm(
-            corpus, out, model=model_cfg, train=train_cfg, progress=progress, **overrides
+            corpus,
+            out,
+            model=model_cfg,
+            train=train_cfg,
+            train_indices=train_indices,
+            progress=progress,
+            **overrides,
         )
         step, model_dir = result.global_step, result.model_dir
     else:
         from stformer_train.lightning import pretrain_lightning
 
-        res = pretrain_lightning(corpus, out, model=model_cfg, train=train_cfg, progress=progress)
+        res = pretrain_lightning(
+            corpus,
+            out,
+            model=model_cfg,
+            train=train_cfg,
+            train_indices=train_indices,
+            progress=progress,
+        )
         step, model_dir = res["global_step"], res["model_dir"]
     console.print(f"{step} steps; model: {model_dir}; logs: {out / 'logs'}")
+
+
+def held_out_split(corpus, out: Path, train_cfg, test_fraction: float, label_key: str | None):
+    """Split the corpus (test cells never trained on, then validation), write ``OUT/split.json``
+    and return the rows to train on (``None``: every row). ``stformer demo`` splits the same way."""
+    import os
+
+    from stformer_train.run_dir import corpus_labels, plan_split, write_split
+
+    labels = corpus_labels(corpus, label_key)
+    split = plan_split(
+        corpus,
+        test_fraction=test_fraction,
+        eval_fraction=train_cfg.eval_fraction,
+        seed=train_cfg.seed,
+        labels=labels,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes
+        write_split(
+            out,
+            corpus,
+            split,
+            test_fraction=test_fraction,
+            eval_fraction=train_cfg.eval_fraction,
+            seed=train_cfg.seed,
+            label_key=label_key if labels is not None else None,
+        )
+    if test_fraction:
+        console.print(
+            f"held out {len(split.test)} of {len(corpus.dataset)} cells (never trained on"
+            + (f", stratified by {label_key}" if labels is not None else "")
+            + f") -> {out / 'split.json'}"
+        )
+        return split.trained_on.tolist()
+    return None
 
 
 def _deepspeed_overrides(spec: str, engine: str) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from stformer_cli._options import AllowNonInteger, GeneIdKey, Layer, Progress
+
 _INPUTS = typer.Argument(help="Input .h5ad files (raw counts).", exists=False)
 
 
@@ -66,10 +68,8 @@ def tokenize(
             "the file: only for files you trust)."
         ),
     ] = False,
-    gene_id_key: Annotated[
-        str | None, typer.Option(help="var column with gene ids (default: var_names).")
-    ] = None,
-    layer: Annotated[str | None, typer.Option(help="Layer with raw counts (default: X).")] = None,
+    gene_id_key: GeneIdKey = None,
+    layer: Layer = None,
     obs_columns: Annotated[
         list[str] | None, typer.Option(help="obs columns to copy (repeat or comma-list).")
     ] = None,
@@ -85,10 +85,20 @@ def tokenize(
             help="Geneformer preset (rank): V1 (2,048, no specials) or V2 (<cls> first, <eos> last, 4,096)."
         ),
     ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            "--max-length",
+            help="Longest token sequence, special tokens included (Geneformer's "
+            "model_input_size; per half in neighborhood mode; default 2,048, V2 4,096).",
+        ),
+    ] = None,
     model_input_size: Annotated[
         int | None,
         typer.Option(
-            help="Longest sequence (per half in neighborhood mode; default 2,048, V2 4,096)."
+            "--model-input-size",
+            hidden=True,
+            help="Deprecated: Geneformer's name of --max-length.",
         ),
     ] = None,
     add_cls: Annotated[
@@ -127,13 +137,14 @@ def tokenize(
         ),
     ] = 1,
     chunk_size: Annotated[int, typer.Option(help="Rows read at a time (bounds memory).")] = 2048,
-    allow_non_integer: Annotated[
-        bool, typer.Option(help="Accept non-integer (normalised) values.")
-    ] = False,
+    allow_non_integer: AllowNonInteger = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing corpus at --out.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-) -> None:
-    """Tokenize h5ad files into a corpus (datasets Arrow + lengths + vocabulary + manifest)."""
+    progress: Progress = True,
+):
+    """Tokenize h5ad files into a corpus (datasets Arrow + lengths + vocabulary + manifest).
+
+    Called from Python (``stformer demo`` does) it returns the :class:`~stformer_data.Corpus`.
+    """
     from stformer_data import (
         BinnedTokenizerConfig,
         GeneVocab,
@@ -150,8 +161,16 @@ def tokenize(
         raise typer.BadParameter(f"--model-version must be V1 or V2, got {model_version!r}")
     if model_version == "V2":
         add_cls = add_eos = True
-    if model_input_size is None:
-        model_input_size = 4096 if model_version == "V2" else 2048
+    if model_input_size is not None:
+        if max_length is not None and max_length != model_input_size:
+            raise typer.BadParameter(
+                f"--max-length {max_length} and --model-input-size {model_input_size} disagree; "
+                "pass only --max-length (--model-input-size is its deprecated Geneformer name)"
+            )
+        max_length = model_input_size
+    if max_length is None:
+        max_length = 4096 if model_version == "V2" else 2048
+    model_input_size = max_length
     config = TokenizeConfig(
         scheme=scheme,
         mode=mode,
@@ -234,6 +253,7 @@ def tokenize(
         f"wrote {counts['cells_written']} sequences ({counts['cells_in']} cells in; skipped "
         f"{counts['cells_skipped']}{extra}) to {corpus.path}"
     )
+    return corpus
 
 
 def medians(
@@ -245,21 +265,19 @@ def medians(
     relative_accuracy: Annotated[
         float, typer.Option(help="Sketch: relative accuracy of each median (0.005 = 0.5%).")
     ] = 0.005,
-    gene_id_key: Annotated[
-        str | None, typer.Option(help="var column with gene ids (default: var_names).")
-    ] = None,
+    gene_id_key: GeneIdKey = None,
     name_to_id: Annotated[
         Path | None, typer.Option(help="Gene symbol -> Ensembl id dictionary.")
     ] = None,
     allow_pickle: Annotated[
         bool, typer.Option(help="Allow loading a .pkl name dictionary.")
     ] = False,
-    layer: Annotated[str | None, typer.Option(help="Layer with raw counts (default: X).")] = None,
+    layer: Layer = None,
     n_counts_key: Annotated[
         str, typer.Option(help="obs column with library sizes ('' = row sums).")
     ] = "n_counts",
     num_proc: Annotated[int, typer.Option(help="Worker processes.")] = 1,
-    allow_non_integer: Annotated[bool, typer.Option(help="Accept non-integer values.")] = False,
+    allow_non_integer: AllowNonInteger = False,
 ) -> None:
     """Per-gene medians of non-zero normalised expression over INPUT files (one pass, mergeable)."""
     from stformer_data import compute_medians, save_medians

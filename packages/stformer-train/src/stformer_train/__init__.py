@@ -9,6 +9,7 @@ collator, early stopping and precision (:mod:`~stformer_train.assemble`,
 :mod:`stformer_train.lightning`) writing a :class:`RunDir`, then embeddings and evaluation.
 """
 
+from stformer_train.api import embed, open_for_input
 from stformer_train.assemble import TrainingParts, assemble
 from stformer_train.config import (
     TRAIN_DEFAULTS,
@@ -22,7 +23,7 @@ from stformer_train.embed import embed_sequences
 from stformer_train.evaluate import KnnScore, holdout_split, knn_score, pca_of_counts
 from stformer_train.models import bert_config_from, build_bert_config, build_mlm_model
 from stformer_train.precision import Precision, resolve_precision
-from stformer_train.run_dir import RunDir
+from stformer_train.run_dir import CorpusSplit, RunDir, plan_split, read_split, write_split
 from stformer_train.step import EarlyStopping
 
 __version__ = "0.1.0"
@@ -45,10 +46,16 @@ __all__ = [
     "resolve_precision",
     # STEP's per-loss early stopping (stformer_train.step)
     "EarlyStopping",
-    # the run's outputs
+    # the run's outputs and its held-out split
+    "CorpusSplit",
     "RunDir",
-    # embeddings and evaluation
+    "plan_split",
+    "read_split",
+    "write_split",
+    # embeddings and evaluation (embed: scverse-style, into an AnnData)
     "KnnScore",
+    "embed",
+    "open_for_input",
     "embed_sequences",
     "holdout_split",
     "knn_score",

@@ -21,11 +21,13 @@ import torch
 
 import stformer_data as sd
 from stformer_data.atomic import atomic_write_bytes, atomic_write_text, partial_path
+from stformer_train.api import embed, open_for_input
 from stformer_train.embed import Pooling, embed_sequences
 from stformer_train.evaluate import holdout_split, knn_score, pca_of_counts
 from stformer_train.geneformer import FolderModel, open_model
+from stformer_train.run_dir import MISSING_LABELS, read_split
 
-_MISSING_LABELS = ("nan", "NA", "None", "")
+_MISSING_LABELS = MISSING_LABELS
 
 
 #: The files of a trained model: a stformer run (``RUN`` or ``RUN/model``) or a Geneformer folder.
@@ -48,69 +50,114 @@ def _write_h5ad(adata, path: Path) -> Path:
 
 
 def embed_h5ad(
-    run: str | PathLike[str],
+    run: str | PathLike[str] | FolderModel,
     h5ad: str | PathLike[str],
     out: str | PathLike[str],
     *,
+    key_added: str = "X_stformer",
+    layer: str | None = None,
+    gene_id_key: str | None = None,
     pooling: Pooling = "mean",
     hidden_layer: int = -1,
     batch_size: int = 64,
     progress: bool = True,
 ) -> Path:
-    """Embed every cell of ``h5ad`` with the run's model into ``out`` (``obsm["X_stformer"]``).
+    """Embed every cell of ``h5ad`` with the run's model into a new file ``out`` (atomically).
 
-    Cells with no gene of the vocabulary get a row of NaN and ``obs["stformer_embedded"] = False``.
-    ``pooling`` and ``hidden_layer`` are those of :func:`~stformer_train.embed_sequences`.
+    The file-to-file form of :func:`stformer_train.embed` (same arguments): ``out`` is ``h5ad``
+    with ``obsm[key_added]``, ``uns[key_added]["params"]`` and ``obs["stformer_embedded"]``.
     """
-    rm = open_model(run)
-    adata = sd.open_h5ad(h5ad, backed=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = rm.tokenize(h5ad, Path(tmp) / "corpus", progress=progress)
-        seqs, types = rm.sequences(corpus)
-        emb = embed_sequences(
-            rm.load_mlm(),
-            seqs,
-            token_type_ids=types,
-            pad_id=rm.vocab.pad_id,
-            pooling=pooling,
-            hidden_layer=hidden_layer,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        rows = np.asarray(corpus.dataset["cell_index"])
-    full = np.full((adata.n_obs, emb.shape[1]), np.nan, dtype=np.float32)
-    full[rows] = emb
-    adata.obsm["X_stformer"] = full
-    adata.obs["stformer_embedded"] = np.isin(np.arange(adata.n_obs), rows)
-    adata.uns["stformer"] = {
-        "model_dir": str(rm.model_dir),
-        "pooling": pooling,
-        "hidden_layer": hidden_layer,
-    }
+    adata = embed(
+        h5ad,
+        run,
+        key_added=key_added,
+        layer=layer,
+        gene_id_key=gene_id_key,
+        pooling=pooling,
+        hidden_layer=hidden_layer,
+        batch_size=batch_size,
+        progress=progress,
+    )
     return _write_h5ad(adata, Path(out))
 
 
-def evaluate_run(
+def held_out_mask(
     run: str | PathLike[str],
     h5ad: str | PathLike[str],
+    obs_names: Any,
+    rows: np.ndarray,
+    labels: np.ndarray,
     *,
-    label_key: str,
+    test_fraction: float,
+    seed: int,
+) -> tuple[np.ndarray, str, str]:
+    """Which of ``rows`` (labelled cells of ``h5ad``, one label each) to score on: the run's own
+    held-out cells when ``h5ad`` is a pretraining file of the run (``RUN/split.json``), else a
+    new stratified ``test_fraction`` split seeded by ``seed``.
+
+    Returns the mask, ``"run"`` or ``"new"``, and a sentence for the user saying which (a new
+    split says that its cells may have been seen in pretraining). :func:`evaluate_run` scores on
+    it; a fine-tuning run should too.
+    """
+    split = read_split(run)
+    mask = None if split is None else split.test_mask(h5ad, obs_names, rows)
+    if mask is not None and mask.any() and not mask.all():
+        return (
+            mask,
+            "run",
+            f"held-out cells: the run's split ({split.path}), {int(mask.sum())} labelled cells "
+            "that pretraining never saw",
+        )
+    if split is None:
+        why = "the run kept no split.json"
+    elif mask is None:
+        why = "this file is not one the run was pretrained on"
+    else:
+        why = "the run held out no labelled cells of this file (pretrain --test-fraction 0)"
+    mask = holdout_split(labels, test_fraction=test_fraction, seed=seed)
+    return (
+        mask,
+        "new",
+        f"held-out cells: a new {test_fraction:g} split (seed {seed}), as {why}; "
+        "these cells may have been seen in pretraining",
+    )
+
+
+def evaluate_run(
+    run: str | PathLike[str] | FolderModel,
+    h5ad: str | PathLike[str],
+    *,
+    label_key: str = "cell_type",
     out_dir: str | PathLike[str],
+    layer: str | None = None,
+    gene_id_key: str | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
     k: int = 15,
     pooling: Pooling = "mean",
     hidden_layer: int = -1,
+    batch_size: int = 64,
+    embeddings_path: str | PathLike[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """kNN label transfer to held-out cells: the run's embeddings vs a random-init model and PCA.
 
-    The random-init model has the run's shape and is pooled the same way (``pooling``, ``hidden_layer``).
+    Held-out means held out: when ``h5ad`` is a file the run was pretrained on (its
+    ``split.json``, written by ``stformer pretrain`` and ``stformer demo``), the test cells are
+    the run's own held-out cells; otherwise a stratified ``test_fraction`` split seeded by
+    ``seed`` is drawn and the result says that these cells may have been seen in pretraining
+    (``result["split"]`` is ``"run"`` or ``"new"``, ``result["split_note"]`` the sentence).
 
-    Writes ``evaluation.json`` and ``embedding_2d.png`` (2-D PCA of the embeddings coloured by label)
-    into ``out_dir`` and returns the scores.
+    The random-init model has the run's shape and is pooled the same way (``pooling``,
+    ``hidden_layer``). ``layer`` / ``gene_id_key`` are those of :func:`stformer_train.embed`.
+    Writes ``evaluation.json`` and ``embedding_2d.png`` (2-D PCA of the embeddings coloured by
+    label) into ``out_dir``; with ``embeddings_path`` also an ``.h5ad`` with the labelled cells'
+    ``obsm["X_stformer"]``, ``obsm["X_random_init"]``, ``obsm["X_pca"]`` and
+    ``obs["stformer_split"]``. Returns the scores.
     """
-    rm = open_model(run)
+    import anndata as ad
+
+    rm = open_for_input(run, gene_id_key=gene_id_key, layer=layer)
     adata = sd.open_h5ad(h5ad, backed=False)
     if label_key not in adata.obs.columns:
         raise sd.InputError(
@@ -137,31 +184,35 @@ def evaluate_run(
         seqs, types = rm.sequences(corpus, hide_phenotype=label_key)
         labels = _labels(corpus, label_key)
         rows = np.asarray(corpus.dataset["cell_index"])
-        emb = embed_sequences(
-            rm.load_mlm(),
-            seqs,
-            token_type_ids=types,
-            pad_id=rm.vocab.pad_id,
-            pooling=pooling,
-            hidden_layer=hidden_layer,
-            progress=progress,
-            desc="embed (pretrained)",
-        )
-        emb_random = embed_sequences(
-            rm.random_init(seed + 1),
-            seqs,
-            token_type_ids=types,
-            pad_id=rm.vocab.pad_id,
-            pooling=pooling,
-            hidden_layer=hidden_layer,
-            progress=progress,
-            desc="embed (random init)",
-        )
-    layer = rm.settings["settings"].get("layer")
+        embs = {}
+        for name, model in (
+            ("pretrained", rm.load_mlm()),
+            ("random init", rm.random_init(seed + 1)),
+        ):
+            embs[name] = embed_sequences(
+                model,
+                seqs,
+                token_type_ids=types,
+                pad_id=rm.vocab.pad_id,
+                pooling=pooling,
+                hidden_layer=hidden_layer,
+                batch_size=batch_size,
+                progress=progress,
+                desc=f"embed ({name})",
+            )
+    emb, emb_random = embs["pretrained"], embs["random init"]
     counts = adata.X if layer is None else adata.layers[layer]
     pca = pca_of_counts(counts[rows], seed=seed)
-    valid = ~np.isin(labels, _MISSING_LABELS)
-    test = holdout_split(labels[valid], test_fraction=test_fraction, seed=seed)
+    valid = ~np.isin(labels, MISSING_LABELS)
+    test, split_kind, note = held_out_mask(
+        rm.model_dir,
+        h5ad,
+        adata.obs_names,
+        rows[valid],
+        labels[valid],
+        test_fraction=test_fraction,
+        seed=seed,
+    )
     scores = {
         name: knn_score(x[valid], labels[valid], test, k=k).__dict__
         for name, x in (("stformer", emb), ("random_init", emb_random), ("pca", pca))
@@ -175,14 +226,27 @@ def evaluate_run(
     result = {
         "label_key": label_key,
         "k": k,
+        "split": split_kind,
+        "split_note": note,
         "test_fraction": test_fraction,
         "seed": seed,
         "pooling": pooling,
         "hidden_layer": hidden_layer,
+        "layer": layer,
+        "gene_id_key": rm.settings["settings"].get("gene_id_key"),
         "n_cells": int(valid.sum()),
         "scores": scores,
         "plot": str(plot),
     }
+    if embeddings_path is not None:
+        cells = ad.AnnData(obs=adata.obs.iloc[rows[valid]].copy())
+        cells.obs["stformer_split"] = np.where(test, "test", "train")
+        for key, x in (("X_stformer", emb), ("X_random_init", emb_random), ("X_pca", pca)):
+            cells.obsm[key] = x[valid]
+        cells.uns["X_stformer"] = {
+            "params": {"model": str(rm.model_dir), "pooling": pooling, "hidden_layer": hidden_layer}
+        }
+        result["embeddings"] = str(_write_h5ad(cells, Path(embeddings_path)))
     atomic_write_text(out_dir / "evaluation.json", json.dumps(result, indent=1))
     if rm.kind == "stformer":  # the run's model card shows the scores; not a Geneformer folder
         from stformer_train._hub import evaluation_markdown, update_model_card
