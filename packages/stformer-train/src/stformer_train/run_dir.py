@@ -387,7 +387,7 @@ class RunSplit:
 
 
 def _checksum(path: Path) -> str:
-    from stformer_data.corpus.plan import checksum_file  # the corpus manifest's checksum
+    from stformer_data.corpus.format import checksum_file  # the corpus manifest's checksum
 
     return checksum_file(path)
 

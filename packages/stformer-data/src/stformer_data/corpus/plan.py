@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import xxhash
 
 from stformer_data._errors import InputError
 from stformer_data.corpus.config import TokenizeConfig
@@ -156,28 +153,6 @@ def units_of(plans: list[FilePlan], config: TokenizeConfig) -> list[Unit]:
                 Unit(index=len(units), file_index=fi, start=start, stop=min(start + step, p.n_obs))
             )
     return units
-
-
-def checksum_file(path: str | PathLike[str], block: int = 1 << 22) -> str:
-    """XXH3-128 of a file's bytes, hex (``xxhsum -H2``): a fast non-cryptographic checksum that
-    detects changed or corrupted inputs at a small fraction of SHA-256's cost on large files."""
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as fh:
-        try:
-            with (
-                mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
-                memoryview(mapped) as view,
-            ):
-                window = 1 << 26  # straight from the page cache, no copy; pages unmapped as
-                for start in range(0, len(mapped), window):  # they are done (resident memory)
-                    h.update(view[start : start + window])
-                    mapped.madvise(mmap.MADV_DONTNEED, start, min(window, len(mapped) - start))
-                return h.hexdigest()
-        except (ValueError, OSError):  # empty files and file systems without mmap
-            h = xxhash.xxh3_128()
-        while chunk := fh.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fingerprint(config, vocab, token_vocab, medians, plans, obs_kinds) -> str:

@@ -21,7 +21,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from stformer_data.h5ad.checks import InputError
+from stformer_data._errors import InputError
 
 __all__ = ["PlainPickleError", "load_plain_pickle"]
 
