@@ -161,7 +161,10 @@ def test_flags_win_over_a_config_file(tmp_path):
     )
     sections = apply_overrides(
         load_config_file(path),
-        {"train": {"num_train_epochs": 2, "seed": None}, "model": {"hidden_size": 32}},
+        {
+            "train": {"num_train_epochs": 2, "max_steps": None, "seed": None},
+            "model": {"hidden_size": 32},
+        },
     )
     assert sections["train"] == {"max_steps": -1, "num_train_epochs": 2}
     assert sections["model"] == {"hidden_size": 32}

@@ -252,9 +252,8 @@ def apply_overrides(
                 continue
             for dotted, reset in CONFLICTS.get(f"{section}.{key}", ()):
                 other_section, other = dotted.split(".")
-                if other in out[other_section] and other not in (
-                    overrides.get(other_section) or {}
-                ):
+                explicit = (overrides.get(other_section) or {}).get(other)
+                if other in out[other_section] and explicit is None:
                     if reset is None:
                         del out[other_section][other]
                     else:
