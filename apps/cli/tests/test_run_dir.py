@@ -133,9 +133,10 @@ def test_a_second_writer_is_refused_naming_the_first(h5ad, tmp_path, capsys):
         [
             sys.executable,
             "-c",
-            "import fcntl, os, time; fh = open(os.path.join(%r, '.stformer.lock'), 'a+'); "
+            "import fcntl, os, sys, time; fh = open(os.path.join(sys.argv[1], '.stformer.lock'), 'a+'); "
             "fcntl.flock(fh.fileno(), fcntl.LOCK_EX); fh.write(f'{os.getpid()}\\n'); fh.flush(); "
-            "print('locked', flush=True); time.sleep(60)" % str(run),
+            "print('locked', flush=True); time.sleep(60)",
+            str(run),
         ],
         stdout=subprocess.PIPE,
         text=True,
