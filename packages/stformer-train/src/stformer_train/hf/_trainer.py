@@ -235,15 +235,22 @@ class STFormerPretrainer(Trainer):
             trial=trial,
             ignore_keys_for_eval=ignore_keys_for_eval,
         )
+        whole = self._whole_run_loss()
+        if whole is None:
+            return output
+        return TrainOutput(output.global_step, whole, {**output.metrics, "train_loss": whole})
+
+    def _whole_run_loss(self) -> float | None:
+        """The mean training loss over the whole run, for a resumed run (else ``None``)."""
         before, steps_before = self._loss_before
         if not steps_before:
-            return output
-        whole = (before + self._total_loss_scalar) / max(self.state.global_step, 1)
-        for entry in reversed(self.state.log_history):
-            if "train_loss" in entry:
-                entry["train_loss"] = whole
-                break
-        return TrainOutput(output.global_step, whole, {**output.metrics, "train_loss": whole})
+            return None
+        return (before + self._total_loss_scalar) / max(self.state.global_step, 1)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "train_loss" in logs and (whole := self._whole_run_loss()) is not None:
+            logs = {**logs, "train_loss": whole}  # the summary of a resumed run covers all of it
+        super().log(logs, start_time)
 
     def get_train_sampler(self) -> torch.utils.data.Sampler | None:
         """The training sampler: length-grouped by the example lengths when

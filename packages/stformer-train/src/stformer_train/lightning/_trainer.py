@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import signal
 from collections.abc import Iterator, Sequence
 from os import PathLike
 from pathlib import Path
@@ -250,12 +251,22 @@ def _fit(corpus, run, model_cfg, train_cfg, train_indices, progress, callbacks, 
         default_root_dir=str(run.root),
     )
     last = lightning_resume_point(run.checkpoints)
-    trainer.fit(
-        plan,
-        train_dataloaders=train_loader,
-        val_dataloaders=val_loader,
-        ckpt_path=str(last) if last else None,
-    )
+    if last is not None:
+        log.info("resuming from %s", last)
+    try:
+        trainer.fit(
+            plan,
+            train_dataloaders=train_loader,
+            val_dataloaders=val_loader,
+            ckpt_path=str(last) if last else None,
+        )
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        # Lightning turns Ctrl-C into sys.exit(1) with SIGINT ignored: give the caller its
+        # KeyboardInterrupt back (the checkpoints written so far are kept for a resume)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt from None
     save_model(plan.model, run.model, corpus)
     run.write_history(history.history)
     write_csv_log(history.history, run.logs / "metrics.csv")
