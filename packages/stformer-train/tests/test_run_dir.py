@@ -65,10 +65,15 @@ def test_a_foreign_folder_is_refused_even_with_overwrite(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "cat.jpg").write_bytes(b"x")
-    for kw in ({}, {"overwrite": True}):
-        with pytest.raises(RunConflictError, match="not a stformer run"):
-            _open(folder, **kw)
-    assert [p.name for p in folder.iterdir()] == ["cat.jpg"]
+    with pytest.raises(RunConflictError, match="not a stformer run"):
+        _open(folder, overwrite=True)
+    (folder / "config.json").write_text("{}")  # someone else's
+    with pytest.raises(RunConflictError, match="holds config.json"):
+        _open(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["cat.jpg", "config.json"]
+    (folder / "config.json").unlink()
+    run = _open(folder)  # beside the user's files (e.g. a demo folder), nothing collides
+    assert (folder / "cat.jpg").exists() and run.is_stformer_run()
     with pytest.raises(RunConflictError, match="no stformer run to resume"):
         _open(tmp_path / "new", resume=True)
 

@@ -165,7 +165,8 @@ class RunDir:
         ``config`` (fields both hold; :data:`RESUMABLE_FIELDS` may differ) is resumed; one that
         disagrees is refused with :class:`RunConflictError` naming the differing fields, before
         anything is written, unless ``overwrite`` (then what stformer wrote is removed first). A
-        non-empty folder without the stformer marker is refused, also with ``overwrite``.
+        folder without the stformer marker is refused when it holds a name stformer would write
+        (``config.json``, ``model``, ...) and always with ``overwrite``; other files in it stay.
         ``resume=True`` refuses a folder with no run to resume; a second process writing the same
         folder is refused with :class:`stformer_train._lock.RunLockedError` naming its pid.
         """
@@ -177,12 +178,16 @@ class RunDir:
                 run.root, "--out", "is a file, not a folder", "choose a folder for the run"
             )
         if not run.is_empty() and not run.is_stformer_run():
-            raise RunConflictError(
-                run.root,
-                "--out",
-                f"is a non-empty folder that is not a stformer run (no {RUN_MANIFEST})",
-                "choose a new or empty folder; stformer neither writes into nor deletes other folders",
-            )
+            taken = [n for n in RUN_ENTRIES if n != "corpus" and (run.root / n).exists()]
+            if overwrite or taken:
+                held = f" and holds {', '.join(taken)}" if taken else ""
+                raise RunConflictError(
+                    run.root,
+                    "--out",
+                    f"is not a stformer run (no {RUN_MANIFEST}){held}",
+                    "choose a new or empty folder; stformer neither overwrites nor deletes "
+                    "files it did not write",
+                )
         with FolderLock(run.root):
             old = None if run.is_empty() else run.read_config()
             if overwrite and not run.is_empty():
