@@ -200,3 +200,11 @@ def test_config_values_are_read_as_their_fields_types(tmp_path):
     path.write_text("train:\n  learning_rate: 1e-3\n  warmup_steps: 10\n  eval_steps: null\n")
     train = load_config_file(path)["train"]
     assert train == {"learning_rate": 0.001, "warmup_steps": 10.0, "eval_steps": None}
+
+
+def test_from_dict_checks_the_types_of_its_fields():
+    assert TrainConfig.from_dict({"learning_rate": "2e-4"}).learning_rate == 0.0002
+    with pytest.raises(ValueError, match="TrainConfig.learning_rate must be a number, got 'fast'"):
+        TrainConfig.from_dict({"learning_rate": "fast"})
+    with pytest.raises(ValueError, match="TrainConfig.max_steps must be an integer"):
+        TrainConfig.from_dict({"max_steps": True})

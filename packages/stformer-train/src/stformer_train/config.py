@@ -41,7 +41,16 @@ class _ConfigMixin:
             raise ValueError(
                 f"{cls.__name__}: unknown field(s) {unknown}; allowed: {sorted(known)}"
             )
-        return cls(**data)
+        kinds = _field_kinds(cls)
+        values = {}
+        for key, value in data.items():
+            try:
+                values[key] = _check_value(value, kinds[key])
+            except TypeError:
+                raise ValueError(
+                    f"{cls.__name__}.{key} must be {_type_name(kinds[key])}, got {value!r}"
+                ) from None
+        return cls(**values)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -289,10 +298,12 @@ def _check_value(value: Any, kinds: tuple[type, ...]) -> Any:
         if bool in kinds:
             return value
         raise TypeError
-    if float in kinds and isinstance(value, int | float):
-        return float(value) if int not in kinds else value
-    if int in kinds and isinstance(value, int):
-        return value
+    import numbers
+
+    if int in kinds and isinstance(value, numbers.Integral):  # numpy ints from a search too
+        return int(value)
+    if float in kinds and isinstance(value, numbers.Real):
+        return float(value)
     if str in kinds and isinstance(value, str):
         return value
     if float in kinds and isinstance(value, str):
