@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from stformer_cli._options import (
 )
 
 console = Console()
+err_console = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -81,7 +83,14 @@ def _corpus_from_inputs(inputs: list[Path], out: Path, tok: dict[str, Any], prog
 
 
 def _init_from(
-    path: Path, inputs: list[Path], out: Path, tok: dict[str, Any], model_d: dict, progress: bool
+    path: Path,
+    inputs: list[Path],
+    out: Path,
+    tok: dict[str, Any],
+    model_d: dict,
+    progress: bool,
+    *,
+    reuse: bool = False,
 ):
     """Tokenize with the checkpoint's vocabulary and settings; take its shape (``--init-from``)."""
     import stformer_data as sd
@@ -114,6 +123,8 @@ def _init_from(
         raise sd.InputError(
             inputs[1], "inputs", "holds several .h5ad files", "pass one .h5ad file with --init-from"
         )
+    if reuse and (out / "corpus").is_dir():  # tokenized by the interrupted run
+        return sd.load_corpus(out / "corpus")
     return folder.tokenize(inputs[0], out / "corpus", progress=progress)
 
 
@@ -121,7 +132,12 @@ def pretrain(
     inputs: Annotated[
         list[Path], typer.Argument(help="A tokenized corpus folder, or raw-count .h5ad files.")
     ],
-    out: Annotated[Path, typer.Option("--out", help="Run directory (started again, it resumes).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Run directory (started again with the same settings, it resumes)."
+        ),
+    ],
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON with model:, train:, tokenize: sections.")
     ] = None,
@@ -187,49 +203,138 @@ def pretrain(
             "vocabulary, medians, tokenizer settings and shape are used)."
         ),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Start again in an existing run directory: removes what stformer wrote there.",
+        ),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --out from its last complete checkpoint (the default when "
+            "its settings match).",
+        ),
+    ] = False,
 ) -> None:
-    """Pretrain a masked-language model; the run directory gets config, logs, checkpoints and model/."""
+    """Pretrain a masked-language model; the run directory gets config, logs, checkpoints and model/.
+
+    Flags win over the ``--config`` file. An existing run directory with other settings is
+    refused before anything is written (``--overwrite`` starts again); with the same settings
+    the run resumes from its last complete checkpoint. Ctrl-C keeps the last checkpoint and
+    prints the command that resumes.
+    """
+    import stformer_data as sd
     from stformer_train import ModelConfig, TrainConfig
+    from stformer_train.config import apply_overrides, load_config_file
+    from stformer_train.run_dir import RunDir
 
     if engine not in ("hf", "lightning"):
         raise ValueError(f"--engine must be 'hf' or 'lightning', got {engine!r}")
+    if overwrite and resume:
+        raise sd.InputError(
+            out, "--overwrite/--resume", "are both given", "pass --overwrite or --resume, not both"
+        )
     overrides = _deepspeed_overrides(deepspeed, engine) if deepspeed else {}
-    from stformer_train.config import load_config_file
-
-    data = load_config_file(config) if config else {}
-    model_d, train_d, tok = (
-        dict(data.get("model") or {}),
-        dict(data.get("train") or {}),
-        dict(data.get("tokenize") or {}),
+    sections = apply_overrides(
+        load_config_file(config) if config else {},
+        {
+            "train": {
+                "max_steps": max_steps,
+                "num_train_epochs": epochs,
+                "per_device_train_batch_size": batch_size,
+                "learning_rate": learning_rate,
+                "mlm_probability": mlm_probability,
+                "eval_fraction": eval_fraction,
+                "seed": seed,
+            },
+            "model": {
+                "num_layers": layers,
+                "hidden_size": hidden,
+                "num_heads": heads,
+                "tie_word_embeddings": tie_embeddings,
+            },
+            "tokenize": {
+                "max_length": max_length,
+                "gene_id_key": gene_id_key,
+                "layer": layer,
+                "allow_non_integer": allow_non_integer or None,
+                "n_counts_key": n_counts_key,
+            },
+        },
     )
-    for d, key, value in (
-        (train_d, "max_steps", max_steps),
-        (train_d, "num_train_epochs", epochs),
-        (train_d, "per_device_train_batch_size", batch_size),
-        (train_d, "learning_rate", learning_rate),
-        (train_d, "mlm_probability", mlm_probability),
-        (train_d, "eval_fraction", eval_fraction),
-        (train_d, "seed", seed),
-        (model_d, "num_layers", layers),
-        (model_d, "hidden_size", hidden),
-        (model_d, "num_heads", heads),
-        (model_d, "tie_word_embeddings", tie_embeddings),
-        (tok, "max_length", max_length),
-        (tok, "gene_id_key", gene_id_key),
-        (tok, "layer", layer),
-        (tok, "allow_non_integer", allow_non_integer or None),
-        (tok, "n_counts_key", n_counts_key),
-    ):
-        if value is not None:
-            d[key] = value
+    model_d, train_d, tok = sections["model"], sections["train"], sections["tokenize"]
     if hidden is not None and "intermediate_size" not in model_d:
         model_d["intermediate_size"] = 2 * hidden
     train_cfg = TrainConfig.from_dict(train_d)
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = list(inputs)
+    corpus_input = len(inputs) == 1 and inputs[0].is_dir()
+    request: dict[str, Any] = {
+        "engine": engine,
+        "train": train_cfg.to_dict(),
+        "inputs": {
+            "paths": [str(p.resolve()) for p in inputs],
+            "tokenize": {} if corpus_input else tok,
+            "init_from": str(init_from.resolve()) if init_from else None,
+        },
+        "split": {"test_fraction": test_fraction, "label_key": label_key},
+    }
+    if init_from is None:  # the model's shape (but a length taken from the corpus) is known now
+        shape = {**ModelConfig.from_dict({}).to_dict(), **model_d}
+        if "max_position_embeddings" not in model_d:
+            del shape["max_position_embeddings"]
+        request["model"] = shape
+    resuming = not overwrite and RunDir(out).read_config() is not None
+    try:
+        with RunDir.open(out, request, overwrite=overwrite, resume=resume or None) as run:
+            _say_where_it_resumes(run, engine, resuming)
+            model_dir, step = _train(
+                inputs,
+                out,
+                tok,
+                model_d,
+                train_cfg,
+                engine,
+                init_from,
+                progress,
+                resuming,
+                overrides,
+                test_fraction,
+                label_key,
+            )
+    except KeyboardInterrupt:
+        _interrupted(out, engine)
+        raise typer.Exit(130) from None
+    console.print(f"{step} steps; model: {model_dir}; logs: {out / 'logs'}")
+
+
+def _train(
+    inputs,
+    out,
+    tok,
+    model_d,
+    train_cfg,
+    engine,
+    init_from,
+    progress,
+    resuming,
+    overrides,
+    test_fraction,
+    label_key,
+):
+    """Tokenize (or reuse the run's corpus when resuming), then train; returns (model dir, step)."""
+    import stformer_data as sd
+    from stformer_train import ModelConfig
+
+    kept = out / "corpus"
     if init_from is not None:
-        corpus = _init_from(init_from, list(inputs), out, tok, model_d, progress)
+        corpus = _init_from(init_from, inputs, out, tok, model_d, progress, reuse=resuming)
+    elif resuming and not (len(inputs) == 1 and inputs[0].is_dir()) and kept.is_dir():
+        corpus = sd.load_corpus(kept)  # tokenized by the interrupted run, same inputs and settings
     else:
-        corpus = _corpus_from_inputs(list(inputs), out, tok, progress)
+        corpus = _corpus_from_inputs(inputs, out, tok, progress)
     longest = max(corpus.lengths) if corpus.lengths else 1
     model_d.setdefault("max_position_embeddings", max(longest, 8))
     model_cfg = ModelConfig.from_dict(model_d)
@@ -248,20 +353,93 @@ def pretrain(
             progress=progress,
             **overrides,
         )
-        step, model_dir = result.global_step, result.model_dir
-    else:
-        from stformer_train.lightning import pretrain_lightning
+        return result.model_dir, result.global_step
+    from stformer_train.lightning import pretrain_lightning
 
-        res = pretrain_lightning(
-            corpus,
-            out,
-            model=model_cfg,
-            train=train_cfg,
-            train_indices=train_indices,
-            progress=progress,
+    res = pretrain_lightning(
+        corpus,
+        out,
+        model=model_cfg,
+        train=train_cfg,
+        train_indices=train_indices,
+        progress=progress,
+    )
+    return res["model_dir"], res["global_step"]
+
+
+def _resume_point(run, engine: str, *, clean: bool):
+    """``(description of the checkpoint a rerun starts from or None, skipped checkpoints)``."""
+    if engine == "hf":
+        from stformer_train.run_dir import scan_checkpoints
+
+        point, skipped = scan_checkpoints(run.checkpoints, clean=clean)
+        return (point.describe(run.root) if point else None), skipped
+    from stformer_train.lightning._trainer import (
+        lightning_checkpoint_step,
+        lightning_resume_point,
+    )
+
+    path = lightning_resume_point(run.checkpoints)
+    if path is None:
+        return None, []
+    step = lightning_checkpoint_step(path)
+    where = path.relative_to(run.root)
+    return (f"{where} (step {step})" if step is not None else str(where)), []
+
+
+def _say_where_it_resumes(run, engine: str, resuming: bool) -> None:
+    where, skipped = _resume_point(run, engine, clean=True)
+    for what in skipped:
+        err_console.print(f"skipped and removed checkpoint {what}", highlight=False)
+    if where is not None:
+        console.print(f"resuming from {where}", highlight=False)
+    elif resuming:
+        console.print(
+            f"{run.root} holds this run but no complete checkpoint yet: starting from step 0",
+            highlight=False,
         )
-        step, model_dir = res["global_step"], res["model_dir"]
-    console.print(f"{step} steps; model: {model_dir}; logs: {out / 'logs'}")
+
+
+def _interrupted(out: Path, engine: str) -> None:
+    """After Ctrl-C: what the run directory kept and the command that resumes."""
+    import shlex
+
+    from stformer_train.run_dir import RunDir
+
+    run = RunDir(out)
+    where, _ = _resume_point(run, engine, clean=False) if run.checkpoints.is_dir() else (None, [])
+    kept = (
+        f"kept {out / where}" if where else "no checkpoint was complete yet (the run starts again)"
+    )
+    command = shlex.join(["stformer", *_command_line()])
+    err_console.print(
+        f"interrupted: {kept}. Resume with:\n  {command}", highlight=False, soft_wrap=True
+    )
+
+
+def _command_line() -> list[str]:
+    """This command's arguments as typed, less ``--overwrite`` (rerun, it would start again)."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:  # pragma: no cover - always inside the typer command
+        return [a for a in sys.argv[1:] if a != "--overwrite"]
+    args = [ctx.info_name or "pretrain"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument):
+            args.extend(str(v) for v in (value if isinstance(value, list | tuple) else [value]))
+            continue
+        if value == param.default or param.name == "overwrite" or value is None:
+            continue
+        if isinstance(value, bool):
+            flags = param.opts if value else param.secondary_opts
+            if flags:
+                args.append(flags[0])
+            continue
+        for v in value if isinstance(value, list | tuple) else [value]:
+            args.extend([param.opts[0], str(v)])
+    return args
 
 
 def held_out_split(corpus, out: Path, train_cfg, test_fraction: float, label_key: str | None):

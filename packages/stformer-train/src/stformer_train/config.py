@@ -41,7 +41,16 @@ class _ConfigMixin:
             raise ValueError(
                 f"{cls.__name__}: unknown field(s) {unknown}; allowed: {sorted(known)}"
             )
-        return cls(**data)
+        kinds = _field_kinds(cls)
+        values = {}
+        for key, value in data.items():
+            try:
+                values[key] = _check_value(value, kinds[key])
+            except TypeError:
+                raise ValueError(
+                    f"{cls.__name__}.{key} must be {_type_name(kinds[key])}, got {value!r}"
+                ) from None
+        return cls(**values)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,24 +227,178 @@ def merge_config(config: _C, overrides: dict[str, Any] | None = None, /, **expli
 
 CONFIG_SECTIONS = ("model", "train", "tokenize")
 
+TOKENIZE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "max_length": int,
+    "gene_id_key": str,
+    "layer": str,
+}
+"""The ``tokenize:`` section of a run config (used when ``pretrain`` reads .h5ad files)."""
+
+CONFLICTS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "train.num_train_epochs": (("train.max_steps", -1),),
+    "model.hidden_size": (("model.intermediate_size", None),),
+}
+"""A field given explicitly resets these fields of a config file (``None``: removed): e.g.
+``--epochs 2`` over a file holding ``max_steps: 10`` trains 2 epochs."""
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """A run config's sections with explicit values (command-line flags) set over the file's.
+
+    ``overrides`` maps a section to ``{field: value}``; ``None`` values (a flag not given) are
+    skipped. An explicit field also resets the file's fields that would contradict it
+    (:data:`CONFLICTS`), so the flag wins also where two fields decide one thing.
+
+    >>> apply_overrides({"train": {"max_steps": 10}}, {"train": {"num_train_epochs": 2}})["train"]
+    {'max_steps': -1, 'num_train_epochs': 2}
+    """
+    out = {section: dict(data.get(section) or {}) for section in CONFIG_SECTIONS}
+    for section, values in overrides.items():
+        for key, value in values.items():
+            if value is None:
+                continue
+            for dotted, reset in CONFLICTS.get(f"{section}.{key}", ()):
+                other_section, other = dotted.split(".")
+                explicit = (overrides.get(other_section) or {}).get(other)
+                if other in out[other_section] and explicit is None:
+                    if reset is None:
+                        del out[other_section][other]
+                    else:
+                        out[other_section][other] = reset
+            out[section][key] = value
+    return out
+
+
+def _type_name(kinds: tuple[type, ...]) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds if k is not type(None))
+
+
+def _field_kinds(cls: type) -> dict[str, tuple[type, ...]]:
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kinds: dict[str, tuple[type, ...]] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        hint = hints[f.name]
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kinds[f.name] = tuple(a for a in args if isinstance(a, type))
+    return kinds
+
+
+def _check_value(value: Any, kinds: tuple[type, ...]) -> Any:
+    """``value`` as one of ``kinds`` (an int is a float; a numeric string such as ``1e-3``,
+    which YAML reads as a string, is a number), or raise ``TypeError``."""
+    if value is None and type(None) in kinds:
+        return None
+    if isinstance(value, bool):
+        if bool in kinds:
+            return value
+        raise TypeError
+    import numbers
+
+    if int in kinds and isinstance(value, numbers.Integral):  # numpy ints from a search too
+        return int(value)
+    if float in kinds and isinstance(value, numbers.Real):
+        return float(value)
+    if str in kinds and isinstance(value, str):
+        return value
+    if float in kinds and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise TypeError
+
+
+def validate_section(
+    path: Path, section: str, data: Any, kinds: dict[str, tuple[type, ...]]
+) -> dict[str, Any]:
+    """Check one section of a config file: a mapping of known fields with values of their types.
+
+    Raises :class:`stformer_data.InputError` naming the file, the field and the fix.
+    """
+    from stformer_data import InputError
+
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(
+            path,
+            f"{section}:",
+            f"must be a mapping of fields, got {type(data).__name__}",
+            f"write `{section}:` followed by indented `field: value` lines",
+        )
+    checked: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in kinds:
+            close = difflib.get_close_matches(str(key), list(kinds), n=1)
+            hint = (
+                f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(kinds))}"
+            )
+            raise InputError(path, f"{section}.{key}", "is not a known field", hint)
+        try:
+            checked[key] = _check_value(value, kinds[key])
+        except TypeError:
+            raise InputError(
+                path,
+                f"{section}.{key}",
+                f"is {value!r} ({type(value).__name__}); it must be {_type_name(kinds[key])}",
+                f"write {section}.{key} as {_type_name(kinds[key])}, or drop it to use the default",
+            ) from None
+    return checked
+
 
 def load_config_file(path: str | PathLike[str]) -> dict[str, Any]:
     """Read a YAML or JSON run config with optional ``model``, ``train`` and ``tokenize`` sections.
 
     This is the format ``stformer pretrain --config`` reads and hyperparameter searches write.
+    YAML is read with ``yaml.safe_load`` (no Python tags); every field is checked against
+    :class:`ModelConfig` / :class:`TrainConfig` / :data:`TOKENIZE_FIELDS` (known name, value of
+    the field's type). Any problem is one :class:`stformer_data.InputError` naming the file and
+    the field.
     """
     from stformer_data import InputError
 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "--config", "does not exist", "pass a YAML or JSON file")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(
+            path, "--config", f"cannot be read ({exc})", "pass a YAML or JSON text file"
+        ) from None
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.constructor.ConstructorError as exc:
+            raise InputError(
+                path,
+                f"line {exc.problem_mark.line + 1}" if exc.problem_mark else "YAML",
+                f"has a tag stformer does not run ({exc.problem})",
+                "remove tags such as !!python/object: a config file holds plain values",
+            ) from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise InputError(
+                path,
+                f"line {mark.line + 1}" if mark else "YAML",
+                f"is not valid YAML ({getattr(exc, 'problem', None) or exc})",
+                "fix the YAML syntax (indentation, `key: value`)",
+            ) from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise InputError(
+                path, "JSON", f"is not valid JSON ({exc})", "fix the JSON syntax, or use .yaml"
+            ) from None
     if not isinstance(data, dict) or set(data) - set(CONFIG_SECTIONS):
         raise InputError(
             path,
@@ -243,4 +406,15 @@ def load_config_file(path: str | PathLike[str]) -> dict[str, Any]:
             f"must be among {', '.join(CONFIG_SECTIONS)}; got {sorted(data) if isinstance(data, dict) else data!r}",
             "put ModelConfig fields under `model:` and TrainConfig fields under `train:`",
         )
-    return data
+    tokenize_kinds = {
+        k: v if isinstance(v, tuple) else (v, type(None)) for k, v in TOKENIZE_FIELDS.items()
+    }
+    out: dict[str, Any] = {}
+    for section, kinds in (
+        ("model", _field_kinds(ModelConfig)),
+        ("train", _field_kinds(TrainConfig)),
+        ("tokenize", tokenize_kinds),
+    ):
+        if section in data:
+            out[section] = validate_section(path, section, data[section], kinds)
+    return out

@@ -82,3 +82,42 @@ def test_lightning_early_stopping_adapter_state():
     restored = LightningEarlyStopping(PatienceStopping(monitor="val_loss", patience=2))
     restored.load_state_dict(cb.state_dict())
     assert restored.core.best == 1.0 and restored.state_key == "LightningEarlyStopping[val_loss]"
+
+
+class _CtrlCAt(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_lightning_ctrl_c_is_a_keyboard_interrupt_and_a_truncated_ckpt_is_skipped(
+    tiny_corpus, tiny, tmp_path
+):
+    import signal
+
+    from stformer_train.lightning._trainer import lightning_resume_point
+
+    train = TrainConfig(max_steps=4, per_device_train_batch_size=16, save_steps=2, seed=1)
+    run = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):  # Lightning's own handler would sys.exit(1)
+        pretrain_lightning(
+            tiny_corpus,
+            run,
+            model=tiny,
+            train=train,
+            progress=False,
+            callbacks=[_CtrlCAt(3)],
+            accelerator="cpu",
+        )
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ckpts = run / "checkpoints"
+    assert lightning_resume_point(ckpts) == ckpts / "last.ckpt"
+    (ckpts / "last.ckpt").write_bytes((ckpts / "last.ckpt").read_bytes()[:100])  # an old kill
+    assert lightning_resume_point(ckpts).name.startswith("step")
+    resumed = pretrain_lightning(
+        tiny_corpus, run, model=tiny, train=train, progress=False, accelerator="cpu"
+    )
+    assert resumed["global_step"] == 4

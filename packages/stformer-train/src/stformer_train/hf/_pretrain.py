@@ -106,6 +106,8 @@ def pretrain_mlm(
     train_indices: list[int] | None = None,
     progress: bool = True,
     callbacks: list[Any] | None = None,
+    overwrite: bool = False,
+    resume: bool | None = None,
     **argument_overrides: Any,
 ) -> PretrainResult:
     """Pretrain a masked-LM BERT on a rank-value corpus with :class:`STFormerPretrainer`.
@@ -117,24 +119,50 @@ def pretrain_mlm(
     "model")`` loads it and later commands need nothing but the run directory.
     ``callbacks`` are extra ``TrainerCallback`` objects; ``argument_overrides`` are passed to
     ``TrainingArguments``.
+
+    A run directory that holds a run with a different config is refused before anything is
+    written (:meth:`RunDir.open`): ``overwrite=True`` starts again, otherwise a matching run
+    resumes from its last complete checkpoint. Checkpoints are written atomically; the
+    directory is locked while the run trains.
     """
+    kwargs = dict(
+        train_indices=train_indices,
+        progress=progress,
+        callbacks=callbacks,
+        argument_overrides=argument_overrides,
+    )
     if not isinstance(corpus, Corpus):
         corpus = load_corpus(corpus)
     model_cfg = model or ModelConfig()
     train_cfg = train or TrainConfig()
-    run = RunDir.create(run_dir)
-    main_process = (
-        int(os.environ.get("RANK", "0")) == 0
-    )  # under torchrun / DeepSpeed / Ray, rank 0 writes
-    if main_process:
-        run.write_config(
-            {
-                "engine": "hf",
-                "model": model_cfg.to_dict(),
-                "train": train_cfg.to_dict(),
-                "corpus": str(corpus.path),
-            }
-        )
+    config = {
+        "engine": "hf",
+        "model": model_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        "corpus": str(Path(corpus.path).resolve()),
+    }
+    # under torchrun / DeepSpeed / Ray, rank 0 checks, locks and writes the run directory
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _pretrain(corpus, RunDir(Path(run_dir)), model_cfg, train_cfg, False, **kwargs)
+    with RunDir.open(run_dir, config, overwrite=overwrite, resume=resume) as run:
+        return _pretrain(corpus, run, model_cfg, train_cfg, True, **kwargs)
+
+
+def _pretrain(
+    corpus: Corpus,
+    run: RunDir,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    main_process: bool,
+    *,
+    train_indices: list[int] | None,
+    progress: bool,
+    callbacks: list[Any] | None,
+    argument_overrides: dict[str, Any],
+) -> PretrainResult:
+    point = run.resume_point() if main_process else None
+    if point is not None:
+        log.info("resuming from %s", point.describe(run.root))
     train_set, eval_set = split_corpus(corpus, model_cfg, train_cfg, train_indices)
     parts = assemble(
         corpus.vocab,
@@ -169,8 +197,6 @@ def pretrain_mlm(
         callbacks=callbacks,
     )
     last = last_checkpoint(run.checkpoints)
-    if last is not None:
-        log.info("resuming from %s", last)
     output = trainer.train(resume_from_checkpoint=str(last) if last else None)
     # under DeepSpeed every rank takes part in gathering the weights (ZeRO-3 shards them); rank 0 saves
     state = (

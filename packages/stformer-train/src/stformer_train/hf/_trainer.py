@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 
 from stformer_train._names import unknown_name_error
 from stformer_train.early_stopping import PatienceStopping
@@ -29,6 +31,9 @@ from stformer_train.models import mlm_loss
 from stformer_train.training import EpochLengthGroupedSampler, StepSeededCollator
 
 log = logging.getLogger(__name__)
+
+LOSS_FILE = "stformer_loss.json"
+"""In every checkpoint: the sum of the training losses up to its step, for a whole-run mean."""
 
 
 def load_example_lengths(
@@ -191,6 +196,95 @@ class STFormerPretrainer(Trainer):
         if isinstance(self.data_collator, StepSeededCollator):
             self.add_callback(_ResumeMasking(self.data_collator))
 
+    # ---- atomic checkpoints and a whole-run training loss --------------------------------------
+    _staging_dir: str | None = None
+    _loss_before: tuple[float, int] = (0.0, 0)
+
+    def _get_output_dir(self, trial):
+        if self._staging_dir is not None:
+            return self._staging_dir
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Save into ``checkpoint-N.partial/`` and rename it to ``checkpoint-N`` once complete.
+
+        A kill during the save leaves only the ``.partial`` folder, which a resume removes; a
+        ``checkpoint-N`` folder is always complete. The checkpoint also records the sum of the
+        training losses so far (:data:`LOSS_FILE`) so that a resumed run reports the mean over
+        the whole run.
+        """
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging, final = run_dir / f"{name}.partial", run_dir / name
+        if self.args.should_save:
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            before, _ = self._loss_before
+            loss_sum = before + self._total_loss_scalar + float(self._tr_loss.item())
+            (staging / name / LOSS_FILE).write_text(
+                json.dumps({"global_step": self.state.global_step, "loss_sum": loss_sum})
+            )
+            if final.exists():  # saved again after a resume from an earlier checkpoint
+                shutil.rmtree(final)
+            os.replace(staging / name, final)
+            shutil.rmtree(staging, ignore_errors=True)
+            best = self.state.best_model_checkpoint
+            if best and best.startswith(str(staging)):
+                self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ) -> TrainOutput:
+        """``Trainer.train``; a resumed run's ``training_loss`` is the mean over the whole run
+        (the steps before the checkpoint included), also in the last ``log_history`` entry."""
+        if resume_from_checkpoint is True:
+            last = last_checkpoint(self.args.output_dir)
+            if last is None:
+                raise ValueError(f"no complete checkpoint to resume from in {self.args.output_dir}")
+            resume_from_checkpoint = str(last)
+        self._loss_before = (
+            _loss_before(Path(resume_from_checkpoint)) if resume_from_checkpoint else (0.0, 0)
+        )
+        output = super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+        )
+        whole = self._whole_run_loss()
+        if whole is None:
+            return output
+        return TrainOutput(output.global_step, whole, {**output.metrics, "train_loss": whole})
+
+    def _whole_run_loss(self) -> float | None:
+        """The mean training loss over the whole run, for a resumed run (else ``None``)."""
+        before, steps_before = self._loss_before
+        if not steps_before:
+            return None
+        return (before + self._total_loss_scalar) / max(self.state.global_step, 1)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "train_loss" in logs and (whole := self._whole_run_loss()) is not None:
+            logs = {**logs, "train_loss": whole}  # the summary of a resumed run covers all of it
+        super().log(logs, start_time)
+
     def get_train_sampler(self) -> torch.utils.data.Sampler | None:
         """The training sampler: length-grouped by the example lengths when
         ``args.train_sampling_strategy == "group_by_length"``, else transformers' (random);
@@ -296,11 +390,35 @@ def tensorboard_callback(folder: Path):
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(folder)))
 
 
-def last_checkpoint(folder: str | PathLike[str]) -> Path | None:
-    """The newest ``checkpoint-N`` folder under ``folder`` (``None`` when there is none)."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _loss_before(checkpoint: Path) -> tuple[float, int]:
+    """``(sum of training losses, steps)`` up to a checkpoint: from :data:`LOSS_FILE`, or for a
+    checkpoint without it, estimated from its log history (each logged mean times its steps)."""
+    try:
+        data = json.loads((checkpoint / LOSS_FILE).read_text())
+        return float(data["loss_sum"]), int(data["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return 0.0, 0
+    step, total, previous = int(state.get("global_step", 0)), 0.0, 0
+    for entry in state.get("log_history", []):
+        if "loss" in entry and "step" in entry and entry["step"] <= step:
+            total += float(entry["loss"]) * (entry["step"] - previous)
+            previous = entry["step"]
+    if previous and previous < step:
+        total *= step / previous
+    return total, step
 
-    if not Path(folder).is_dir():
-        return None
-    last = get_last_checkpoint(str(folder))
-    return Path(last) if last else None
+
+def last_checkpoint(folder: str | PathLike[str]) -> Path | None:
+    """The newest complete ``checkpoint-N`` folder under ``folder`` (``None`` when there is none).
+
+    Folders left half-written by a kill (``checkpoint-N.partial``, or a ``checkpoint-N`` without
+    ``trainer_state.json`` or weights) are skipped, with a warning.
+    """
+    from stformer_train.run_dir import resume_point
+
+    point = resume_point(Path(folder), clean=False)
+    return None if point is None else point.path

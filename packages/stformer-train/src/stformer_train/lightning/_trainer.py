@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import signal
 from collections.abc import Iterator, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -153,26 +155,34 @@ def pretrain_lightning(
     progress: bool = True,
     callbacks: Sequence[pl.Callback] = (),
     accelerator: str = "auto",
+    overwrite: bool = False,
+    resume: bool | None = None,
 ) -> dict[str, Any]:
     """Pretrain the same masked-LM BERT as :func:`stformer_train.hf.pretrain_mlm`, with Lightning.
 
     The run directory has the same layout (``config.json``, ``logs/`` with TensorBoard, CSV and
     ``loss_curve.png``, ``checkpoints/`` with ``last.ckpt``, ``model/`` in Hugging Face format).
-    Starting it again resumes from ``checkpoints/last.ckpt`` at the same batch and mask seed.
-    Returns ``{"run", "model_dir", "global_step", "log_history"}``.
+    Starting it again resumes from ``checkpoints/last.ckpt`` at the same batch and mask seed
+    (a truncated ``.ckpt`` left by a kill is skipped for the newest readable one). A run directory
+    holding a different config is refused before anything is written unless ``overwrite``
+    (:meth:`RunDir.open`); the directory is locked while the run trains. Returns ``{"run", "model_dir", "global_step", "log_history"}``.
     """
     if not isinstance(corpus, Corpus):
         corpus = load_corpus(corpus)
     model_cfg, train_cfg = model or ModelConfig(), train or TrainConfig()
-    run = RunDir.create(run_dir)
-    run.write_config(
-        {
-            "engine": "lightning",
-            "model": model_cfg.to_dict(),
-            "train": train_cfg.to_dict(),
-            "corpus": str(corpus.path),
-        }
-    )
+    config = {
+        "engine": "lightning",
+        "model": model_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        "corpus": str(Path(corpus.path).resolve()),
+    }
+    with RunDir.open(run_dir, config, overwrite=overwrite, resume=resume) as run:
+        return _fit(
+            corpus, run, model_cfg, train_cfg, train_indices, progress, callbacks, accelerator
+        )
+
+
+def _fit(corpus, run, model_cfg, train_cfg, train_indices, progress, callbacks, accelerator):
     train_set, eval_set = split_corpus(corpus, model_cfg, train_cfg, train_indices)
     pl.seed_everything(train_cfg.seed, workers=True, verbose=False)
     parts = assemble(
@@ -240,13 +250,23 @@ def pretrain_lightning(
         enable_model_summary=False,
         default_root_dir=str(run.root),
     )
-    last = run.checkpoints / "last.ckpt"
-    trainer.fit(
-        plan,
-        train_dataloaders=train_loader,
-        val_dataloaders=val_loader,
-        ckpt_path=str(last) if last.exists() else None,
-    )
+    last = lightning_resume_point(run.checkpoints)
+    if last is not None:
+        log.info("resuming from %s", last)
+    try:
+        trainer.fit(
+            plan,
+            train_dataloaders=train_loader,
+            val_dataloaders=val_loader,
+            ckpt_path=str(last) if last else None,
+        )
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        # Lightning turns Ctrl-C into sys.exit(1) with SIGINT ignored: give the caller its
+        # KeyboardInterrupt back (the checkpoints written so far are kept for a resume)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt from None
     save_model(plan.model, run.model, corpus, log_history=history.history)
     run.write_history(history.history)
     write_csv_log(history.history, run.logs / "metrics.csv")
@@ -259,6 +279,41 @@ def pretrain_lightning(
         "global_step": int(trainer.global_step),
         "log_history": history.history,
     }
+
+
+def _readable_checkpoint(path: Path) -> bool:
+    """A complete ``torch.save`` file: a zip archive whose central directory (written last) is there."""
+    import zipfile
+
+    return path.is_file() and zipfile.is_zipfile(path)
+
+
+def lightning_resume_point(checkpoints: Path) -> Path | None:
+    """``last.ckpt``, or else the newest ``step-*.ckpt``, skipping truncated files (with a warning).
+
+    Lightning writes each ``.ckpt`` through an fsspec transaction (a temporary file renamed when
+    complete); a file truncated by a kill in an older version is not picked.
+    """
+    if not checkpoints.is_dir():
+        return None
+    steps = sorted(checkpoints.glob("step*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in [checkpoints / "last.ckpt", *steps]:
+        if not path.exists():
+            continue
+        if _readable_checkpoint(path):
+            return path
+        log.warning("skipping incomplete checkpoint %s (not a complete torch.save archive)", path)
+    return None
+
+
+def lightning_checkpoint_step(path: Path) -> int | None:
+    """The ``global_step`` a Lightning checkpoint was saved at (memory-mapped, not read whole)."""
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception:  # noqa: BLE001 - any unreadable file is "unknown", the trainer reports it
+        return None
+    step = state.get("global_step") if isinstance(state, dict) else None
+    return int(step) if step is not None else None
 
 
 class _SeededPermutation(Sampler[int]):
