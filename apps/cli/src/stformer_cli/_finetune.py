@@ -1,7 +1,8 @@
-"""``stformer finetune``: a cell-type classifier from a run's model."""
+"""``stformer finetune | predict``: a cell classifier from a model folder, and labels for new cells."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -10,42 +11,131 @@ from rich.console import Console
 
 console = Console()
 
+GeneIdKey = Annotated[
+    str | None,
+    typer.Option(
+        "--gene-id-key",
+        help="var column with the model's gene ids (default: the model's setting, else var_names).",
+    ),
+]
+Layer = Annotated[
+    str | None,
+    typer.Option("--layer", help="AnnData layer with the raw counts (default: X)."),
+]
+Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
+
 
 def register(app: typer.Typer) -> None:
     app.command("finetune")(finetune)
+    app.command("predict")(predict)
 
 
 def finetune(
-    run: Annotated[Path, typer.Argument(help="Run directory (or its model/ folder).")],
+    run: Annotated[
+        Path,
+        typer.Argument(help="Run directory (or its model/ folder), or a Geneformer model folder."),
+    ],
     h5ad: Annotated[Path, typer.Argument(help="Raw-count .h5ad with labels.")],
-    label_key: Annotated[str, typer.Option(help="obs column with the labels.")],
+    label_key: Annotated[str, typer.Option(help="obs column with the labels.")] = "cell_type",
     out: Annotated[
-        Path | None, typer.Option("--out", help="Folder for the classifier and finetune.json.")
+        Path | None,
+        typer.Option("--out", help="Folder for the classifier and finetune.json (default RUN/finetune)."),
     ] = None,
     epochs: Annotated[float, typer.Option(help="Fine-tuning epochs.")] = 3.0,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
     test_fraction: Annotated[float, typer.Option(help="Held-out fraction.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the split, head and order.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    pooling: Annotated[
+        str,
+        typer.Option(
+            help="auto (cls when the cells start with <cls>, else mean), mean (non-pad tokens) or cls."
+        ),
+    ] = "auto",
+    k: Annotated[int, typer.Option(help="Neighbours of the kNN baseline.")] = 15,
+    gene_id_key: GeneIdKey = None,
+    layer: Layer = None,
+    progress: Progress = True,
 ) -> None:
-    """Fine-tune a cell-type classifier from the run's model; report held-out accuracy and macro-F1."""
-    from stformer_train.downstream import finetune_classifier
+    """Fine-tune a cell classifier; report held-out accuracy and macro-F1 beside baselines.
+
+    The baselines, on the same held-out cells: the majority class of the training cells and a kNN
+    on the frozen embeddings of the starting model.
+    """
+    from stformer_train.finetune import NoBetterThanMajorityWarning, finetune_classifier
 
     out = out or Path(run) / "finetune"
-    r = finetune_classifier(
-        run,
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoBetterThanMajorityWarning)  # printed below
+        r = finetune_classifier(
+            run,
+            h5ad,
+            label_key=label_key,
+            out_dir=out,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            test_fraction=test_fraction,
+            seed=seed,
+            pooling=pooling,  # type: ignore[arg-type]
+            k=k,
+            gene_id_key=gene_id_key,
+            layer=layer,
+            progress=progress,
+        )
+    b = r["baselines"]
+    console.print(
+        f"held-out ({r['n_test']} cells, {len(r['classes'])} classes, {r['pooling']} pooling):\n"
+        f"  fine-tuned      accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}\n"
+        f"  majority class  accuracy {b['majority']['accuracy']:.3f}  "
+        f"macro-F1 {b['majority']['macro_f1']:.3f}\n"
+        f"  kNN (k={b['knn']['k']}, frozen) accuracy {b['knn']['accuracy']:.3f}  "
+        f"macro-F1 {b['knn']['macro_f1']:.3f}\n"
+        f"-> {out}",
+        highlight=False,
+    )
+    if r["warning"]:
+        console.print(f"[bold yellow]warning:[/] {r['warning']}", highlight=False)
+
+
+def predict(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder `stformer finetune` wrote (or its model/, or a run with finetune/), "
+            "or a Geneformer BertForSequenceClassification folder."
+        ),
+    ],
+    h5ad: Annotated[Path, typer.Argument(help="Raw-count .h5ad to label.")],
+    out: Annotated[Path, typer.Option("--out", help="Output .h5ad with the labels.")],
+    key_added: Annotated[
+        str,
+        typer.Option(help="obs column of the predicted class (its probability: *_confidence)."),
+    ] = "stformer_label",
+    dictionaries: Annotated[
+        Path | None,
+        typer.Option(help="Folder with Geneformer's token and median dictionaries, if not beside the model."),
+    ] = None,
+    gene_id_key: GeneIdKey = None,
+    layer: Layer = None,
+    batch_size: Annotated[int, typer.Option(help="Cells per forward pass.")] = 64,
+    progress: Progress = True,
+) -> None:
+    """Label every cell of H5AD: obs[KEY_ADDED], its confidence, obsm['stformer_proba']."""
+    from stformer_train.finetune import confidence_key, predict_h5ad
+
+    path = predict_h5ad(
+        model,
         h5ad,
-        label_key=label_key,
-        out_dir=out,
-        epochs=epochs,
+        out,
+        key_added=key_added,
+        dictionaries=dictionaries,
+        gene_id_key=gene_id_key,
+        layer=layer,
         batch_size=batch_size,
-        learning_rate=learning_rate,
-        test_fraction=test_fraction,
-        seed=seed,
         progress=progress,
     )
     console.print(
-        f"held-out accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f} "
-        f"({r['n_test']} cells, {len(r['classes'])} classes) -> {out}"
+        f"obs[{key_added!r}], obs[{confidence_key(key_added)!r}], obsm['stformer_proba'] -> {path}",
+        highlight=False,
     )
