@@ -218,7 +218,7 @@ def _obs_column(h5ad: str | PathLike[str], label_key: str) -> None:
 def _counts_text(labels: np.ndarray) -> str:
     values, counts = np.unique(labels, return_counts=True)
     order = np.argsort(-counts, kind="stable")
-    return ", ".join(f"{values[i]!r}: {counts[i]}" for i in order)
+    return ", ".join(f"{str(values[i])!r}: {counts[i]}" for i in order)
 
 
 def _split(h5ad, label_key: str, labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
