@@ -34,13 +34,17 @@ def _config(**kw):
 
 @pytest.fixture(scope="module")
 def pbmc(shared_data, tmp_path_factory):
-    """60 real PBMC cells: 20 of each of the three largest bulk_labels (Ensembl ids in var)."""
+    """60 real PBMC cells, 20 of each of the three largest bulk_labels, on 200 highly variable genes.
+
+    Ensembl ids in ``var["ensembl_id"]``; the gene subset keeps sequences short (fast tests).
+    """
     adata = sd.open_h5ad(shared_data / "sc" / "pbmc68k_reduced_700_counts.h5ad", backed=False)
     labels = adata.obs["bulk_labels"].astype(str)
     idx = np.sort(
         np.concatenate([np.flatnonzero(labels == t)[:20] for t in labels.value_counts().index[:3]])
     )
-    sub = adata[idx].copy()
+    genes = np.flatnonzero(adata.var["highly_variable"].to_numpy())[:200]
+    sub = adata[idx][:, genes].copy()
     sub.obs["one"] = "T cell"
     path = tmp_path_factory.mktemp("pbmc") / "pbmc60.h5ad"
     sub.write_h5ad(path)
@@ -114,7 +118,9 @@ def test_finetune_prints_baselines_and_its_folder_works_with_predict_and_embed(
     a = _check_prediction(tmp_path / "p.h5ad", r["classes"])
     np.testing.assert_allclose(a.obs["stformer_confidence"], a.obsm["stformer_proba"].max(1))
 
-    assert cli(["embed", str(ft / "model"), str(pbmc), "--out", str(tmp_path / "e.h5ad"), *QUIET]) == 0
+    assert (
+        cli(["embed", str(ft / "model"), str(pbmc), "--out", str(tmp_path / "e.h5ad"), *QUIET]) == 0
+    )
     emb = anndata.io.read_h5ad(tmp_path / "e.h5ad").obsm["X_stformer"]
     assert emb.shape == (60, 32) and np.isfinite(emb).all()
 

@@ -56,9 +56,7 @@ def test_finetune_moved_but_still_importable_from_downstream():
     assert reexported is finetune_classifier
 
 
-def test_finetune_learns_and_reports_baselines_on_the_same_held_out_cells(
-    run, tiny_h5ad, ft
-):
+def test_finetune_learns_and_reports_baselines_on_the_same_held_out_cells(run, tiny_h5ad, ft):
     out, res = ft
     labels = sd.open_h5ad(tiny_h5ad, backed=False).obs["cell_type"].astype(str).to_numpy()
     test = holdout_split(labels, test_fraction=0.2, seed=0)
@@ -94,7 +92,9 @@ def _tokens(rm, h5ad, where):
     return corpus.dataset["input_ids"]
 
 
-def test_finetune_folder_has_the_vocabulary_labels_and_works_with_embed(ft, run, tiny_h5ad, tmp_path):
+def test_finetune_folder_has_the_vocabulary_labels_and_works_with_embed(
+    ft, run, tiny_h5ad, tmp_path
+):
     out, res = ft
     model_dir = out / "model"
     for name in ("token_dictionary.json", "gene_medians.json", "stformer_tokenizer.json"):
@@ -130,7 +130,9 @@ def test_predict_writes_labels_confidence_and_probabilities(ft, tiny_h5ad, tmp_p
     truth = a.obs["cell_type"].astype(str).to_numpy()
     assert np.mean(a.obs["stformer_label"].astype(str).to_numpy() == truth) > 0.5
     a2 = ad.io.read_h5ad(
-        predict_h5ad(out / "model", tiny_h5ad, tmp_path / "q.h5ad", key_added="pred", progress=False)
+        predict_h5ad(
+            out / "model", tiny_h5ad, tmp_path / "q.h5ad", key_added="pred", progress=False
+        )
     )
     assert "pred" in a2.obs and "pred_confidence" in a2.obs
 

@@ -39,7 +39,9 @@ def finetune(
     label_key: Annotated[str, typer.Option(help="obs column with the labels.")] = "cell_type",
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Folder for the classifier and finetune.json (default RUN/finetune)."),
+        typer.Option(
+            "--out", help="Folder for the classifier and finetune.json (default RUN/finetune)."
+        ),
     ] = None,
     epochs: Annotated[float, typer.Option(help="Fine-tuning epochs.")] = 3.0,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
@@ -114,7 +116,9 @@ def predict(
     ] = "stformer_label",
     dictionaries: Annotated[
         Path | None,
-        typer.Option(help="Folder with Geneformer's token and median dictionaries, if not beside the model."),
+        typer.Option(
+            help="Folder with Geneformer's token and median dictionaries, if not beside the model."
+        ),
     ] = None,
     gene_id_key: GeneIdKey = None,
     layer: Layer = None,

@@ -180,7 +180,9 @@ def load_classifier(model_dir: str | PathLike[str], **kwargs: Any):
         return _classifier_class(model_dir).from_pretrained(model_dir, **kwargs)
 
 
-def corpus_pooling(sequences: Sequence[Sequence[int]], vocab: sd.GeneVocab) -> Literal["mean", "cls"]:
+def corpus_pooling(
+    sequences: Sequence[Sequence[int]], vocab: sd.GeneVocab
+) -> Literal["mean", "cls"]:
     """``"cls"`` when every cell starts with the vocabulary's ``<cls>`` token, else ``"mean"``."""
     cls_id = vocab.cls_id
     if cls_id is None or len(sequences) == 0:
@@ -251,9 +253,7 @@ def _split(h5ad, label_key: str, labels: np.ndarray, test_fraction: float, seed:
         ) from err
     missing = sorted(set(classes) - set(labels[~test]))
     if missing or not test.any():
-        problem = (
-            f"classes {missing} have no training cell" if missing else "no cell is held out"
-        )
+        problem = f"classes {missing} have no training cell" if missing else "no cell is held out"
         raise sd.InputError(
             h5ad,
             field,
@@ -367,7 +367,9 @@ def _write_model_folder(net, model_dir: Path, corpus: sd.Corpus, rm: FolderModel
 
 
 @torch.inference_mode()
-def _head_inputs(net, seqs, types, idx: np.ndarray, pad_id: int, batch_size: int = 64) -> np.ndarray:
+def _head_inputs(
+    net, seqs, types, idx: np.ndarray, pad_id: int, batch_size: int = 64
+) -> np.ndarray:
     """What ``net.classifier`` reads for the cells ``idx`` (captured with a forward hook)."""
     captured: list[torch.Tensor] = []
     hook = net.classifier.register_forward_hook(lambda m, args, out: captured.append(args[0]))
@@ -490,7 +492,9 @@ def finetune_classifier(
     _obs_column(h5ad, label_key)
     rm = _with_inputs(open_model(run), gene_id_key, layer)
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = rm.tokenize(h5ad, Path(tmp) / "corpus", obs_columns=(label_key,), progress=progress)
+        corpus = rm.tokenize(
+            h5ad, Path(tmp) / "corpus", obs_columns=(label_key,), progress=progress
+        )
         seqs, types = rm.sequences(corpus, hide_phenotype=label_key)
         labels = np.asarray(corpus.dataset[label_key]).astype(str)
         valid = np.flatnonzero(~np.isin(labels, _MISSING_LABELS))
