@@ -55,6 +55,12 @@ def finetune(
         ),
     ] = "auto",
     k: Annotated[int, typer.Option(help="Neighbours of the kNN baseline.")] = 15,
+    head_init: Annotated[
+        str,
+        typer.Option(
+            help="linear-probe (the head starts as a logistic regression on the frozen features) or random."
+        ),
+    ] = "linear-probe",
     gene_id_key: GeneIdKey = None,
     layer: Layer = None,
     progress: Progress = True,
@@ -81,19 +87,24 @@ def finetune(
             seed=seed,
             pooling=pooling,  # type: ignore[arg-type]
             k=k,
+            head_init=head_init.replace("-", "_"),  # type: ignore[arg-type]
             gene_id_key=gene_id_key,
             layer=layer,
             progress=progress,
         )
     b = r["baselines"]
+    rows = [("fine-tuned", r), ("majority class", b["majority"])]
+    rows.append((f"kNN (k={b['knn']['k']}, frozen)", b["knn"]))
+    if "linear_probe" in b:
+        rows.append(("linear probe (frozen)", b["linear_probe"]))
+    lines = [
+        f"  {name:<24} accuracy {s['accuracy']:.3f}  macro-F1 {s['macro_f1']:.3f}"
+        for name, s in rows
+    ]
     console.print(
         f"held-out ({r['n_test']} cells, {len(r['classes'])} classes, {r['pooling']} pooling):\n"
-        f"  fine-tuned      accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}\n"
-        f"  majority class  accuracy {b['majority']['accuracy']:.3f}  "
-        f"macro-F1 {b['majority']['macro_f1']:.3f}\n"
-        f"  kNN (k={b['knn']['k']}, frozen) accuracy {b['knn']['accuracy']:.3f}  "
-        f"macro-F1 {b['knn']['macro_f1']:.3f}\n"
-        f"-> {out}",
+        + "\n".join(lines)
+        + f"\n-> {out}",
         highlight=False,
     )
     if r["warning"]:
