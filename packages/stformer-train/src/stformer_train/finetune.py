@@ -139,15 +139,19 @@ class StformerGeneBertForClassification(GeneBertForClassification):
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' load report (new head, unused MLM weights): expected when fine-tuning."""
+    """Hide transformers' load report (new head, unused MLM weights: expected here) and its bars."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards"
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _classifier_class(model_dir: Path):
@@ -592,7 +596,7 @@ def finetune_classifier(
             "source": str(rm.model_dir),
             "seconds": round(time.time() - started, 1),
         }
-        with atomic_dir(out_dir) as staging:
+        with _quiet_transformers(), atomic_dir(out_dir) as staging:
             _write_model_folder(trainer.model, staging / "model", corpus, rm)
             (staging / FINETUNE_JSON).write_text(json.dumps(result, indent=1))
     return result
