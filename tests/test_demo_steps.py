@@ -106,3 +106,14 @@ def test_embed_a_symbol_named_file_with_gene_id_key(runs, tmp_path, capsys):
     assert cli(["embed", str(run), str(data), "--out", str(tmp_path / "ref.h5ad"), *QUIET]) == 0
     got, ref = (ad.io.read_h5ad(tmp_path / f).obsm["X_stformer"] for f in ("e.h5ad", "ref.h5ad"))
     np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_finetune_scores_on_the_cells_pretraining_held_out(runs, tmp_path, capsys):
+    _, run, data = runs
+    out = tmp_path / "ft"
+    capsys.readouterr()
+    args = ["finetune", str(run), str(data), "--out", str(out), "--epochs", "1", *QUIET]
+    assert cli(args) == 0
+    assert "the run's split" in capsys.readouterr().out
+    result = json.loads((out / "finetune.json").read_text())
+    assert result["split"] == "run" and result["n_test"] == len(_test_cells(run))

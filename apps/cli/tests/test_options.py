@@ -14,7 +14,17 @@ import stformer_data
 from stformer_cli.main import app, cli
 
 #: the commands that read cells of an .h5ad
-READS_H5AD = ("tokenize", "medians", "pretrain", "embed", "evaluate", "finetune", "perturb", "demo")
+READS_H5AD = (
+    "tokenize",
+    "medians",
+    "pretrain",
+    "embed",
+    "evaluate",
+    "finetune",
+    "predict",
+    "perturb",
+    "demo",
+)
 #: what every one of them takes: where the gene ids and counts are and how they are checked
 READS_CELLS = {"--gene-id-key", "--layer", "--allow-non-integer", "--n-counts-key"}
 DATA_SRC = Path(stformer_data.__file__).parent

@@ -16,7 +16,6 @@ from stformer_train.downstream import (
     RunModel,
     embed_h5ad,
     evaluate_run,
-    finetune_classifier,
     plot_embedding_2d,
 )
 from stformer_train.hf import pretrain_mlm
@@ -167,28 +166,3 @@ def test_plot_embedding_2d_writes_a_png_atomically(tmp_path):
     path = plot_embedding_2d(x, labels, tmp_path / "p.png", title="t")
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert [p.name for p in tmp_path.iterdir()] == ["p.png"]
-
-
-def test_finetune_classifier_learns_simulated_cell_types(run, tiny_h5ad, tmp_path):
-    from transformers import AutoModelForSequenceClassification
-
-    res = finetune_classifier(
-        run,
-        tiny_h5ad,
-        label_key="cell_type",
-        out_dir=tmp_path / "ft",
-        epochs=8,
-        batch_size=16,
-        learning_rate=2e-3,
-        progress=False,
-    )
-    labels = sd.open_h5ad(tiny_h5ad, backed=False).obs["cell_type"].astype(str).to_numpy()
-    test = holdout_split(labels, test_fraction=0.2, seed=0)
-    assert (res["n_train"], res["n_test"]) == (int((~test).sum()), int(test.sum()))
-    assert res["classes"] == sorted(set(labels))
-    majority = max(np.mean(labels[test] == c) for c in set(labels))
-    assert res["accuracy"] > majority + 0.2  # it learned, not just the largest class
-    assert json.loads((tmp_path / "ft" / "finetune.json").read_text()) == res
-    clf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ft" / "model")
-    assert clf.config.num_labels == len(res["classes"])
-    assert clf.config.id2label[0] == res["classes"][0]

@@ -1,5 +1,7 @@
 """Working from a run directory alone: embed an h5ad, evaluate the embeddings, fine-tune a classifier.
 
+``finetune_classifier`` lives in :mod:`stformer_train.finetune` (re-exported here).
+
 A run's ``model/`` folder holds the weights, the vocabulary (``token_dictionary.json``), the gene
 medians and the tokenizer settings (``stformer_tokenizer.json``); new cells are tokenized with
 exactly those before they reach the model.
@@ -11,19 +13,18 @@ import io
 import json
 import os
 import tempfile
-import time
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import stformer_data as sd
 from stformer_data.atomic import atomic_write_bytes, atomic_write_text, partial_path
 from stformer_train.api import embed, open_for_input
 from stformer_train.embed import Pooling, embed_sequences
 from stformer_train.evaluate import holdout_split, knn_score, pca_of_counts
+from stformer_train.finetune import finetune_classifier  # noqa: F401  (moved; kept importable)
 from stformer_train.geneformer import FolderModel, open_model
 from stformer_train.run_dir import MISSING_LABELS, read_split
 
@@ -276,110 +277,3 @@ def plot_embedding_2d(x: np.ndarray, labels: np.ndarray, path: Path, *, title: s
     fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return atomic_write_bytes(path, png.getvalue())
-
-
-def finetune_classifier(
-    run: str | PathLike[str],
-    h5ad: str | PathLike[str],
-    *,
-    label_key: str,
-    out_dir: str | PathLike[str],
-    epochs: float = 3.0,
-    batch_size: int = 32,
-    learning_rate: float = 5e-4,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Fine-tune the run's encoder as a cell-type classifier; score it on held-out cells.
-
-    The classifier (``AutoModelForSequenceClassification``: BERT's pooled first token for rank
-    models, mean pooling for GeneBert) is saved to ``out_dir/model``; ``finetune.json`` has the
-    held-out accuracy and macro-F1.
-    """
-    from sklearn.metrics import accuracy_score, f1_score
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForSequenceClassification
-
-    import stformer_train.models  # noqa: F401  (registers GeneBert with the Auto classes)
-    from stformer_collate import pad_examples
-
-    rm = open_model(run)
-    out_dir = Path(out_dir)
-    started = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = rm.tokenize(
-            h5ad, Path(tmp) / "corpus", obs_columns=(label_key,), progress=progress
-        )
-        seqs, types = rm.sequences(corpus, hide_phenotype=label_key)
-        labels = _labels(corpus, label_key)
-    valid = np.flatnonzero(~np.isin(labels, _MISSING_LABELS))
-    classes = sorted(set(labels[valid]))
-    y = np.array([classes.index(v) for v in labels[valid]])
-    test = holdout_split(labels[valid], test_fraction=test_fraction, seed=seed)
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        rm.model_dir,
-        num_labels=len(classes),
-        id2label=dict(enumerate(classes)),
-        label2id={c: i for i, c in enumerate(classes)},
-        attn_implementation="sdpa",
-        ignore_mismatched_sizes=True,  # a classifier checkpoint with other classes: a new head
-    )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
-    train_idx = np.flatnonzero(~test)
-    rng = np.random.default_rng(seed)
-    steps = max(1, int(np.ceil(len(train_idx) / batch_size * epochs)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
-
-    def batch_of(idx):
-        examples = [{"input_ids": seqs[valid[i]]} for i in idx]
-        if types is not None:
-            for e, i in zip(examples, idx, strict=True):
-                e["token_type_ids"] = types[valid[i]]
-        b = pad_examples(examples, pad_id=rm.vocab.pad_id)
-        extra = {"token_type_ids": b["token_type_ids"].to(device)} if "token_type_ids" in b else {}
-        return b["input_ids"].to(device), b["attention_mask"].to(device), extra
-
-    model.train()
-    order = np.concatenate([rng.permutation(train_idx) for _ in range(int(np.ceil(epochs)) + 1)])
-    for s in tqdm(range(steps), desc="finetune", disable=not progress):
-        idx = order[s * batch_size : (s + 1) * batch_size]
-        ids, mask, extra = batch_of(idx)
-        loss = model(
-            input_ids=ids,
-            attention_mask=mask,
-            labels=torch.as_tensor(y[idx], device=device),
-            **extra,
-        ).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    model.eval()
-    test_idx = np.flatnonzero(test)
-    preds = []
-    with torch.inference_mode():
-        for s in range(0, len(test_idx), 128):
-            ids, mask, extra = batch_of(test_idx[s : s + 128])
-            preds.append(
-                model(input_ids=ids, attention_mask=mask, **extra).logits.argmax(-1).cpu().numpy()
-            )
-    pred = np.concatenate(preds)
-    result = {
-        "label_key": label_key,
-        "classes": [str(c) for c in classes],
-        "n_train": int(len(train_idx)),
-        "n_test": int(len(test_idx)),
-        "steps": steps,
-        "accuracy": float(accuracy_score(y[test_idx], pred)),
-        "macro_f1": float(f1_score(y[test_idx], pred, average="macro", zero_division=0)),
-        "seconds": round(time.time() - started, 1),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir / "model")
-    atomic_write_text(out_dir / "finetune.json", json.dumps(result, indent=1))
-    return result
