@@ -121,6 +121,13 @@ def pretrain(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of model, masking and sampling.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    report_to: Annotated[
+        str | None,
+        typer.Option(
+            help="Experiment trackers: tensorboard, wandb, mlflow (comma-separated), none, or auto "
+            "(TensorBoard when installed)."
+        ),
+    ] = None,
     deepspeed: Annotated[
         str | None,
         typer.Option(
@@ -157,6 +164,7 @@ def pretrain(
         (train_d, "learning_rate", learning_rate),
         (train_d, "eval_fraction", eval_fraction),
         (train_d, "seed", seed),
+        (train_d, "report_to", report_to),
         (model_d, "num_layers", layers),
         (model_d, "hidden_size", hidden),
         (model_d, "num_heads", heads),

@@ -25,6 +25,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from stformer_train._names import unknown_name_error
 from stformer_train.early_stopping import PatienceStopping
+from stformer_train.hf._progress import use_metrics_progress
 from stformer_train.models import mlm_loss
 from stformer_train.training import EpochLengthGroupedSampler, StepSeededCollator
 
@@ -157,6 +158,7 @@ class STFormerPretrainer(Trainer):
         )
         if isinstance(self.data_collator, StepSeededCollator):
             self.add_callback(_ResumeMasking(self.data_collator))
+        use_metrics_progress(self)  # one bar and numeric metrics instead of printed dicts
 
     def get_train_sampler(self) -> torch.utils.data.Sampler | None:
         """The training sampler: length-grouped by the example lengths when
