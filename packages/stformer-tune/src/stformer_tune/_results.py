@@ -101,20 +101,32 @@ def write_trials_csv(trials: Sequence[TrialRecord], space: SearchSpace, path: Pa
     return atomic_write_text(path, fh.getvalue())
 
 
+#: TrainConfig fields that set a trial's budget, not a result: left out of ``best.yaml`` so that
+#: ``stformer pretrain --config best.yaml --epochs 2`` trains two epochs, not the trial's steps.
+TRIAL_BUDGET = ("max_steps", "eval_steps")
+
+
 def write_best_config(
     best: TrialRecord, model: ModelConfig, train: TrainConfig, out_dir: Path, *, backend: str
 ) -> tuple[Path, Path]:
-    """``best.yaml`` and ``best.json``: the full model/train configs of the best trial.
+    """``best.yaml`` and ``best.json``: the base configs with the best trial's values set.
 
+    ``model``/``train`` are the base configs every trial started from; the searched values are
+    merged onto them and the trial budget (:data:`TRIAL_BUDGET`: ``max_steps``, ``eval_steps``)
+    is left out, so the run length comes from the base ``num_train_epochs`` or the command line.
     ``stformer pretrain CORPUS --out RUN --config best.yaml`` accepts either file directly.
     """
     import yaml
 
     best_model, best_train = apply_params(model, train, best.params)
-    payload = {"model": best_model.to_dict(), "train": best_train.to_dict()}
+    train_d = {k: v for k, v in best_train.to_dict().items() if k not in TRIAL_BUDGET}
+    payload = {"model": best_model.to_dict(), "train": train_d}
+    budget = ", ".join(f"{k}={getattr(train, k)}" for k in TRIAL_BUDGET)
     header = (
         f"# best trial {best.number} of a stformer-tune search ({backend}): "
         f"{METRIC}={best.eval_loss:.6g}\n# params: {json.dumps(best.params)}\n"
+        f"# the trial budget ({budget}) is not part of the result: set the run length with "
+        "num_train_epochs here or --epochs / --max-steps\n"
     )
     yaml_path = _atomic_write(
         out_dir / "best.yaml", header + yaml.safe_dump(payload, sort_keys=False)
