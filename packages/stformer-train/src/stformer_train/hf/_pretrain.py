@@ -194,7 +194,7 @@ def pretrain_mlm(
         save_model(trainer.model, run.model, corpus, state_dict=state)
         run.write_history(history)
         write_csv_log(history, run.logs / "metrics.csv")
-        plot_loss_curve(history, run.logs / "loss_curve.png")
+        plot_loss_curve(history, run.logs / "loss_curve.png", vocab_size=len(corpus.vocab))
     trainer.accelerator.wait_for_everyone()
     return PretrainResult(
         run=run,

@@ -273,7 +273,10 @@ def pretrain_lightning(
     run.write_history(history.history)
     write_csv_log(history.history, run.logs / "metrics.csv")
     plot_loss_curve(
-        history.history, run.logs / "loss_curve.png", title="stformer pretraining (Lightning)"
+        history.history,
+        run.logs / "loss_curve.png",
+        title="stformer pretraining (Lightning)",
+        vocab_size=len(corpus.vocab),
     )
     return {
         "run": run,
