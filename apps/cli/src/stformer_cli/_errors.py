@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 err_console = Console(stderr=True)
 
@@ -119,7 +120,9 @@ def run_app(app: typer.Typer, args: list[str]) -> int:
         hint = missing_backend_hint(exc)
         if hint is None:
             raise
-        err_console.print(f"[bold red]error:[/bold red] {hint}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/bold red] {escape(hint)}", highlight=False, soft_wrap=True
+        )
         return 1
     except (ValueError, FileNotFoundError) as exc:  # InputError is a ValueError
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)

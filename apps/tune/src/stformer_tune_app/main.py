@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -225,7 +226,9 @@ def cli(args: Sequence[str] | None = None, prog_name: str = "stformer-tune") -> 
             hint = install_hint(name.split(".")[0], what=f"stformer-tune ({name.split('.')[0]})")
         else:
             raise
-        err_console.print(f"[bold red]error:[/bold red] {hint}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/bold red] {escape(hint)}", highlight=False, soft_wrap=True
+        )
         return 1
     except Exception as exc:
         from stformer_tune import NoTrialCompleted, SearchInterrupted
