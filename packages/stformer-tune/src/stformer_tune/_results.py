@@ -145,8 +145,13 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
 
     ordered = sorted((t for t in trials if t.eval_loss is not None), key=lambda t: t.number)
     n = 1 + len(space.params)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
-    ax = axes[0][0]
+    ncols = min(n, 4)
+    nrows = math.ceil(n / ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    axes = grid.ravel()
+    for extra in axes[n:]:
+        extra.set_visible(False)
+    ax = axes[0]
     colors = {
         "COMPLETE": "tab:blue",
         "PRUNED": "tab:orange",
@@ -175,7 +180,7 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
     ax.set(xlabel="trial", ylabel=METRIC, title="objective per trial")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    for ax, spec in zip(axes[0][1:], space.params, strict=True):
+    for ax, spec in zip(axes[1:n], space.params, strict=True):
         pts = [
             (t.params.get(spec.name), t.eval_loss, colors.get(t.state, "k"))
             for t in ordered
@@ -189,7 +194,15 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
         else:
             xs = [p[0] for p in pts]
             if spec.type == "loguniform" or spec.log:
-                ax.set_xscale("log")
+                from matplotlib.ticker import LogFormatterSciNotation, LogLocator
+
+                ax.set_xscale("log")  # decades only, as 10^-4: readable, never overlapping
+                ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
+                ax.xaxis.set_major_formatter(LogFormatterSciNotation(base=10))
+                ax.xaxis.set_minor_formatter(plt.NullFormatter())
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+            ax.tick_params(axis="x", labelsize=8)
         ax.scatter(xs, [p[1] for p in pts], c=[p[2] for p in pts], zorder=3)
         ax.set(xlabel=spec.name, ylabel=METRIC, title=f"{METRIC} by {spec.name} ({spec.type})")
     fig.tight_layout()
