@@ -62,6 +62,12 @@ def demo(
     seed: Annotated[
         int, typer.Option(help="Seed of the simulation, split, model and masking.")
     ] = 0,
+    report_to: Annotated[
+        str,
+        typer.Option(
+            help="Experiment trackers of the pretraining: tensorboard, wandb, mlflow, none or auto."
+        ),
+    ] = "auto",
 ) -> None:
     """Simulate (or read) cells, tokenize, pretrain a small BERT, embed, and evaluate the embeddings."""
     import anndata as ad
@@ -160,6 +166,7 @@ def demo(
         mlm_probability=mlm_probability,
         seed=seed,
         logging_steps=10,
+        report_to=report_to,
     )
     result = pretrain_mlm(corpus, out, model=model_cfg, train=train_cfg, train_indices=train_idx)
     console.print(
