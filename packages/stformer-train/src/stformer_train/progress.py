@@ -151,6 +151,11 @@ def quiet_third_party() -> None:
         "lightning.fabric.utilities.rank_zero",
     ):
         logging.getLogger(name).addFilter(_DropMessages(_LIGHTNING_NOISE))
-    warnings.filterwarnings(
-        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=Warning
-    )
+    for message in (
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        # stformer resumes into its own run directory, with a batch sampler that skips the
+        # batches already done (lightning.ResumableBatchSampler): both warnings are false alarms
+        r"Checkpoint directory .* exists and is not empty",
+        r"You're resuming from a checkpoint that ended before the epoch ended",
+    ):
+        warnings.filterwarnings("ignore", message=message, category=Warning)
