@@ -66,7 +66,7 @@ def test_optuna_search_then_resume_continues_to_the_requested_trials(tune_inputs
     assert cli([*args, "--trials", "3"]) == 2  # an existing search needs --resume
     assert "pass --resume" in capsys.readouterr().err
     assert cli([*args, "--trials", "3", "--resume"]) == 0
-    rows = list(csv.DictReader((out / "trials.csv").open()))
+    rows = list(csv.DictReader((out / "trials.csv").read_text().splitlines()))
     assert [int(r["number"]) for r in rows] == [0, 1, 2]
     summary = json.loads((out / "summary.json").read_text())
     assert (

@@ -36,7 +36,7 @@ def test_three_trial_search_writes_study_table_plot_and_best_config(
     study = optuna.load_study(study_name="stformer", storage=f"sqlite:///{out / 'study.db'}")
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     assert study.best_trial.number == result.best.number
-    rows = list(csv.DictReader(result.trials_csv.open()))
+    rows = list(csv.DictReader(result.trials_csv.read_text().splitlines()))
     assert [r["state"] for r in rows] == ["COMPLETE"] * 3
     assert {"eval_loss", "learning_rate", "per_device_train_batch_size"} <= set(rows[0])
     assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -151,5 +151,5 @@ def test_a_failing_trial_is_recorded_and_no_complete_trial_is_an_error(
         RuntimeError, match=r"no trial completed \(states: \{0: 'FAIL', 1: 'FAIL'\}\)"
     ):
         run_search(tiny_corpus.path, tmp_path / "s", space, model=tiny, train=few_steps, n_trials=2)
-    rows = list(csv.DictReader((tmp_path / "s" / "trials.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "s" / "trials.csv").read_text().splitlines()))
     assert [(r["state"], r["num_heads"]) for r in rows] == [("FAIL", "3"), ("FAIL", "3")]

@@ -70,7 +70,8 @@ def test_write_results_gives_a_config_the_pretrain_command_reads(tmp_path):
     assert ModelConfig.from_dict(best["model"]).num_layers == 3
     loaded = TrainConfig.from_dict(best["train"])
     assert (loaded.learning_rate, loaded.per_device_train_batch_size) == (3e-4, 8)
-    assert loaded.eval_fraction == 0.2 and loaded.max_steps == 6
+    assert loaded.eval_fraction == 0.2 and loaded.max_steps == -1  # the budget is no result
+    assert "max_steps" not in best["train"] and "eval_steps" not in best["train"]
     assert result.best_config.read_text().startswith(
         "# best trial 2 of a stformer-tune search (optuna)"
     )

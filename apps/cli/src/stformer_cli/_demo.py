@@ -89,6 +89,12 @@ def demo(
         int, typer.Option(help="Seed of the simulation, split, model and masking.")
     ] = 0,
     progress: Progress = True,
+    report_to: Annotated[
+        str,
+        typer.Option(
+            help="Experiment trackers of the pretraining: tensorboard, wandb, mlflow, none or auto."
+        ),
+    ] = "auto",
 ) -> None:
     """Simulate (or read) cells, tokenize, pretrain a small BERT, embed, and evaluate the embeddings.
 
@@ -180,6 +186,7 @@ def demo(
         label_key=label_key,
         seed=seed,
         progress=progress,
+        report_to=report_to,
     )
 
     console.print(

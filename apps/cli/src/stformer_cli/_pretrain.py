@@ -189,6 +189,13 @@ def pretrain(
     n_counts_key: NCountsKey = None,
     seed: Annotated[int | None, typer.Option(help="Seed of model, masking and sampling.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    report_to: Annotated[
+        str | None,
+        typer.Option(
+            help="Experiment trackers: tensorboard, wandb, mlflow (comma-separated), none, or auto "
+            "(TensorBoard when installed)."
+        ),
+    ] = None,
     deepspeed: Annotated[
         str | None,
         typer.Option(
@@ -249,6 +256,7 @@ def pretrain(
                 "mlm_probability": mlm_probability,
                 "eval_fraction": eval_fraction,
                 "seed": seed,
+                "report_to": report_to,
             },
             "model": {
                 "num_layers": layers,

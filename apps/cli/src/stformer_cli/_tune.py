@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import typer
 
-INSTALL_HINT = 'pip install "stformer-cli[tune]"'
-
 
 def _load_tune_cli():
-    try:
-        from stformer_tune_app.main import cli
-    except ImportError as exc:
-        raise ImportError(
-            f"`stformer tune` needs the stformer-tune-app package (Optuna, Ray Tune): "
-            f"{INSTALL_HINT}"
-        ) from exc
+    # a missing stformer-tune-app (or Optuna) propagates as ModuleNotFoundError; run_app turns it
+    # into one line with the uv and pip commands (stformer_cli._errors.OPTIONAL_BACKENDS)
+    from stformer_tune_app.main import cli
+
     return cli
 
 
@@ -31,7 +26,8 @@ def register(app: typer.Typer) -> None:
             "help_option_names": [],
         },
         help="Search pretraining hyperparameters (Optuna or Ray Tune); see `stformer tune --help`. "
-        'Needs pip install "stformer-cli\\[tune]".',  # \\[ is a literal [ in rich markup
+        "Needs the tune extra: uv sync --package stformer-cli --extra tune "
+        '(pip install "stformer-cli\\[tune]").',  # \\[ is a literal [ in rich markup
     )(tune)
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -49,7 +50,12 @@ def parse_resources(text: str | None) -> dict[str, float] | None:
     return out
 
 
-def _base_configs(corpus_path: Path, config: Path | None, overrides: dict[str, Any]):
+def _base_configs(
+    corpus_path: Path,
+    config: Path | None,
+    overrides: dict[str, Any],
+    model_overrides: dict[str, Any] | None = None,
+):
     from stformer_data import InputError, load_corpus
     from stformer_train import ModelConfig, TrainConfig
 
@@ -65,6 +71,9 @@ def _base_configs(corpus_path: Path, config: Path | None, overrides: dict[str, A
     data = load_config_file(config) if config else {}
     model_d, train_d = dict(data.get("model") or {}), dict(data.get("train") or {})
     train_d.update({k: v for k, v in overrides.items() if v is not None})
+    model_d.update({k: v for k, v in (model_overrides or {}).items() if v is not None})
+    if (model_overrides or {}).get("hidden_size") and "intermediate_size" not in model_d:
+        model_d["intermediate_size"] = 2 * int(model_overrides["hidden_size"])  # type: ignore[index]
     train_d.setdefault("eval_fraction", 0.1)
     corpus = load_corpus(corpus_path)
     longest = max(corpus.lengths) if corpus.lengths else 1
@@ -79,8 +88,13 @@ def tune(
         Path, typer.Option("--out", help="Search folder (study, trials, best.yaml, plots).")
     ],
     space: Annotated[
-        Path, typer.Option("--space", help="YAML/JSON search space (stFormer's dict form).")
-    ],
+        Path | None,
+        typer.Option(
+            "--space",
+            help="YAML/JSON search space (stFormer's dict form; see examples/space.yaml). "
+            "Default: learning rate (log), warm-up, weight decay, batch size, layers and hidden size.",
+        ),
+    ] = None,
     backend: Annotated[
         str, typer.Option(help="optuna (SQLite study, pruning) or ray (Tune + ASHA).")
     ] = "optuna",
@@ -104,17 +118,38 @@ def tune(
     ] = None,
     num_cpus: Annotated[int, typer.Option(help="CPUs of a local Ray.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the sampler.")] = 0,
+    layers: Annotated[
+        int | None, typer.Option(help="Fix the transformer layers (not searched).")
+    ] = None,
+    hidden: Annotated[int | None, typer.Option(help="Fix the hidden size (not searched).")] = None,
+    heads: Annotated[int | None, typer.Option(help="Fix the attention heads.")] = None,
+    report_to: Annotated[
+        str | None,
+        typer.Option(help="Trackers of each trial: tensorboard, wandb, mlflow, none or auto."),
+    ] = None,
 ) -> None:
     """Search hyperparameters on CORPUS; the best config goes to OUT/best.yaml (stformer pretrain --config)."""
     from rich.table import Table
 
-    from stformer_tune import load_search_space, run_search
+    from stformer_tune import default_search_space, load_search_space, run_search
 
-    search_space = load_search_space(space)
+    search_space = default_search_space() if space is None else load_search_space(space)
+    fixed = {"num_layers": layers, "hidden_size": hidden, "num_heads": heads}
+    fixed = {k: v for k, v in fixed.items() if v is not None}
+    dropped = [n for n in search_space.names if n in fixed or (n == "intermediate_size" and hidden)]
+    if dropped:
+        search_space = search_space.without(dropped)
+        console.print(f"not searched (fixed on the command line): {', '.join(dropped)}")
     corpus_obj, model_cfg, train_cfg = _base_configs(
         corpus,
         config,
-        {"max_steps": max_steps, "eval_fraction": eval_fraction, "eval_steps": eval_steps},
+        {
+            "max_steps": max_steps,
+            "eval_fraction": eval_fraction,
+            "eval_steps": eval_steps,
+            "report_to": report_to,
+        },
+        fixed,
     )
     console.print(
         f"{backend}: {trials} trials over {', '.join(search_space.names)} on "
@@ -181,6 +216,20 @@ def cli(args: Sequence[str] | None = None, prog_name: str = "stformer-tune") -> 
         else:
             err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         return int(getattr(exc, "exit_code", 2))
+    except ImportError as exc:  # an optional package (Optuna, Ray, a tracker) is missing
+        from stformer_train.progress import MissingBackend, install_hint
+
+        name = getattr(exc, "name", None) or ""
+        if isinstance(exc, MissingBackend):
+            hint = str(exc)
+        elif isinstance(exc, ModuleNotFoundError) and name.split(".")[0] in ("optuna", "ray"):
+            hint = install_hint(name.split(".")[0], what=f"stformer-tune ({name.split('.')[0]})")
+        else:
+            raise
+        err_console.print(
+            f"[bold red]error:[/bold red] {escape(hint)}", highlight=False, soft_wrap=True
+        )
+        return 1
     except Exception as exc:
         from stformer_tune import NoTrialCompleted, SearchInterrupted
 

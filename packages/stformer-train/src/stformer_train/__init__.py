@@ -23,8 +23,12 @@ from stformer_train.embed import embed_sequences
 from stformer_train.evaluate import KnnScore, holdout_split, knn_score, pca_of_counts
 from stformer_train.models import bert_config_from, build_bert_config, build_mlm_model
 from stformer_train.precision import Precision, resolve_precision
+from stformer_train.progress import quiet_third_party
 from stformer_train.run_dir import CorpusSplit, RunDir, plan_split, read_split, write_split
 from stformer_train.step import EarlyStopping
+
+# before a Trainer makes transformers import DeepSpeed: drop its "Setting accelerator to CPU"
+quiet_third_party()
 
 __version__ = "0.1.0"
 

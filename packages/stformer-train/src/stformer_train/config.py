@@ -118,6 +118,10 @@ class TrainConfig(_ConfigMixin):
     ``mixed_precision="auto"`` is bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU.
     ``batch_form="packed"`` sends unpadded batches (used unpadded with flash-attention; SDPA
     gets them re-padded). ``masked_positions_only`` computes MLM logits only at masked tokens.
+    ``report_to`` names the experiment trackers of the run: ``"auto"`` (TensorBoard events in
+    ``logs/tensorboard`` when tensorboardX or tensorboard is installed), ``"none"``, or a
+    comma-separated list of ``tensorboard``, ``wandb`` and ``mlflow`` (each must be installed;
+    see :func:`stformer_train.progress.resolve_report_to`).
 
     >>> TrainConfig(max_steps=20, eval_fraction=0.1, early_stopping_patience=2).eval_fraction
     0.1
@@ -145,6 +149,7 @@ class TrainConfig(_ConfigMixin):
     mixed_precision: str = "auto"
     batch_form: str = "padded"
     masked_positions_only: bool = True
+    report_to: str = "auto"
 
     def __post_init__(self) -> None:
         _check_positive(
@@ -187,6 +192,14 @@ class TrainConfig(_ConfigMixin):
         if self.batch_form not in ("padded", "packed"):
             raise ValueError(
                 f"TrainConfig.batch_form must be 'padded' or 'packed', got {self.batch_form!r}"
+            )
+        trackers = {t.strip().lower() for t in str(self.report_to).split(",")} - {""}
+        if not trackers <= {"auto", "none", "tensorboard", "wandb", "mlflow"} or (
+            trackers & {"auto", "none"} and len(trackers) > 1
+        ):
+            raise ValueError(
+                "TrainConfig.report_to must be auto, none or a comma-separated list of "
+                f"tensorboard, wandb, mlflow; got {self.report_to!r}"
             )
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(

@@ -9,7 +9,6 @@ exactly those before they reach the model.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -20,12 +19,13 @@ from typing import Any
 import numpy as np
 
 import stformer_data as sd
-from stformer_data.atomic import atomic_write_bytes, atomic_write_text, partial_path
+from stformer_data.atomic import atomic_write_text, partial_path
 from stformer_train.api import embed, open_for_input
 from stformer_train.embed import Pooling, embed_sequences
 from stformer_train.evaluate import holdout_split, knn_score, pca_of_counts
 from stformer_train.finetune import finetune_classifier  # noqa: F401  (moved; kept importable)
-from stformer_train.geneformer import FolderModel, open_model
+from stformer_train.geneformer import FolderModel
+from stformer_train.plots import plot_embedding_2d  # moved to plots.py; kept importable here
 from stformer_train.run_dir import MISSING_LABELS, read_split
 
 _MISSING_LABELS = MISSING_LABELS
@@ -223,6 +223,13 @@ def evaluate_run(
         labels[valid],
         out_dir / "embedding_2d.png",
         title=f"stformer embeddings ({label_key})",
+        baselines={"PCA of counts": pca[valid], "random-init model": emb_random[valid]},
+        scores={
+            "stformer": scores["stformer"],
+            "PCA of counts": scores["pca"],
+            "random-init model": scores["random_init"],
+        },
+        seed=seed,
     )
     result = {
         "label_key": label_key,
@@ -254,26 +261,3 @@ def evaluate_run(
 
         update_model_card(rm.model_dir, "Evaluation", evaluation_markdown(result, h5ad))
     return result
-
-
-def plot_embedding_2d(x: np.ndarray, labels: np.ndarray, path: Path, *, title: str) -> Path:
-    """2-D PCA of ``x`` coloured by label, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.decomposition import PCA
-
-    xy = PCA(n_components=2, random_state=0).fit_transform(x)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for name in np.unique(labels):
-        sel = labels == name
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=4, label=str(name)[:30])
-    ax.set_xlabel("PC1")
-    ax.set_ylabel("PC2")
-    ax.set_title(title)
-    ax.legend(markerscale=3, fontsize=6, loc="center left", bbox_to_anchor=(1, 0.5))
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, png.getvalue())

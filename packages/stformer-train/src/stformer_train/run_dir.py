@@ -69,6 +69,7 @@ RESUMABLE_FIELDS = frozenset(
         "per_device_eval_batch_size",
         "early_stopping_patience",
         "early_stopping_min_delta",
+        "report_to",
     )
 )
 """Config fields a resumed run may change (how long it runs and how it reports), not what it is."""

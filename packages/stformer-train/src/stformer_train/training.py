@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from stformer_data.atomic import atomic_write_bytes, atomic_write_text
+from stformer_data.atomic import atomic_write_text
+from stformer_train.plots import plot_loss_curve  # noqa: F401 - moved to plots.py; kept here
 
 
 class StepSeededCollator:
@@ -88,30 +89,3 @@ def write_csv_log(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     return atomic_write_text(path, text.getvalue())
-
-
-def plot_loss_curve(
-    history: Sequence[Mapping[str, Any]], path: Path, *, title: str = "stformer pretraining"
-) -> Path:
-    """Plot every ``*loss`` series of the history against the step; write a PNG atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = loss_rows(history)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    names = sorted({k for r in rows for k in r if k.endswith("loss") and k not in ("train_loss",)})
-    for name in names:
-        pts = [(r["step"], r[name]) for r in rows if name in r and "step" in r]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("masked-LM cross-entropy")
-    ax.set_title(title)
-    if names:
-        ax.legend()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, png.getvalue())

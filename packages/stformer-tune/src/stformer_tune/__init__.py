@@ -19,17 +19,27 @@ from stformer_tune._results import (
     write_results,
 )
 from stformer_tune._search import BACKENDS, resolve_backend, run_search
-from stformer_tune._space import SEARCHABLE, SPACE_TYPES, ParamSpec, SearchSpace, load_search_space
+from stformer_tune._space import (
+    DEFAULT_SPACE,
+    SEARCHABLE,
+    SPACE_TYPES,
+    ParamSpec,
+    SearchSpace,
+    default_search_space,
+    load_search_space,
+)
 from stformer_tune._trial import METRIC, EvalLossReporter, apply_params
 
 __version__ = "0.1.0"
 
 __all__ = [
     # the search space
+    "DEFAULT_SPACE",
     "SEARCHABLE",
     "SPACE_TYPES",
     "ParamSpec",
     "SearchSpace",
+    "default_search_space",
     "load_search_space",
     # one trial
     "METRIC",

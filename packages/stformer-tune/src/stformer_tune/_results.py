@@ -101,20 +101,32 @@ def write_trials_csv(trials: Sequence[TrialRecord], space: SearchSpace, path: Pa
     return atomic_write_text(path, fh.getvalue())
 
 
+#: TrainConfig fields that set a trial's budget, not a result: left out of ``best.yaml`` so that
+#: ``stformer pretrain --config best.yaml --epochs 2`` trains two epochs, not the trial's steps.
+TRIAL_BUDGET = ("max_steps", "eval_steps")
+
+
 def write_best_config(
     best: TrialRecord, model: ModelConfig, train: TrainConfig, out_dir: Path, *, backend: str
 ) -> tuple[Path, Path]:
-    """``best.yaml`` and ``best.json``: the full model/train configs of the best trial.
+    """``best.yaml`` and ``best.json``: the base configs with the best trial's values set.
 
+    ``model``/``train`` are the base configs every trial started from; the searched values are
+    merged onto them and the trial budget (:data:`TRIAL_BUDGET`: ``max_steps``, ``eval_steps``)
+    is left out, so the run length comes from the base ``num_train_epochs`` or the command line.
     ``stformer pretrain CORPUS --out RUN --config best.yaml`` accepts either file directly.
     """
     import yaml
 
     best_model, best_train = apply_params(model, train, best.params)
-    payload = {"model": best_model.to_dict(), "train": best_train.to_dict()}
+    train_d = {k: v for k, v in best_train.to_dict().items() if k not in TRIAL_BUDGET}
+    payload = {"model": best_model.to_dict(), "train": train_d}
+    budget = ", ".join(f"{k}={getattr(train, k)}" for k in TRIAL_BUDGET)
     header = (
         f"# best trial {best.number} of a stformer-tune search ({backend}): "
         f"{METRIC}={best.eval_loss:.6g}\n# params: {json.dumps(best.params)}\n"
+        f"# the trial budget ({budget}) is not part of the result: set the run length with "
+        "num_train_epochs here or --epochs / --max-steps\n"
     )
     yaml_path = _atomic_write(
         out_dir / "best.yaml", header + yaml.safe_dump(payload, sort_keys=False)
@@ -133,8 +145,13 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
 
     ordered = sorted((t for t in trials if t.eval_loss is not None), key=lambda t: t.number)
     n = 1 + len(space.params)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
-    ax = axes[0][0]
+    ncols = min(n, 4)
+    nrows = math.ceil(n / ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    axes = grid.ravel()
+    for extra in axes[n:]:
+        extra.set_visible(False)
+    ax = axes[0]
     colors = {
         "COMPLETE": "tab:blue",
         "PRUNED": "tab:orange",
@@ -163,7 +180,7 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
     ax.set(xlabel="trial", ylabel=METRIC, title="objective per trial")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    for ax, spec in zip(axes[0][1:], space.params, strict=True):
+    for ax, spec in zip(axes[1:n], space.params, strict=True):
         pts = [
             (t.params.get(spec.name), t.eval_loss, colors.get(t.state, "k"))
             for t in ordered
@@ -177,7 +194,15 @@ def plot_trials(trials: Sequence[TrialRecord], space: SearchSpace, path: Path) -
         else:
             xs = [p[0] for p in pts]
             if spec.type == "loguniform" or spec.log:
-                ax.set_xscale("log")
+                from matplotlib.ticker import LogFormatterSciNotation, LogLocator
+
+                ax.set_xscale("log")  # decades only, as 10^-4: readable, never overlapping
+                ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
+                ax.xaxis.set_major_formatter(LogFormatterSciNotation(base=10))
+                ax.xaxis.set_minor_formatter(plt.NullFormatter())
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+            ax.tick_params(axis="x", labelsize=8)
         ax.scatter(xs, [p[1] for p in pts], c=[p[2] for p in pts], zorder=3)
         ax.set(xlabel=spec.name, ylabel=METRIC, title=f"{METRIC} by {spec.name} ({spec.type})")
     fig.tight_layout()

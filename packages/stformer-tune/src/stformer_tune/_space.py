@@ -38,9 +38,23 @@ NOT_SEARCHABLE = frozenset(
         "mixed_precision",
         "batch_form",
         "masked_positions_only",
+        "report_to",
         "seed",
     }
 )
+
+#: The search space when none is given (``stformer tune`` without ``--space``), in the spirit of
+#: transformers' ``Trainer.hyperparameter_search`` default (learning rate on a log scale, batch
+#: size) plus what matters for a small gene-token BERT: warm-up (a fraction of the steps), weight
+#: decay and the model size. ``--layers``/``--hidden`` fix the model size and drop it from here.
+DEFAULT_SPACE: dict[str, dict[str, Any]] = {
+    "learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-2},
+    "warmup_steps": {"type": "uniform", "low": 0.0, "high": 0.2},
+    "weight_decay": {"type": "uniform", "low": 0.0, "high": 0.1},
+    "per_device_train_batch_size": {"type": "categorical", "values": [8, 16, 32]},
+    "num_layers": {"type": "categorical", "values": [2, 4, 6]},
+    "hidden_size": {"type": "categorical", "values": [64, 128, 256]},
+}
 SEARCHABLE = frozenset((TRAIN_FIELDS | MODEL_FIELDS) - NOT_SEARCHABLE)
 
 
@@ -213,11 +227,24 @@ class SearchSpace:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {p.name: p.to_dict() for p in self.params}
 
+    def without(self, names) -> SearchSpace:
+        """This space less the hyperparameters in ``names`` (fixed by the caller instead)."""
+        return SearchSpace(tuple(p for p in self.params if p.name not in set(names)))
+
     def __getitem__(self, name: str) -> ParamSpec:
         for p in self.params:
             if p.name == name:
                 return p
         raise KeyError(name)
+
+
+def default_search_space() -> SearchSpace:
+    """:data:`DEFAULT_SPACE` as a :class:`SearchSpace`.
+
+    >>> default_search_space().names[:2]
+    ('learning_rate', 'warmup_steps')
+    """
+    return SearchSpace.from_dict(DEFAULT_SPACE)
 
 
 def load_search_space(path: str | PathLike[str]) -> SearchSpace:

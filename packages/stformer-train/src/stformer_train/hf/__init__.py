@@ -43,6 +43,7 @@ from stformer_train.hf._pretrain import (
     pretrain_mlm,
     training_arguments,
 )
+from stformer_train.hf._progress import MetricsProgressCallback
 from stformer_train.hf._stformer import (
     PretrainML,
     load_token_dictionary,
@@ -58,6 +59,8 @@ from stformer_train.hf._trainer import (
 from stformer_train.models import build_bert_config
 
 __all__ = [
+    # one progress bar and numeric metrics instead of transformers' printed dicts
+    "MetricsProgressCallback",
     # stFormer's documented API (seeds 000 and 001)
     "PretrainML",
     "STFormerPreCollator",

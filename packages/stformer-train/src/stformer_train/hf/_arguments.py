@@ -292,6 +292,7 @@ def build_training_arguments(
         if params["lr_scheduler_type"] not in _hf_scheduler_names():
             params["lr_scheduler_type"] = _DS_TO_HF_SCHEDULER.get(scheduler, "linear")
     kwargs = training_arguments_kwargs(where, precision=precision or fp16_precision(fp16), **params)
+    kwargs.setdefault("dataloader_pin_memory", _cuda())  # pinning without CUDA only warns
     kwargs.update(overrides)
     args = STFormerTrainingArguments(**kwargs)
     mismatches = getattr(getattr(args, "hf_deepspeed_config", None), "mismatches", [])
@@ -418,3 +419,9 @@ def build_deepspeed(
     """
     params = {k: v for k, v in locals().items() if k in _DOC_PARAMS}
     return build_training_arguments("build_deepspeed", params, deepspeed=True, overrides=overrides)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

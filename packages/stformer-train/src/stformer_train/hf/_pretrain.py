@@ -9,6 +9,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainingArguments
 
 from stformer_data import Corpus, load_corpus
@@ -21,6 +22,7 @@ from stformer_train.hf._trainer import (
     tensorboard_callback,
 )
 from stformer_train.precision import Precision, resolve_precision
+from stformer_train.progress import resolve_report_to
 from stformer_train.run_dir import RunDir, save_model, split_corpus
 from stformer_train.training import plot_loss_curve, write_csv_log
 
@@ -86,6 +88,7 @@ def training_arguments(
         report_to=report_to,
         disable_tqdm=disable_tqdm,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning without CUDA only warns
         remove_unused_columns=True,
         **(precision or resolve_precision(cfg.mixed_precision)).hf_flags,
     )
@@ -172,16 +175,24 @@ def _pretrain(
         best_model_dir=run.root / "best_model",
         scheme=TokenScheme.from_corpus(corpus),
     )
+    # TensorBoard events go to the run directory through our own callback (transformers 5 has
+    # no logging_dir); the other trackers through TrainingArguments.report_to
+    trackers = resolve_report_to(train_cfg.report_to)
     args = training_arguments(
         train_cfg,
         run.checkpoints,
+        report_to=[t for t in trackers if t != "tensorboard"] or "none",
         disable_tqdm=not progress,
         precision=parts.precision,
         **argument_overrides,
     )
     # one TensorBoard writer, on rank 0: every rank creating one raced on making the folder
     # (tensorboardX: exists-check then makedirs -> FileExistsError on the slower rank)
-    tensorboard = tensorboard_callback(run.logs / "tensorboard") if main_process else None
+    tensorboard = (
+        tensorboard_callback(run.logs / "tensorboard")
+        if main_process and "tensorboard" in trackers
+        else None
+    )
     callbacks = [cb for cb in (tensorboard, *(callbacks or ())) if cb is not None]
     if parts.early_stopping is not None:
         callbacks.append(HFEarlyStopping(parts.early_stopping))
@@ -209,7 +220,7 @@ def _pretrain(
         save_model(trainer.model, run.model, corpus, state_dict=state, log_history=history)
         run.write_history(history)
         write_csv_log(history, run.logs / "metrics.csv")
-        plot_loss_curve(history, run.logs / "loss_curve.png")
+        plot_loss_curve(history, run.logs / "loss_curve.png", vocab_size=len(corpus.vocab))
     trainer.accelerator.wait_for_everyone()
     return PretrainResult(
         run=run,

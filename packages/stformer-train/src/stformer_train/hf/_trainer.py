@@ -27,6 +27,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotat
 
 from stformer_train._names import unknown_name_error
 from stformer_train.early_stopping import PatienceStopping
+from stformer_train.hf._progress import use_metrics_progress
 from stformer_train.models import mlm_loss
 from stformer_train.training import EpochLengthGroupedSampler, StepSeededCollator
 
@@ -195,6 +196,7 @@ class STFormerPretrainer(Trainer):
         )
         if isinstance(self.data_collator, StepSeededCollator):
             self.add_callback(_ResumeMasking(self.data_collator))
+        use_metrics_progress(self)  # one bar and numeric metrics instead of printed dicts
 
     # ---- atomic checkpoints and a whole-run training loss --------------------------------------
     _staging_dir: str | None = None

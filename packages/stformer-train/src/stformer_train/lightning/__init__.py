@@ -8,6 +8,7 @@ It does not import :mod:`stformer_train.hf` (and vice versa).
 from stformer_train.lightning._bert import BertMLMModule
 from stformer_train.lightning._datamodule import AnnDataModule, H5adStreamDataModule
 from stformer_train.lightning._module import MLMTrainingPlan
+from stformer_train.lightning._progress import StepProgressBar
 from stformer_train.lightning._trainer import (
     LightningEarlyStopping,
     ResumableBatchSampler,
@@ -24,6 +25,7 @@ __all__ = [
     "BertMLMModule",
     "LightningEarlyStopping",
     "MLMTrainingPlan",
+    "StepProgressBar",
     "lightning_precision",
     # stformer's entry point: configs in, run directory out
     "pretrain_lightning",

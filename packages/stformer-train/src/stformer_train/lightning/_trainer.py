@@ -21,6 +21,7 @@ from stformer_train.assemble import TokenScheme, assemble
 from stformer_train.config import ModelConfig, TrainConfig
 from stformer_train.early_stopping import PatienceStopping
 from stformer_train.lightning._module import MLMTrainingPlan
+from stformer_train.lightning._progress import StepProgressBar
 from stformer_train.precision import resolve_precision
 from stformer_train.run_dir import RunDir, save_model, split_corpus
 from stformer_train.training import (
@@ -136,13 +137,33 @@ def lightning_precision(cfg: TrainConfig) -> str:
     return resolve_precision(cfg.mixed_precision).lightning
 
 
-def _loggers(run: RunDir) -> list[Any]:
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+def _loggers(run: RunDir, report_to: str = "auto") -> list[Any]:
+    """Lightning's loggers for ``TrainConfig.report_to`` (always a CSV log in ``logs/``)."""
+    from pytorch_lightning.loggers import CSVLogger
 
-    return [
-        CSVLogger(str(run.logs), name="lightning_csv", version=0),
-        TensorBoardLogger(str(run.logs), name="tensorboard", version=0, default_hp_metric=False),
-    ]
+    from stformer_train.progress import resolve_report_to
+
+    loggers: list[Any] = [CSVLogger(str(run.logs), name="lightning_csv", version=0)]
+    for tracker in resolve_report_to(report_to):
+        if tracker == "tensorboard":
+            from pytorch_lightning.loggers import TensorBoardLogger
+
+            loggers.append(
+                TensorBoardLogger(
+                    str(run.logs), name="tensorboard", version=0, default_hp_metric=False
+                )
+            )
+        elif tracker == "mlflow":
+            from pytorch_lightning.loggers import MLFlowLogger
+
+            loggers.append(
+                MLFlowLogger(experiment_name="stformer", save_dir=str(run.logs / "mlruns"))
+            )
+        elif tracker == "wandb":
+            from pytorch_lightning.loggers import WandbLogger
+
+            loggers.append(WandbLogger(project="stformer", save_dir=str(run.logs)))
+    return loggers
 
 
 def pretrain_lightning(
@@ -231,13 +252,14 @@ def _fit(corpus, run, model_cfg, train_cfg, train_indices, progress, callbacks, 
     ]
     if parts.early_stopping is not None:
         cbs.insert(1, LightningEarlyStopping(parts.early_stopping))
+    cbs.append(StepProgressBar(logging_steps=train_cfg.logging_steps, progress=progress))
     trainer = pl.Trainer(
         max_steps=max_steps,
-        max_epochs=-1,
+        max_epochs=math.ceil(max_steps / max(len(batches), 1)),  # the epochs max_steps spans
         accelerator=accelerator,
         devices=1,
         precision=parts.precision.lightning,
-        logger=_loggers(run),
+        logger=_loggers(run, train_cfg.report_to),
         callbacks=cbs,
         log_every_n_steps=train_cfg.logging_steps,
         gradient_clip_val=1.0,
@@ -246,7 +268,7 @@ def _fit(corpus, run, model_cfg, train_cfg, train_indices, progress, callbacks, 
         else None,
         check_val_every_n_epoch=None if val_loader is not None else 1,
         num_sanity_val_steps=0,
-        enable_progress_bar=progress,
+        enable_progress_bar=True,  # StepProgressBar; it prints one line per interval without a bar
         enable_model_summary=False,
         default_root_dir=str(run.root),
     )
@@ -271,7 +293,10 @@ def _fit(corpus, run, model_cfg, train_cfg, train_indices, progress, callbacks, 
     run.write_history(history.history)
     write_csv_log(history.history, run.logs / "metrics.csv")
     plot_loss_curve(
-        history.history, run.logs / "loss_curve.png", title="stformer pretraining (Lightning)"
+        history.history,
+        run.logs / "loss_curve.png",
+        title="stformer pretraining (Lightning)",
+        vocab_size=len(corpus.vocab),
     )
     return {
         "run": run,

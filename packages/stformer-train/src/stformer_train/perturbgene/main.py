@@ -89,6 +89,7 @@ def _model_config(cfg, tokenizer, **extra: Any):
 
 
 def _training_arguments(cfg, output: Path, evaluating: bool):
+    import torch
     from transformers import TrainingArguments
 
     from stformer_train.precision import resolve_precision
@@ -98,6 +99,7 @@ def _training_arguments(cfg, output: Path, evaluating: bool):
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         dataloader_num_workers=cfg.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning without CUDA only warns
         learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
         warmup_steps=float(
