@@ -163,7 +163,7 @@ def test_kill_and_ctrl_c_then_the_same_command_give_the_uninterrupted_weights(
 ):
     config = tmp_path / "run.yaml"
     config.write_text(
-        "train:\n  max_steps: 10\n  save_steps: 2\n  logging_steps: 1\n  save_total_limit: 3\n"
+        "train:\n  max_steps: 40\n  save_steps: 2\n  logging_steps: 1\n  save_total_limit: 3\n"
     )
     args = ["pretrain", str(h5ad), "--config", str(config), *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
@@ -178,8 +178,7 @@ def test_kill_and_ctrl_c_then_the_same_command_give_the_uninterrupted_weights(
         )
         for name in ("killed", "interrupted")
     }
-    try:  # meanwhile, the uninterrupted run
-        assert cli([*args, "--out", str(tmp_path / "full")]) == 0
+    try:  # interrupt both early (40 steps leave room on a fast machine), then the uninterrupted run
         _wait_for(tmp_path / "killed" / "checkpoints" / "checkpoint-4", procs["killed"])
         procs["killed"].send_signal(signal.SIGKILL)
         _wait_for(tmp_path / "interrupted" / "checkpoints" / "checkpoint-2", procs["interrupted"])
@@ -189,6 +188,7 @@ def test_kill_and_ctrl_c_then_the_same_command_give_the_uninterrupted_weights(
         for proc in procs.values():
             proc.kill()
             proc.wait()
+    assert cli([*args, "--out", str(tmp_path / "full")]) == 0
     assert procs["interrupted"].returncode == 130, err
     assert "interrupted: kept" in err and "checkpoint-" in err
     resume = shlex.split(err.split("Resume with:")[1].strip())

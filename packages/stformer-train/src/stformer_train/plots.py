@@ -39,6 +39,16 @@ def _save(fig: Any, path: Path) -> Path:
     return atomic_write_bytes(Path(path), png.getvalue())
 
 
+def loss_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The numeric rows (step, epoch, losses, learning rate) of a trainer's log history."""
+    rows = []
+    for entry in history:
+        row = {k: v for k, v in entry.items() if isinstance(v, int | float)}
+        if any(k.endswith("loss") for k in row):
+            rows.append(row)
+    return rows
+
+
 def plot_loss_curve(
     history: Sequence[Mapping[str, Any]],
     path: Path,
@@ -52,8 +62,6 @@ def plot_loss_curve(
     Lightning engine writes the same names). With ``vocab_size`` a dashed line marks
     ln(vocab_size), the cross-entropy of a uniform guess over the vocabulary.
     """
-    from stformer_train.training import loss_rows
-
     plt = _pyplot()
     rows = [r for r in loss_rows(history) if "step" in r]
     fig, ax = plt.subplots(figsize=(6.4, 4))

@@ -13,7 +13,7 @@ import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from stformer_data.atomic import atomic_write_text
-from stformer_train.plots import plot_loss_curve  # noqa: F401 - moved to plots.py; kept here
+from stformer_train.plots import loss_rows, plot_loss_curve  # noqa: F401 - moved to plots.py; kept here
 
 
 class StepSeededCollator:
@@ -68,16 +68,6 @@ class EpochLengthGroupedSampler(LengthGroupedSampler):
     def __iter__(self) -> Iterator[int]:
         self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
         return super().__iter__()
-
-
-def loss_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The numeric rows (step, epoch, losses, learning rate) of a trainer's log history."""
-    rows = []
-    for entry in history:
-        row = {k: v for k, v in entry.items() if isinstance(v, int | float)}
-        if any(k.endswith("loss") for k in row):
-            rows.append(row)
-    return rows
 
 
 def write_csv_log(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
