@@ -11,7 +11,12 @@ Where Geneformer's procedure spends its time, and what this module does instead 
   batch are sorted by length and cut into batches of at most ``tokens_per_batch`` tokens, so that
   a batch of equal lengths (all ``delete`` copies of one cell) carries no padding and no mask at
   all, and SDPA takes its fused kernel;
-* autograd bookkeeping: ``torch.inference_mode``; on a GPU the weights are cast to bf16.
+* autograd bookkeeping: ``torch.inference_mode``; on a GPU the weights are cast to bf16;
+* each BERT layer runs as :class:`FusedBertLayer`: one ``[h, 3h]`` query/key/value matmul
+  instead of three, the biases and residuals folded into the matmuls' accumulators
+  (``addmm_`` into ``residual + bias``) instead of broadcast copies and separate adds, ReLU in
+  place, no dropout calls (about a fifth less time per layer than transformers' ``BertLayer``
+  on 2 CPU cores; the same arithmetic, agreeing to float32 rounding).
 """
 
 from __future__ import annotations
@@ -32,6 +37,73 @@ def _bert(model: PreTrainedModel) -> torch.nn.Module:
             f"perturbation needs a BERT encoder (embeddings + encoder.layer); got {type(model).__name__}"
         )
     return bert
+
+
+def _fusable(layer: torch.nn.Module, config) -> bool:
+    """Whether ``layer`` is a plain post-norm BERT encoder layer :class:`FusedBertLayer` can run."""
+    try:
+        a = layer.attention.self
+        parts = (a.query, a.key, a.value, layer.attention.output.dense)
+        parts += (layer.attention.output.LayerNorm, layer.intermediate.dense, layer.output.dense)
+        parts += (layer.output.LayerNorm,)
+    except AttributeError:
+        return False
+    return (
+        all(p is not None for p in parts)
+        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        and not getattr(config, "is_decoder", False)
+        and not getattr(layer, "add_cross_attention", False)
+        and isinstance(getattr(config, "hidden_act", None), str)
+    )
+
+
+class FusedBertLayer(torch.nn.Module):
+    """transformers' ``BertLayer`` in inference, with fewer passes over memory.
+
+    The same arithmetic: ``LN(x + attn(x) W_o + b_o)``, then ``LN(a + act(a W_1 + b_1) W_2 + b_2)``,
+    attention through SDPA; the weights are the layer's own (transposed once, the query, key and
+    value projections concatenated).
+    """
+
+    @torch.no_grad()
+    def __init__(self, layer: torch.nn.Module, config) -> None:
+        from transformers.activations import ACT2FN
+
+        super().__init__()
+        a = layer.attention.self
+        self.heads = int(config.num_attention_heads)
+        self.w_qkv = torch.cat([a.query.weight, a.key.weight, a.value.weight]).t().contiguous()
+        self.b_qkv = torch.cat([a.query.bias, a.key.bias, a.value.bias])
+        out = layer.attention.output
+        self.w_o, self.b_o = out.dense.weight.t().contiguous(), out.dense.bias
+        self.ln1 = out.LayerNorm
+        self.w_1 = layer.intermediate.dense.weight.t().contiguous()
+        self.b_1 = layer.intermediate.dense.bias
+        self.w_2 = layer.output.dense.weight.t().contiguous()
+        self.b_2 = layer.output.dense.bias
+        self.ln2 = layer.output.LayerNorm
+        self.relu = config.hidden_act == "relu"
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, h: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``h`` ``[batch, length, hidden]``; ``bias`` an additive attention mask ``[batch, 1, 1, length]``."""
+        b, n, d = h.shape
+        x = h.reshape(b * n, d)
+        qkv = torch.addmm(self.b_qkv, x, self.w_qkv)
+        qkv = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        ctx = torch.nn.functional.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], attn_mask=bias
+        )
+        ctx = ctx.transpose(1, 2).reshape(b * n, d)
+        a = x + self.b_o
+        a.addmm_(ctx, self.w_o)
+        a = torch.nn.functional.layer_norm(a, (d,), self.ln1.weight, self.ln1.bias, self.ln1.eps)
+        f = torch.addmm(self.b_1, a, self.w_1)
+        f = f.relu_() if self.relu else self.act(f)
+        o = a + self.b_2
+        o.addmm_(f, self.w_2)
+        o = torch.nn.functional.layer_norm(o, (d,), self.ln2.weight, self.ln2.bias, self.ln2.eps)
+        return o.view(b, n, d)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -87,7 +159,11 @@ class PooledEncoder:
         self.dtype = dtype or default_dtype(self.device)
         model.to(device=self.device, dtype=self.dtype).eval()
         self.embeddings = bert.embeddings
-        self.layers = list(bert.encoder.layer[: self.n_run])
+        cfg = model.config
+        self.layers = [
+            FusedBertLayer(layer, cfg) if _fusable(layer, cfg) else layer
+            for layer in bert.encoder.layer[: self.n_run]
+        ]
         self.hidden_size = int(model.config.hidden_size)
         self.special_ids = torch.as_tensor(
             sorted(set(special_ids)), dtype=torch.long, device=self.device
@@ -117,6 +193,8 @@ class PooledEncoder:
             bias = bias[:, None, None, :]
         for layer in self.layers:
             h = layer(h, bias)
+            if isinstance(h, tuple):  # transformers' BertLayer in versions that return a tuple
+                h = h[0]
         keep = (
             ~torch.isin(ids_t, self.special_ids)
             if self.special_ids.numel()
