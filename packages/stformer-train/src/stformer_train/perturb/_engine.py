@@ -85,11 +85,20 @@ class FusedBertLayer(torch.nn.Module):
         self.relu = config.hidden_act == "relu"
         self.act = ACT2FN[config.hidden_act]
 
-    def forward(self, h: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``h`` ``[batch, length, hidden]``; ``bias`` an additive attention mask ``[batch, 1, 1, length]``."""
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """The concatenated query, key and value projections of rows ``x`` ``[tokens, hidden]``."""
+        return torch.addmm(self.b_qkv, x, self.w_qkv)
+
+    def forward(
+        self, h: torch.Tensor, bias: torch.Tensor | None = None, qkv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``h`` ``[batch, length, hidden]``; ``bias`` an additive attention mask ``[batch, 1, 1, length]``.
+
+        ``qkv``: :meth:`qkv` of ``h``'s rows when already known (``[batch * length, 3 * hidden]``).
+        """
         b, n, d = h.shape
         x = h.reshape(b * n, d)
-        qkv = torch.addmm(self.b_qkv, x, self.w_qkv)
+        qkv = self.qkv(x) if qkv is None else qkv
         qkv = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         ctx = torch.nn.functional.scaled_dot_product_attention(
             qkv[0], qkv[1], qkv[2], attn_mask=bias
@@ -203,6 +212,51 @@ class PooledEncoder:
         if valid is not None:
             keep &= valid
         self.n_tokens += int(sum(lengths))
+        return h, keep
+
+    @torch.inference_mode()
+    def deletions(
+        self, seq: np.ndarray, positions: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`hidden` of the copies of ``seq`` that each lack one of ``positions``.
+
+        The first layer's input rows of such a copy are the cell's own (token, position) rows before
+        the deleted position and the same tokens one position earlier after it; both alignments are
+        embedded and projected to queries, keys and values once per cell, and each copy gathers its
+        rows instead of recomputing them (``n`` rows instead of ``n - 1`` per copy).
+        """
+        seq = np.asarray(seq, dtype=np.int64)
+        positions = np.asarray(positions, dtype=np.int64)
+        n = len(seq)
+        first = self.layers[0] if self.layers else None
+        if not isinstance(first, FusedBertLayer) or n < 2:
+            return self.hidden([np.delete(seq, p) for p in positions])
+        j = np.arange(n - 1)
+        after = j[None, :] >= positions[:, None]
+        src = np.where(after, n + j[None, :], j[None, :])  # row n + k: token k + 1 at position k
+        ids = torch.from_numpy(seq).to(self.device)[None, :]
+        pos = torch.arange(n, device=self.device)[None, :]
+        table = torch.cat(
+            [
+                self.embeddings(input_ids=ids, position_ids=pos)[0],
+                self.embeddings(input_ids=ids[:, 1:], position_ids=pos[:, :-1])[0],
+            ]
+        )
+        src_t = torch.from_numpy(src.reshape(-1)).to(self.device)
+        h = table.index_select(0, src_t).view(len(positions), n - 1, -1)
+        h = first(h, None, qkv=first.qkv(table).index_select(0, src_t))
+        for layer in self.layers[1:]:
+            h = layer(h, None)
+            if isinstance(h, tuple):
+                h = h[0]
+        copy_ids = torch.from_numpy(np.where(after, seq[j + 1][None, :], seq[j][None, :]))
+        copy_ids = copy_ids.to(self.device)
+        keep = (
+            ~torch.isin(copy_ids, self.special_ids)
+            if self.special_ids.numel()
+            else torch.ones_like(copy_ids, dtype=torch.bool)
+        )
+        self.n_tokens += len(positions) * (n - 1)
         return h, keep
 
     @staticmethod
