@@ -16,7 +16,13 @@ Where Geneformer's procedure spends its time, and what this module does instead 
   instead of three, the biases and residuals folded into the matmuls' accumulators
   (``addmm_`` into ``residual + bias``) instead of broadcast copies and separate adds, ReLU in
   place, no dropout calls (about a fifth less time per layer than transformers' ``BertLayer``
-  on 2 CPU cores; the same arithmetic, agreeing to float32 rounding).
+  on 2 CPU cores; the same arithmetic, agreeing to float32 rounding);
+* ``delete`` of every gene (:meth:`PooledEncoder.deletions`): the first layer's input rows of a
+  deletion copy are the cell's own (token, position) rows, unshifted before the deleted gene and
+  one position earlier after it, so both alignments are embedded and projected once per cell and
+  each copy gathers its rows (a few per cent; later layers see the whole copy and must run).
+
+The layer tree and SDPA stay transformers' for any model :func:`_fusable` does not accept.
 """
 
 from __future__ import annotations
