@@ -13,6 +13,11 @@ similarities, the speed ratio, and on a GPU the model FLOPs utilisation of stfor
 
     uv run python benchmarks/perturb.py --quick      # 5 cells, a smoke run
     uv run python benchmarks/perturb.py              # 100 cells (2 CPU cores: run on a quiet machine)
+
+The two procedures take turns on chunks of ``--cells-per-batch`` cells, so a change in the
+machine's load weighs on both; the running ratio is printed to stderr after each chunk and the
+JSON line carries the ratio over the first 5/10/25/50 cells too. Work grows with the square of
+each cell's gene count (about 1.57M copy tokens for the first 100 cells, ~28x the first 5).
 """
 
 import argparse
@@ -139,7 +144,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--forward-batch-size", type=int, default=100, help="Geneformer's default")
     ap.add_argument("--tokens-per-batch", type=int, default=None)
-    ap.add_argument("--cells-per-batch", type=int, default=8)
+    ap.add_argument(
+        "--cells-per-batch",
+        type=int,
+        default=4,
+        help="cells per perturb_batch call, and per turn of the two procedures",
+    )
     ap.add_argument("--device", default=None)
     ap.add_argument(
         "--skip-reference", action="store_true", help="time stformer only (GPU throughput)"
@@ -160,36 +170,74 @@ def main() -> None:
         "perturbations": int(sum(len(c) for c in cells)),
     }
 
-    ref = None
+    # the two procedures alternate on chunks of cells, so that a change in the machine's load
+    # during the run weighs on both alike; each keeps its own total time
+    # warm-up of both paths (allocator, GEMM kernels), untimed, on one short sequence
+    warm = [cells[0][:32]]
     if not args.skip_reference:
-        t0 = time.perf_counter()
-        ref = geneformer_procedure(
-            model, cells, forward_batch_size=args.forward_batch_size, layer=-2, device=device
+        geneformer_procedure(
+            model, warm, forward_batch_size=args.forward_batch_size, layer=-2, device=device
         )
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        figures["geneformer_s"] = round(time.perf_counter() - t0, 3)
-
-    # float32 for the agreement check; on a GPU a second run in bf16 gives the throughput
-    t0 = time.perf_counter()
-    ours, _ = stformer_procedure(
+    stformer_procedure(
         model,
-        cells,
+        warm,
         tokens_per_batch=tokens_per_batch,
-        cells_per_batch=args.cells_per_batch,
+        cells_per_batch=1,
         device=device,
         dtype=torch.float32,
     )
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    figures["stformer_s"] = round(time.perf_counter() - t0, 3)
-    figures["stformer_cells_per_s"] = round(n_cells / figures["stformer_s"], 3)
+    ref, ours = [], []
+    figures["geneformer_s"] = 0.0 if not args.skip_reference else None
+    stformer_s = 0.0
+    by_cells: dict[int, float] = {}
+    chunk = args.cells_per_batch
+    for s in range(0, n_cells, chunk):
+        part = cells[s : s + chunk]
+        if not args.skip_reference:
+            t0 = time.perf_counter()
+            ref += geneformer_procedure(
+                model, part, forward_batch_size=args.forward_batch_size, layer=-2, device=device
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            figures["geneformer_s"] += time.perf_counter() - t0
+        # float32 for the agreement check; on a GPU a second run in bf16 gives the throughput
+        t0 = time.perf_counter()
+        got, _ = stformer_procedure(
+            model,
+            part,
+            tokens_per_batch=tokens_per_batch,
+            cells_per_batch=chunk,
+            device=device,
+            dtype=torch.float32,
+        )
+        ours += got
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        stformer_s += time.perf_counter() - t0
+        done = min(n_cells, s + chunk)
+        if not args.skip_reference:  # the ratio so far, per size (cumulative over the first cells)
+            by_cells[done] = round(figures["geneformer_s"] / stformer_s, 2)
+            print(
+                f"{done}/{n_cells} cells: geneformer {figures['geneformer_s']:.1f} s, "
+                f"stformer {stformer_s:.1f} s, {by_cells[done]}x",
+                file=sys.stderr,
+                flush=True,
+            )
+    if args.skip_reference:
+        ref = None
+    else:
+        figures["geneformer_s"] = round(figures["geneformer_s"], 3)
+    figures["stformer_s"] = round(stformer_s, 3)
+    figures["stformer_cells_per_s"] = round(n_cells / stformer_s, 3)
     if ref is not None:
         figures["max_abs_cos_diff"] = float(
             max(np.abs(a - b).max() for a, b in zip(ref, ours, strict=True))
         )
         figures["agree_1e-4"] = figures["max_abs_cos_diff"] <= 1e-4
         figures["speedup"] = round(figures["geneformer_s"] / figures["stformer_s"], 2)
+        sizes = [n for n in (5, 10, 25, 50, 100) if n in by_cells and n < n_cells]
+        figures["speedup_first_cells"] = {str(n): by_cells[n] for n in sizes}
     if device.type == "cuda":
         model = build_model(args.seed).to(device)
         t0 = time.perf_counter()

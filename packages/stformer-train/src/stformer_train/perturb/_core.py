@@ -157,11 +157,16 @@ def perturb_batch(
     copies: list[np.ndarray] = []
     owners: list[int] = []
     max_genes = max_length - int(cls_id is not None) - int(eos_id is not None)
+    deletions: list[
+        tuple[int, int, int]
+    ] = []  # delete-all: (cell, first copy, first gene position)
     for i in keep:
         pre, genes, post = _frame(cells[i], cls_id, eos_id)
         labels, rows = _copies(genes, spec, max_genes)
         if not labels:
             continue
+        if isinstance(rows, np.ndarray) and spec.perturbation == "delete":
+            deletions.append((i, len(copies), len(pre)))
         if isinstance(rows, np.ndarray):
             rows = np.hstack(
                 [
@@ -184,8 +189,22 @@ def perturb_batch(
     lengths = np.fromiter((len(c) for c in copies), dtype=np.int64, count=len(copies))
     owner_t = np.asarray(owners)
     specials = encoder.special_ids.cpu().numpy()
-    for b in plan_batches(lengths, tokens_per_batch):
-        h, kp = encoder.hidden([copies[j] for j in b])
+    if deletions:  # each cell's deletion copies share their first layer's projections
+        batches = []
+        for i, start, offset in deletions:
+            n_copies = len(_frame(cells[i], cls_id, eos_id)[1])
+            step = max(1, tokens_per_batch // max(len(cells[i]) - 1, 1))
+            for c0 in range(0, n_copies, step):
+                c1 = min(n_copies, c0 + step)
+                positions = np.arange(offset + c0, offset + c1)
+                batches.append((np.arange(start + c0, start + c1), (i, positions)))
+    else:
+        batches = [(b, None) for b in plan_batches(lengths, tokens_per_batch)]
+    for b, deleted in batches:
+        if deleted is None:
+            h, kp = encoder.hidden([copies[j] for j in b])
+        else:
+            h, kp = encoder.deletions(cells[deleted[0]], deleted[1])
         emb = encoder.pool(h, kp)
         cos[b] = cosine(emb, orig_emb[owner_t[b]]).cpu().numpy()
         if goal_t is not None:

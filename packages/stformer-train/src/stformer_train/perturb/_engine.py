@@ -11,7 +11,18 @@ Where Geneformer's procedure spends its time, and what this module does instead 
   batch are sorted by length and cut into batches of at most ``tokens_per_batch`` tokens, so that
   a batch of equal lengths (all ``delete`` copies of one cell) carries no padding and no mask at
   all, and SDPA takes its fused kernel;
-* autograd bookkeeping: ``torch.inference_mode``; on a GPU the weights are cast to bf16.
+* autograd bookkeeping: ``torch.inference_mode``; on a GPU the weights are cast to bf16;
+* each BERT layer runs as :class:`FusedBertLayer`: one ``[h, 3h]`` query/key/value matmul
+  instead of three, the biases and residuals folded into the matmuls' accumulators
+  (``addmm_`` into ``residual + bias``) instead of broadcast copies and separate adds, ReLU in
+  place, no dropout calls (about a fifth less time per layer than transformers' ``BertLayer``
+  on 2 CPU cores; the same arithmetic, agreeing to float32 rounding);
+* ``delete`` of every gene (:meth:`PooledEncoder.deletions`): the first layer's input rows of a
+  deletion copy are the cell's own (token, position) rows, unshifted before the deleted gene and
+  one position earlier after it, so both alignments are embedded and projected once per cell and
+  each copy gathers its rows (a few per cent; later layers see the whole copy and must run).
+
+The layer tree and SDPA stay transformers' for any model :func:`_fusable` does not accept.
 """
 
 from __future__ import annotations
@@ -32,6 +43,82 @@ def _bert(model: PreTrainedModel) -> torch.nn.Module:
             f"perturbation needs a BERT encoder (embeddings + encoder.layer); got {type(model).__name__}"
         )
     return bert
+
+
+def _fusable(layer: torch.nn.Module, config) -> bool:
+    """Whether ``layer`` is a plain post-norm BERT encoder layer :class:`FusedBertLayer` can run."""
+    try:
+        a = layer.attention.self
+        parts = (a.query, a.key, a.value, layer.attention.output.dense)
+        parts += (layer.attention.output.LayerNorm, layer.intermediate.dense, layer.output.dense)
+        parts += (layer.output.LayerNorm,)
+    except AttributeError:
+        return False
+    return (
+        all(p is not None for p in parts)
+        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        and not getattr(config, "is_decoder", False)
+        and not getattr(layer, "add_cross_attention", False)
+        and isinstance(getattr(config, "hidden_act", None), str)
+    )
+
+
+class FusedBertLayer(torch.nn.Module):
+    """transformers' ``BertLayer`` in inference, with fewer passes over memory.
+
+    The same arithmetic: ``LN(x + attn(x) W_o + b_o)``, then ``LN(a + act(a W_1 + b_1) W_2 + b_2)``,
+    attention through SDPA; the weights are the layer's own (transposed once, the query, key and
+    value projections concatenated).
+    """
+
+    @torch.no_grad()
+    def __init__(self, layer: torch.nn.Module, config) -> None:
+        from transformers.activations import ACT2FN
+
+        super().__init__()
+        a = layer.attention.self
+        self.heads = int(config.num_attention_heads)
+        self.w_qkv = torch.cat([a.query.weight, a.key.weight, a.value.weight]).t().contiguous()
+        self.b_qkv = torch.cat([a.query.bias, a.key.bias, a.value.bias])
+        out = layer.attention.output
+        self.w_o, self.b_o = out.dense.weight.t().contiguous(), out.dense.bias
+        self.ln1 = out.LayerNorm
+        self.w_1 = layer.intermediate.dense.weight.t().contiguous()
+        self.b_1 = layer.intermediate.dense.bias
+        self.w_2 = layer.output.dense.weight.t().contiguous()
+        self.b_2 = layer.output.dense.bias
+        self.ln2 = layer.output.LayerNorm
+        self.relu = config.hidden_act == "relu"
+        self.act = ACT2FN[config.hidden_act]
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """The concatenated query, key and value projections of rows ``x`` ``[tokens, hidden]``."""
+        return torch.addmm(self.b_qkv, x, self.w_qkv)
+
+    def forward(
+        self, h: torch.Tensor, bias: torch.Tensor | None = None, qkv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``h`` ``[batch, length, hidden]``; ``bias`` an additive attention mask ``[batch, 1, 1, length]``.
+
+        ``qkv``: :meth:`qkv` of ``h``'s rows when already known (``[batch * length, 3 * hidden]``).
+        """
+        b, n, d = h.shape
+        x = h.reshape(b * n, d)
+        qkv = self.qkv(x) if qkv is None else qkv
+        qkv = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        ctx = torch.nn.functional.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], attn_mask=bias
+        )
+        ctx = ctx.transpose(1, 2).reshape(b * n, d)
+        a = x + self.b_o
+        a.addmm_(ctx, self.w_o)
+        a = torch.nn.functional.layer_norm(a, (d,), self.ln1.weight, self.ln1.bias, self.ln1.eps)
+        f = torch.addmm(self.b_1, a, self.w_1)
+        f = f.relu_() if self.relu else self.act(f)
+        o = a + self.b_2
+        o.addmm_(f, self.w_2)
+        o = torch.nn.functional.layer_norm(o, (d,), self.ln2.weight, self.ln2.bias, self.ln2.eps)
+        return o.view(b, n, d)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -87,7 +174,11 @@ class PooledEncoder:
         self.dtype = dtype or default_dtype(self.device)
         model.to(device=self.device, dtype=self.dtype).eval()
         self.embeddings = bert.embeddings
-        self.layers = list(bert.encoder.layer[: self.n_run])
+        cfg = model.config
+        self.layers = [
+            FusedBertLayer(layer, cfg) if _fusable(layer, cfg) else layer
+            for layer in bert.encoder.layer[: self.n_run]
+        ]
         self.hidden_size = int(model.config.hidden_size)
         self.special_ids = torch.as_tensor(
             sorted(set(special_ids)), dtype=torch.long, device=self.device
@@ -117,6 +208,8 @@ class PooledEncoder:
             bias = bias[:, None, None, :]
         for layer in self.layers:
             h = layer(h, bias)
+            if isinstance(h, tuple):  # transformers' BertLayer in versions that return a tuple
+                h = h[0]
         keep = (
             ~torch.isin(ids_t, self.special_ids)
             if self.special_ids.numel()
@@ -125,6 +218,51 @@ class PooledEncoder:
         if valid is not None:
             keep &= valid
         self.n_tokens += int(sum(lengths))
+        return h, keep
+
+    @torch.inference_mode()
+    def deletions(
+        self, seq: np.ndarray, positions: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`hidden` of the copies of ``seq`` that each lack one of ``positions``.
+
+        The first layer's input rows of such a copy are the cell's own (token, position) rows before
+        the deleted position and the same tokens one position earlier after it; both alignments are
+        embedded and projected to queries, keys and values once per cell, and each copy gathers its
+        rows instead of recomputing them (``n`` rows instead of ``n - 1`` per copy).
+        """
+        seq = np.asarray(seq, dtype=np.int64)
+        positions = np.asarray(positions, dtype=np.int64)
+        n = len(seq)
+        first = self.layers[0] if self.layers else None
+        if not isinstance(first, FusedBertLayer) or n < 2:
+            return self.hidden([np.delete(seq, p) for p in positions])
+        j = np.arange(n - 1)
+        after = j[None, :] >= positions[:, None]
+        src = np.where(after, n + j[None, :], j[None, :])  # row n + k: token k + 1 at position k
+        ids = torch.from_numpy(seq).to(self.device)[None, :]
+        pos = torch.arange(n, device=self.device)[None, :]
+        table = torch.cat(
+            [
+                self.embeddings(input_ids=ids, position_ids=pos)[0],
+                self.embeddings(input_ids=ids[:, 1:], position_ids=pos[:, :-1])[0],
+            ]
+        )
+        src_t = torch.from_numpy(src.reshape(-1)).to(self.device)
+        h = table.index_select(0, src_t).view(len(positions), n - 1, -1)
+        h = first(h, None, qkv=first.qkv(table).index_select(0, src_t))
+        for layer in self.layers[1:]:
+            h = layer(h, None)
+            if isinstance(h, tuple):
+                h = h[0]
+        copy_ids = torch.from_numpy(np.where(after, seq[j + 1][None, :], seq[j][None, :]))
+        copy_ids = copy_ids.to(self.device)
+        keep = (
+            ~torch.isin(copy_ids, self.special_ids)
+            if self.special_ids.numel()
+            else torch.ones_like(copy_ids, dtype=torch.bool)
+        )
+        self.n_tokens += len(positions) * (n - 1)
         return h, keep
 
     @staticmethod
