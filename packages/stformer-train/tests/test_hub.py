@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTra
 import stformer_data as sd
 from stformer_collate import pad_examples
 from stformer_train import ModelConfig, TrainConfig
-from stformer_train.embed import embed_sequences
+from stformer_train.embedding import embed_sequences
 from stformer_train.geneformer import open_model
 from stformer_train.hf import pretrain_mlm
 from stformer_train.hub import encode_cells, gene_tokenizer_fast, update_model_card

@@ -19,7 +19,7 @@ from stformer_train.config import (
     merge_config,
 )
 from stformer_train.early_stopping import PatienceStopping
-from stformer_train.embed import embed_sequences
+from stformer_train.embedding import embed_sequences
 from stformer_train.evaluate import KnnScore, holdout_split, knn_score, pca_of_counts
 from stformer_train.models import bert_config_from, build_bert_config, build_mlm_model
 from stformer_train.precision import Precision, resolve_precision

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 import stformer_data as sd
-from stformer_train.embed import Pooling, embed_sequences
+from stformer_train.embedding import Pooling, embed_sequences
 from stformer_train.geneformer import FolderModel, open_model
 
 __all__ = ["embed", "open_for_input"]

@@ -21,7 +21,7 @@ import numpy as np
 import stformer_data as sd
 from stformer_data.atomic import atomic_write_text, partial_path
 from stformer_train.api import embed, open_for_input
-from stformer_train.embed import Pooling, embed_sequences
+from stformer_train.embedding import Pooling, embed_sequences
 from stformer_train.evaluate import holdout_split, knn_score, pca_of_counts
 from stformer_train.finetune import finetune_classifier  # noqa: F401  (moved; kept importable)
 from stformer_train.geneformer import FolderModel

@@ -36,7 +36,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 import stformer_data as sd
 from stformer_data.atomic import atomic_dir
 from stformer_train.api import open_for_input
-from stformer_train.embed import embed_sequences
+from stformer_train.embedding import embed_sequences
 from stformer_train.evaluate import holdout_split, knn_score
 from stformer_train.geneformer import FolderModel, open_model
 from stformer_train.models._genebert import GeneBertConfig, GeneBertForClassification
