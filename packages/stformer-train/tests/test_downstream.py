@@ -166,3 +166,18 @@ def test_plot_embedding_2d_writes_a_png_atomically(tmp_path):
     path = plot_embedding_2d(x, labels, tmp_path / "p.png", title="t")
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert [p.name for p in tmp_path.iterdir()] == ["p.png"]
+
+
+def test_evaluate_run_refuses_a_single_class(run, tiny_h5ad, tmp_path):
+    one_class = sd.open_h5ad(tiny_h5ad, backed=False)
+    one_class.obs["cell_type"] = "T cell"
+    one_class.write_h5ad(tmp_path / "one_class.h5ad")
+    with pytest.raises(sd.InputError, match=r"single class \('T cell'.*--label-key"):
+        evaluate_run(
+            run,
+            tmp_path / "one_class.h5ad",
+            label_key="cell_type",
+            out_dir=tmp_path / "ev",
+            progress=False,
+        )
+    assert not (tmp_path / "ev").exists()

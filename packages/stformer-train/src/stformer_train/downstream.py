@@ -176,6 +176,16 @@ def evaluate_run(
             "one held out), so no score would mean anything",
             "pass a file with more labelled cells",
         )
+    labelled = adata.obs[label_key].astype(str)
+    counts = labelled[~labelled.isin(_MISSING_LABELS)].value_counts()
+    if len(counts) < 2:  # every cell would be "right": accuracy and macro-F1 of 1.000 mean nothing
+        raise sd.InputError(
+            h5ad,
+            f"obs[{label_key!r}]",
+            f"has a single class ({counts.index[0]!r}: {int(counts.iloc[0])} cells), so kNN "
+            "accuracy and macro-F1 would be 1.000 whatever the embeddings",
+            "pass a --label-key with at least two classes, or cells of more than one class",
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
