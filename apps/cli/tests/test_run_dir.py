@@ -150,24 +150,22 @@ def test_a_second_writer_is_refused_naming_the_first(h5ad, tmp_path, capsys):
         holder.wait()
 
 
-def _wait_for(path, proc, timeout=240.0):
-    end = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < end, f"{path} did not appear"
-        time.sleep(0.01)
-
-
 def test_kill_and_ctrl_c_then_the_same_command_give_the_uninterrupted_weights(
     h5ad, tmp_path, capsys
 ):
     config = tmp_path / "run.yaml"
     config.write_text(
-        "train:\n  max_steps: 40\n  save_steps: 2\n  logging_steps: 1\n  save_total_limit: 3\n"
+        "train:\n  max_steps: 10\n  save_steps: 2\n  logging_steps: 1\n  save_total_limit: 3\n"
     )
     args = ["pretrain", str(h5ad), "--config", str(config), *TINY]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    code = "import sys; from stformer_cli.main import cli; sys.exit(cli(sys.argv[1:]))"
+    # every training step runs with one thread count (in-process and in the subprocesses), so
+    # the weights can be compared bit for bit
+    threads = torch.get_num_threads()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    code = (
+        f"import sys, torch; torch.set_num_threads({threads}); "
+        "from stformer_cli.main import cli; sys.exit(cli(sys.argv[1:]))"
+    )
     procs = {
         name: subprocess.Popen(
             [sys.executable, "-c", code, *args, "--out", str(tmp_path / name)],
@@ -178,11 +176,24 @@ def test_kill_and_ctrl_c_then_the_same_command_give_the_uninterrupted_weights(
         )
         for name in ("killed", "interrupted")
     }
-    try:  # interrupt both early (40 steps leave room on a fast machine), then the uninterrupted run
-        _wait_for(tmp_path / "killed" / "checkpoints" / "checkpoint-4", procs["killed"])
-        procs["killed"].send_signal(signal.SIGKILL)
-        _wait_for(tmp_path / "interrupted" / "checkpoints" / "checkpoint-2", procs["interrupted"])
-        procs["interrupted"].send_signal(signal.SIGINT)
+    # interrupt each as soon as its checkpoint appears (one loop watching both: waiting for one
+    # first let the other finish on a fast machine), then run the uninterrupted reference
+    stop = {
+        "killed": (tmp_path / "killed" / "checkpoints" / "checkpoint-4", signal.SIGKILL),
+        "interrupted": (tmp_path / "interrupted" / "checkpoints" / "checkpoint-2", signal.SIGINT),
+    }
+    err = ""
+    try:
+        end = time.monotonic() + 240.0
+        while stop:
+            for name, (path, sig) in list(stop.items()):
+                if path.exists():
+                    procs[name].send_signal(sig)
+                    del stop[name]
+                else:
+                    assert procs[name].poll() is None, procs[name].communicate()
+            assert time.monotonic() < end, f"{sorted(stop)} did not reach their checkpoint"
+            time.sleep(0.005)
         _, err = procs["interrupted"].communicate(timeout=120)
     finally:
         for proc in procs.values():

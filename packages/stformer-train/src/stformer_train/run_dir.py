@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 from collections.abc import Iterator, Mapping
@@ -180,6 +181,13 @@ class RunDir:
         if overwrite and resume:
             raise ValueError("choose one of overwrite (start again) and resume (continue)")
         run = cls(Path(root))
+        if int(os.environ.get("RANK", "0") or 0) != 0:
+            # torchrun / Ray workers other than rank 0: rank 0 checks, locks and writes the
+            # folder; checking here too would race with it (and the lock would refuse a rank)
+            for sub in (run.root, run.checkpoints, run.logs):
+                sub.mkdir(parents=True, exist_ok=True)
+            yield run
+            return
         if run.root.exists() and not run.root.is_dir():
             raise RunConflictError(
                 run.root, "--out", "is a file, not a folder", "choose a folder for the run"
@@ -195,36 +203,55 @@ class RunDir:
                     "choose a new or empty folder; stformer neither overwrites nor deletes "
                     "files it did not write",
                 )
-        with FolderLock(run.root):
-            old = None if run.is_empty() else run.read_config()
-            if overwrite and not run.is_empty():
-                removed = run.remove_outputs()
-                log.info("--overwrite: removed %s from %s", ", ".join(removed), run.root)
-                old = None
-            elif old is not None:
-                diff = config_differences(old, config)
-                if diff:
-                    raise RunConflictError(
-                        run.root,
-                        "config",
-                        "holds a different run: "
-                        + "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff),
-                        "pass --overwrite to start again in this folder (removes what stformer "
-                        "wrote there), or --resume with the run's own settings, or choose another --out",
-                    )
-            if resume and old is None:
+        existed, fresh = run.root.exists(), run.is_empty()
+        try:
+            with FolderLock(run.root):
+                yield from run._open_locked(config, overwrite=overwrite, resume=resume)
+        except InputError:
+            if fresh:  # a new run refused on its inputs leaves nothing behind
+                run._remove_new(existed)
+            raise
+
+    def _remove_new(self, existed: bool) -> None:
+        """Undo a new run that failed on its inputs: what stformer wrote, and the folder if new."""
+        self.remove_outputs()
+        (self.root / LOCK_NAME).unlink(missing_ok=True)
+        if not existed and self.root.is_dir() and not any(self.root.iterdir()):
+            self.root.rmdir()
+
+    def _open_locked(
+        self, config: Mapping[str, Any], *, overwrite: bool, resume: bool | None
+    ) -> Iterator[RunDir]:
+        run = self
+        old = None if run.is_empty() else run.read_config()
+        if overwrite and not run.is_empty():
+            removed = run.remove_outputs()
+            log.info("--overwrite: removed %s from %s", ", ".join(removed), run.root)
+            old = None
+        elif old is not None:
+            diff = config_differences(old, config)
+            if diff:
                 raise RunConflictError(
                     run.root,
-                    "--resume",
-                    "finds no stformer run to resume",
-                    "drop --resume to start a new run",
+                    "config",
+                    "holds a different run: "
+                    + "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff),
+                    "pass --overwrite to start again in this folder (removes what stformer "
+                    "wrote there), or --resume with the run's own settings, or choose another --out",
                 )
-            for sub in (run.checkpoints, run.logs):
-                sub.mkdir(parents=True, exist_ok=True)
-            if not run.manifest_path.exists():
-                _atomic_json(run.manifest_path, {"format": RUN_FORMAT, "version": 1})
-            run.write_config({**(old or {}), **config})
-            yield run
+        if resume and old is None:
+            raise RunConflictError(
+                run.root,
+                "--resume",
+                "finds no stformer run to resume",
+                "drop --resume to start a new run",
+            )
+        for sub in (run.checkpoints, run.logs):
+            sub.mkdir(parents=True, exist_ok=True)
+        if not run.manifest_path.exists():
+            _atomic_json(run.manifest_path, {"format": RUN_FORMAT, "version": 1})
+        run.write_config({**(old or {}), **config})
+        yield run
 
     def resume_point(self) -> ResumePoint | None:
         """The last complete checkpoint (see :func:`complete_checkpoint`), after removing
