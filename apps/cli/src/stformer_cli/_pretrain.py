@@ -299,18 +299,18 @@ def pretrain(
         with RunDir.open(out, request, overwrite=overwrite, resume=resume or None) as run:
             _say_where_it_resumes(run, engine, resuming)
             model_dir, step = _train(
-                inputs,
-                out,
-                tok,
-                model_d,
-                train_cfg,
-                engine,
-                init_from,
-                progress,
-                resuming,
-                overrides,
-                test_fraction,
-                label_key,
+                inputs=inputs,
+                out=out,
+                tok=tok,
+                model_d=model_d,
+                train_cfg=train_cfg,
+                engine=engine,
+                init_from=init_from,
+                progress=progress,
+                resuming=resuming,
+                overrides=overrides,
+                test_fraction=test_fraction,
+                label_key=label_key,
             )
     except KeyboardInterrupt:
         _interrupted(out, engine)
@@ -319,19 +319,20 @@ def pretrain(
 
 
 def _train(
-    inputs,
-    out,
-    tok,
-    model_d,
-    train_cfg,
-    engine,
-    init_from,
-    progress,
-    resuming,
-    overrides,
-    test_fraction,
-    label_key,
-):
+    *,
+    inputs: list[Path],
+    out: Path,
+    tok: dict[str, Any],
+    model_d: dict[str, Any],
+    train_cfg: Any,
+    engine: str,
+    init_from: Path | None,
+    progress: bool,
+    resuming: bool,
+    overrides: dict[str, Any],
+    test_fraction: float,
+    label_key: str,
+) -> tuple[Path, int]:
     """Tokenize (or reuse the run's corpus when resuming), then train; returns (model dir, step)."""
     import stformer_data as sd
     from stformer_train import ModelConfig
