@@ -61,11 +61,6 @@ def open_for_input(
     return dataclasses.replace(folder, settings={**folder.settings, "settings": inner})
 
 
-def _with_layer(folder: FolderModel, layer: str | None) -> FolderModel:
-    settings = {**folder.settings["settings"], "layer": layer}
-    return dataclasses.replace(folder, settings={**folder.settings, "settings": settings})
-
-
 def _as_file(adata: Any, folder: FolderModel, layer: str | None, tmp: Path) -> tuple[Path, bool]:
     """A file with ``adata``'s counts for the corpus writer; True when it is a temporary copy.
 
@@ -216,7 +211,7 @@ def embed(
             file, temporary = _as_file(adata, folder, layer, tmp_dir)
         # layer=None reads X (scanpy's convention), whatever layer the pretraining files had;
         # a temporary copy holds the counts in X
-        model = _with_layer(folder, None if temporary else layer)
+        model = open_for_input(folder, layer=None if temporary else layer)
         try:
             emb, embedded = _embed_cells(
                 model,

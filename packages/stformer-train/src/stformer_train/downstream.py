@@ -26,7 +26,7 @@ from stformer_train.evaluate import holdout_split, knn_score, pca_of_counts
 from stformer_train.finetune import finetune_classifier  # noqa: F401  (moved; kept importable)
 from stformer_train.geneformer import FolderModel
 from stformer_train.plots import plot_embedding_2d  # moved to plots.py; kept importable here
-from stformer_train.run_dir import MISSING_LABELS, read_split
+from stformer_train.run_dir import MISSING_LABELS, run_held_out
 
 _MISSING_LABELS = MISSING_LABELS
 
@@ -100,21 +100,9 @@ def held_out_mask(
     split says that its cells may have been seen in pretraining). :func:`evaluate_run` scores on
     it; a fine-tuning run should too.
     """
-    split = read_split(run)
-    mask = None if split is None else split.test_mask(h5ad, obs_names, rows)
-    if mask is not None and mask.any() and not mask.all():
-        return (
-            mask,
-            "run",
-            f"held-out cells: the run's split ({split.path}), {int(mask.sum())} labelled cells "
-            "that pretraining never saw",
-        )
-    if split is None:
-        why = "the run kept no split.json"
-    elif mask is None:
-        why = "this file is not one the run was pretrained on"
-    else:
-        why = "the run held out no labelled cells of this file (pretrain --test-fraction 0)"
+    mask, why = run_held_out(run, h5ad, obs_names, rows)
+    if mask is not None:
+        return mask, "run", why
     mask = holdout_split(labels, test_fraction=test_fraction, seed=seed)
     return (
         mask,

@@ -40,7 +40,7 @@ from stformer_train.embedding import embed_sequences
 from stformer_train.evaluate import holdout_split, knn_score
 from stformer_train.geneformer import FolderModel, open_model
 from stformer_train.models._genebert import GeneBertConfig, GeneBertForClassification
-from stformer_train.run_dir import TOKENIZER_SETTINGS, read_split, save_model
+from stformer_train.run_dir import TOKENIZER_SETTINGS, run_held_out, save_model
 
 __all__ = [
     "FinetunePooling",
@@ -341,28 +341,14 @@ def _quiet_trainer(trainer) -> None:
 
 
 def _run_held_out(rm: FolderModel, h5ad, rows: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """The run's own held-out cells among ``rows`` when ``h5ad`` is one of its pretraining files
-    (``RUN/split.json``, as ``stformer evaluate`` uses), else None; and a sentence saying which."""
-    split = read_split(rm.model_dir)
-    mask = None
-    if split is not None:
-        adata = sd.open_h5ad(h5ad)
-        try:
-            mask = split.test_mask(h5ad, adata.obs_names, rows)
-        finally:
-            adata.file.close()
-    if mask is not None and mask.any() and not mask.all():
-        return mask, (
-            f"held-out cells: the run's split ({split.path}), {int(mask.sum())} labelled cells "
-            "that pretraining never saw"
-        )
-    why = (
-        "the model kept no split.json"
-        if split is None
-        else "this file is not one the run was pretrained on"
-        if mask is None
-        else "the run held out no labelled cells of this file"
-    )
+    """:func:`~stformer_train.run_dir.run_held_out` for ``h5ad``'s obs names."""
+    adata = sd.open_h5ad(h5ad)
+    try:
+        mask, why = run_held_out(rm.model_dir, h5ad, adata.obs_names, rows)
+    finally:
+        adata.file.close()
+    if mask is not None:
+        return mask, why
     return None, f"held-out cells: a new split, as {why}; they may have been seen in pretraining"
 
 

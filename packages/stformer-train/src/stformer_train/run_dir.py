@@ -693,6 +693,27 @@ def read_split(run: str | PathLike[str]) -> RunSplit | None:
     return None
 
 
+def run_held_out(
+    run: str | PathLike[str], h5ad: str | PathLike[str], obs_names: Any, rows: np.ndarray
+) -> tuple[np.ndarray | None, str]:
+    """The run's own held-out cells among ``rows`` (cells of ``h5ad`` with obs names
+    ``obs_names``) when ``h5ad`` is a pretraining file of the run and the split holds some but not
+    all of them: ``(mask, sentence saying so)``; else ``(None, why not)``. ``evaluate`` and
+    ``finetune`` score on these cells (``RUN/split.json``), so held out means held out."""
+    split = read_split(run)
+    mask = None if split is None else split.test_mask(h5ad, obs_names, rows)
+    if mask is not None and mask.any() and not mask.all():
+        return mask, (
+            f"held-out cells: the run's split ({split.path}), {int(mask.sum())} labelled cells "
+            "that pretraining never saw"
+        )
+    if split is None:
+        return None, "the run kept no split.json"
+    if mask is None:
+        return None, "this file is not one the run was pretrained on"
+    return None, "the run held out no labelled cells of this file (pretrain --test-fraction 0)"
+
+
 def split_corpus(
     corpus: Corpus, model: ModelConfig, train: TrainConfig, indices: list[int] | None = None
 ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
