@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -183,9 +184,11 @@ class RunDir:
         run = cls(Path(root))
         if int(os.environ.get("RANK", "0") or 0) != 0:
             # torchrun / Ray workers other than rank 0: rank 0 checks, locks and writes the
-            # folder; checking here too would race with it (and the lock would refuse a rank)
-            for sub in (run.root, run.checkpoints, run.logs):
-                sub.mkdir(parents=True, exist_ok=True)
+            # folder. Writing or checking here would race with it (folders made here first make
+            # rank 0 see a foreign folder; the lock would refuse a rank): wait for its marker.
+            deadline = time.monotonic() + 600.0
+            while not run.manifest_path.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
             yield run
             return
         if run.root.exists() and not run.root.is_dir():
