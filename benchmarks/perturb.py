@@ -121,19 +121,30 @@ def stformer_procedure(model, cells, *, tokens_per_batch: int, cells_per_batch: 
     return np.split(flat, np.cumsum(lengths)[:-1]), enc.n_tokens
 
 
-def flops_of(cells, n_layers_run: int, hidden: int, inter: int) -> float:
-    """Model FLOPs of stformer's run: per copy of length L, per layer 2*(4*h^2 + 2*h*i)*L + 4*L^2*h."""
-    total = 0.0
+def layer_flops(length: int, hidden: int, inter: int) -> float:
+    """FLOPs of one BERT encoder layer on one sequence (a multiply-add is 2)."""
+    return 8 * length * hidden**2 + 4 * length * hidden * inter + 4 * length**2 * hidden
+
+
+def procedure_flops(cells, *, layers: int, hidden: int, inter: int, vocab: int) -> dict[str, float]:
+    """Model FLOPs each procedure spends on deleting every gene of ``cells``.
+
+    Geneformer's: the cell and its ``n`` copies of ``n - 1`` tokens through all ``layers`` and the
+    MLM head (transform ``h x h`` and decoder ``h x vocab`` on every token). stformer's: the same
+    sequences through the ``layers - 1`` layers up to the pooled one, no head, and the first layer's
+    query/key/value projections once per cell (``2n - 1`` rows) instead of once per copy.
+    """
+    geneformer = stformer = 0.0
+    run = layers - 1  # hidden_layer=-2
+    qkv_row = 2 * hidden * 3 * hidden
     for c in cells:
-        L = len(c)
-        seqs = [(L, 1), (L - 1, L)]  # the original and its L copies
-        for length, count in seqs:
-            per_layer = (
-                2 * (4 * hidden * hidden + 2 * hidden * inter) * length
-                + 4 * length * length * hidden
-            )
-            total += count * n_layers_run * per_layer
-    return total
+        n = len(c)
+        for length, count in ((n, 1), (n - 1, n)):
+            head = 2 * length * hidden**2 + 2 * length * hidden * vocab
+            geneformer += count * (layers * layer_flops(length, hidden, inter) + head)
+            stformer += count * run * layer_flops(length, hidden, inter)
+        stformer += -n * (n - 1) * qkv_row + (2 * n - 1) * qkv_row
+    return {"geneformer": geneformer, "stformer": stformer}
 
 
 def main() -> None:
@@ -168,6 +179,7 @@ def main() -> None:
         "cells": n_cells,
         "genes_per_cell_mean": float(np.mean([len(c) for c in cells])),
         "perturbations": int(sum(len(c) for c in cells)),
+        "stformer_workers": 1 if device.type == "cuda" else torch.get_num_threads(),
     }
 
     # the two procedures alternate on chunks of cells, so that a change in the machine's load
@@ -236,6 +248,15 @@ def main() -> None:
         )
         figures["agree_1e-4"] = figures["max_abs_cos_diff"] <= 1e-4
         figures["speedup"] = round(figures["geneformer_s"] / figures["stformer_s"], 2)
+        # where the ratio comes from: work skipped (the FLOP ratio) times work done faster
+        flops = procedure_flops(cells, layers=6, hidden=256, inter=512, vocab=25_426)
+        figures["geneformer_tflop"] = round(flops["geneformer"] / 1e12, 3)
+        figures["stformer_tflop"] = round(flops["stformer"] / 1e12, 3)
+        figures["flop_ratio"] = round(flops["geneformer"] / flops["stformer"], 2)
+        figures["geneformer_gflop_per_s"] = round(
+            flops["geneformer"] / figures["geneformer_s"] / 1e9, 1
+        )
+        figures["stformer_gflop_per_s"] = round(flops["stformer"] / figures["stformer_s"] / 1e9, 1)
         # the running ratio at the chunk boundary nearest below 5, 10, 25 and 50 cells
         sizes = {max((k for k in by_cells if k <= n), default=None) for n in (5, 10, 25, 50)}
         figures["speedup_first_cells"] = {
@@ -259,7 +280,7 @@ def main() -> None:
         figures["bf16_max_abs_cos_diff_vs_fp32"] = float(
             max(np.abs(a - b).max() for a, b in zip(ours, ours_bf16, strict=True))
         )
-        flops = flops_of(cells, 5, 256, 512)
+        flops = procedure_flops(cells, layers=6, hidden=256, inter=512, vocab=25_426)["stformer"]
         peak = float(os.environ.get("PEAK_BF16_TFLOPS", "989")) * 1e12  # H100/H200 dense bf16
         figures["stformer_bf16_mfu"] = round(flops / sec / peak, 4)
         figures["peak_bf16_tflops_assumed"] = peak / 1e12

@@ -76,6 +76,13 @@ def perturb(
     device: Annotated[
         str | None, typer.Option(help="cuda or cpu (default: the GPU when there is one).")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Forward passes at once on the CPU, each single-threaded (default: torch's thread count).",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Perturb genes in silico and write per (cell, gene) the cosine similarity of the cell embedding."""
@@ -111,6 +118,7 @@ def perturb(
         hidden_layer=hidden_layer,
         cells_per_batch=cells_per_batch,
         device=device,
+        workers=workers,
         progress=progress,
     )
     console.print(

@@ -189,28 +189,52 @@ def perturb_batch(
     lengths = np.fromiter((len(c) for c in copies), dtype=np.int64, count=len(copies))
     owner_t = np.asarray(owners)
     specials = encoder.special_ids.cpu().numpy()
+    total = int(lengths.sum())
+    budget = tokens_per_batch
+    if encoder.workers > 1:  # units small enough for the workers to share the work evenly
+        budget = min(tokens_per_batch, max(1024, -(-total // (4 * encoder.workers))))
     if deletions:  # each cell's deletion copies share their first layer's projections
         batches = []
         for i, start, offset in deletions:
             n_copies = len(_frame(cells[i], cls_id, eos_id)[1])
-            step = max(1, tokens_per_batch // max(len(cells[i]) - 1, 1))
+            step = max(1, budget // max(len(cells[i]) - 1, 1))
             for c0 in range(0, n_copies, step):
                 c1 = min(n_copies, c0 + step)
                 positions = np.arange(offset + c0, offset + c1)
                 batches.append((np.arange(start + c0, start + c1), (i, positions)))
     else:
-        batches = [(b, None) for b in plan_batches(lengths, tokens_per_batch)]
-    for b, deleted in batches:
+        batches = [(b, None) for b in plan_batches(lengths, budget)]
+
+    def run(batch):
+        b, deleted = batch
         if deleted is None:
             h, kp = encoder.hidden([copies[j] for j in b])
         else:
             h, kp = encoder.deletions(cells[deleted[0]], deleted[1])
         emb = encoder.pool(h, kp)
-        cos[b] = cosine(emb, orig_emb[owner_t[b]]).cpu().numpy()
-        if goal_t is not None:
-            goal_after[b] = cosine(emb, goal_t).cpu().numpy()
+        c = cosine(emb, orig_emb[owner_t[b]]).cpu().numpy()
+        g = cosine(emb, goal_t).cpu().numpy() if goal_t is not None else None
+        shifts = None
         if spec.gene_shifts:
-            _gene_shifts(res, h, b, copies, owner_t, cells, orig_hidden, specials, res.perturbed)
+            shifts = _gene_shifts(
+                h, b, copies, owner_t, cells, orig_hidden, specials, res.perturbed
+            )
+        return c, g, shifts
+
+    order = sorted(
+        range(len(batches)),
+        key=lambda k: -encoder.cost(len(batches[k][0]), int(lengths[batches[k][0]].max())),
+    )
+    done = dict(zip(order, encoder.map(run, [batches[k] for k in order]), strict=True))
+    for k, (b, _) in enumerate(batches):  # in batch order, whatever order they ran in
+        c, g, shifts = done[k]
+        cos[b] = c
+        if g is not None:
+            goal_after[b] = g
+        for rows_, genes_, cos_ in shifts or ():
+            res.shift_row.append(rows_)
+            res.shift_gene.append(genes_)
+            res.shift_cos.append(cos_)
     res.cos_sim = cos.tolist()
     if goal_t is not None:
         res.goal_cos_before = before[owner_t].tolist()
@@ -218,8 +242,12 @@ def perturb_batch(
     return res
 
 
-def _gene_shifts(res, h, batch, copies, owners, cells, orig_hidden, special_ids, labels) -> None:
-    """Cosine similarity of every unperturbed gene's embedding in the copy vs the original cell."""
+def _gene_shifts(h, batch, copies, owners, cells, orig_hidden, special_ids, labels) -> list:
+    """Cosine similarity of every unperturbed gene's embedding in the copy vs the original cell.
+
+    One ``(row, gene, cos)`` triple of arrays per copy of ``batch`` that keeps a gene.
+    """
+    out = []
     for r, j in enumerate(batch):
         cell = owners[j]
         orig = cells[cell]
@@ -237,6 +265,11 @@ def _gene_shifts(res, h, batch, copies, owners, cells, orig_hidden, special_ids,
             h[r, torch.as_tensor(pc, device=h.device)],
             orig_hidden[cell][torch.as_tensor(po, device=h.device)],
         )
-        res.shift_row.append(np.full(genes.size, j, dtype=np.int64))
-        res.shift_gene.append(genes.astype(np.int64))
-        res.shift_cos.append(c.cpu().numpy().astype(np.float32))
+        out.append(
+            (
+                np.full(genes.size, j, dtype=np.int64),
+                genes.astype(np.int64),
+                c.cpu().numpy().astype(np.float32),
+            )
+        )
+    return out

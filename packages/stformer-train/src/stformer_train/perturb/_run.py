@@ -83,6 +83,7 @@ def perturb_h5ad(
     cells_per_batch: int = 32,
     tokens_per_batch: int | None = None,
     device: str | None = None,
+    workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Perturb genes in the cells of ``h5ad`` and measure how far each cell's embedding moves.
@@ -122,6 +123,9 @@ def perturb_h5ad(
         Tokens per forward pass (default 16,384 on CPU, 131,072 on a GPU).
     device
         ``"cuda"`` / ``"cpu"``; by default the GPU when there is one (bf16), else the CPU (fp32).
+    workers
+        Forward passes run at once on the CPU, each single-threaded (default: torch's thread
+        count, ``torch.get_num_threads()``; 1 on a GPU). The results do not depend on it.
 
     Returns
     -------
@@ -226,7 +230,9 @@ def perturb_h5ad(
 
     model_obj = rm.load_encoder()
     specials = sorted(vocab.special_ids)
-    enc = PooledEncoder(model_obj, hidden_layer=hidden_layer, special_ids=specials, device=dev)
+    enc = PooledEncoder(
+        model_obj, hidden_layer=hidden_layer, special_ids=specials, device=dev, workers=workers
+    )
     goal = None
     if goal_key is not None:
         goal_cells = np.flatnonzero(obs[goal_key] == str(goal_value))
