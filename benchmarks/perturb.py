@@ -132,7 +132,9 @@ def procedure_flops(cells, *, layers: int, hidden: int, inter: int, vocab: int) 
     Geneformer's: the cell and its ``n`` copies of ``n - 1`` tokens through all ``layers`` and the
     MLM head (transform ``h x h`` and decoder ``h x vocab`` on every token). stformer's: the same
     sequences through the ``layers - 1`` layers up to the pooled one, no head, and the first layer's
-    query/key/value projections once per cell (``2n - 1`` rows) instead of once per copy.
+    query/key/value projections once per cell (``2n - 1`` rows) instead of once per copy. The
+    work itself: padding (none in the copies, a little among the unperturbed cells) and the first
+    layer's rows run again for each batch of a long cell's copies are not counted.
     """
     geneformer = stformer = 0.0
     run = layers - 1  # hidden_layer=-2
