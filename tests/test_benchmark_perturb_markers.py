@@ -5,7 +5,8 @@ pretrained model's marker ranks are not above what their rank positions predict,
 asked for it would pass or fail by luck. What is checked is what holds by construction: the
 pipeline (tokenize, pretrain, evaluate, perturb, perturb-stats with both models) runs, the control
 is a random model (its held-out MLM loss is chance, ln of the vocabulary), and the three rankings
-the JSON reports are ranks of the same genes of each type.
+the JSON reports (of the textbook markers and of the data's defining genes) are ranks of the same
+genes of each type.
 """
 
 import json
@@ -58,6 +59,11 @@ def test_quick_run_reports_the_three_rankings(shared_data):
             assert m["expressed_in"] >= report["min_cells"]
         for key in ("spearman_shift_position_pretrained", "spearman_shift_position_random_init"):
             assert -1 <= entry[key] <= 1
+        defining = entry["defining_genes"]
+        assert len(defining["genes"]) == 20
+        for name in ("pretrained", "random_init", "position"):
+            assert 0 <= defining[f"in_top20_{name}"] <= 20
+            assert 1 <= defining[f"median_rank_{name}"] <= n
     n_ranked = sum(
         "rank_position" in m for e in report["types"].values() for m in e["markers"].values()
     )
