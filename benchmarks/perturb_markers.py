@@ -87,10 +87,6 @@ MARKERS = {
 TOP = 10
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def held_out_mlm_loss(run: Path, h5ad: Path, tmp: Path, seed: int) -> dict[str, float]:
     """Cross-entropy of the masked genes of the run's held-out cells (the same masks for all)."""
     from stformer_collate import DataCollatorForMLM
