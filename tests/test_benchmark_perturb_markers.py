@@ -35,8 +35,11 @@ def test_quick_run_reports_the_three_rankings(shared_data):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, "one JSON line on stdout; the commands' output goes to stderr"
-    report = json.loads(lines[0])
+    check_report(json.loads(lines[0]))
 
+
+def check_report(report: dict) -> None:
+    """What the quick run's JSON must say (see the module docstring)."""
     loss = report["learned"]["held_out_mlm_loss"]
     assert loss["chance_ln_vocab"] == pytest.approx(math.log(692), abs=1e-3)
     assert abs(loss["random_init"] - loss["chance_ln_vocab"]) < 0.1  # an untrained model: chance
