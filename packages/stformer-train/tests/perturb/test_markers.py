@@ -11,6 +11,13 @@ shifts here, because Geneformer's corpus medians for them are high and they rank
 cell's sequence than in its raw counts (measured, 8 NK cells: U2AF1, GZMM, HMGB2, ... lead). The pipeline (tokenize with the model's
 dictionaries, delete every gene, table with ``obs`` columns, stats grouped by cell type, gene
 labels) is what the first test checks end to end.
+
+The check with a model that has learned something is ``benchmarks/perturb_markers.py``: it
+pretrains a small BERT on these PBMCs with ``stformer pretrain`` (minutes, not test time) and
+compares its marker ranks with this random-init control and with the rank position alone. Measured
+there, a 4 x 64 model pretrained for 800 steps (held-out MLM loss 4.65 against 6.27 for gene
+frequencies) does not rank the markers above what their positions predict, so no cheap test of that
+biology is made here: one would pass or fail by luck.
 """
 
 import shutil
