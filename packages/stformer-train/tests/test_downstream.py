@@ -145,13 +145,31 @@ def test_evaluate_run_names_a_missing_label_column(run, tiny_h5ad, tmp_path):
         evaluate_run(run, tiny_h5ad, label_key="no_such_column", out_dir=tmp_path, progress=False)
 
 
-def test_evaluate_run_refuses_a_file_with_one_labelled_cell(run, tiny_h5ad, tmp_path):
-    one = sd.open_h5ad(tiny_h5ad, backed=False)[:1].copy()
-    one.write_h5ad(tmp_path / "one.h5ad")
-    with pytest.raises(sd.InputError, match=r"labels 1 cell\(s\).*Fix: pass a file with more"):
+def _one_labelled_cell(adata):
+    return adata[:1].copy()
+
+
+def _single_class(adata):
+    adata.obs["cell_type"] = "T cell"
+    return adata
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_one_labelled_cell, r"labels 1 cell\(s\).*Fix: pass a file with more"),
+        (_single_class, r"single class \('T cell'.*--label-key"),
+    ],
+    ids=["one-labelled-cell", "single-class"],
+)
+def test_evaluate_run_refuses_a_file_no_score_would_mean_anything(
+    run, tiny_h5ad, tmp_path, make, message
+):
+    make(sd.open_h5ad(tiny_h5ad, backed=False)).write_h5ad(tmp_path / "bad.h5ad")
+    with pytest.raises(sd.InputError, match=message):
         evaluate_run(
             run,
-            tmp_path / "one.h5ad",
+            tmp_path / "bad.h5ad",
             label_key="cell_type",
             out_dir=tmp_path / "ev",
             progress=False,
@@ -166,18 +184,3 @@ def test_plot_embedding_2d_writes_a_png_atomically(tmp_path):
     path = plot_embedding_2d(x, labels, tmp_path / "p.png", title="t")
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert [p.name for p in tmp_path.iterdir()] == ["p.png"]
-
-
-def test_evaluate_run_refuses_a_single_class(run, tiny_h5ad, tmp_path):
-    one_class = sd.open_h5ad(tiny_h5ad, backed=False)
-    one_class.obs["cell_type"] = "T cell"
-    one_class.write_h5ad(tmp_path / "one_class.h5ad")
-    with pytest.raises(sd.InputError, match=r"single class \('T cell'.*--label-key"):
-        evaluate_run(
-            run,
-            tmp_path / "one_class.h5ad",
-            label_key="cell_type",
-            out_dir=tmp_path / "ev",
-            progress=False,
-        )
-    assert not (tmp_path / "ev").exists()

@@ -225,17 +225,16 @@ class RunDir:
     def _open_locked(
         self, config: Mapping[str, Any], *, overwrite: bool, resume: bool | None
     ) -> Iterator[RunDir]:
-        run = self
-        old = None if run.is_empty() else run.read_config()
-        if overwrite and not run.is_empty():
-            removed = run.remove_outputs()
-            log.info("--overwrite: removed %s from %s", ", ".join(removed), run.root)
+        old = None if self.is_empty() else self.read_config()
+        if overwrite and not self.is_empty():
+            removed = self.remove_outputs()
+            log.info("--overwrite: removed %s from %s", ", ".join(removed), self.root)
             old = None
         elif old is not None:
             diff = config_differences(old, config)
             if diff:
                 raise RunConflictError(
-                    run.root,
+                    self.root,
                     "config",
                     "holds a different run: "
                     + "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff),
@@ -244,17 +243,17 @@ class RunDir:
                 )
         if resume and old is None:
             raise RunConflictError(
-                run.root,
+                self.root,
                 "--resume",
                 "finds no stformer run to resume",
                 "drop --resume to start a new run",
             )
-        for sub in (run.checkpoints, run.logs):
+        for sub in (self.checkpoints, self.logs):
             sub.mkdir(parents=True, exist_ok=True)
-        if not run.manifest_path.exists():
-            _atomic_json(run.manifest_path, {"format": RUN_FORMAT, "version": 1})
-        run.write_config({**(old or {}), **config})
-        yield run
+        if not self.manifest_path.exists():
+            _atomic_json(self.manifest_path, {"format": RUN_FORMAT, "version": 1})
+        self.write_config({**(old or {}), **config})
+        yield self
 
     def resume_point(self) -> ResumePoint | None:
         """The last complete checkpoint (see :func:`complete_checkpoint`), after removing
